@@ -122,7 +122,9 @@ _KNOWN_WORDS = (
     | {w for p in vocab.BACKGROUNDS.values() for w in p.split()}
     | {"a", "an", "colored"}
 )
-_EXAMPLE = "'Two circles', 'A green colored circle', 'A circle in the forest', 'Two blue circles in the forest'"
+_EXAMPLE = (
+    "'Two circles', 'A green colored circle', 'A circle in the forest', 'Two blue circles in the forest'"
+)
 
 
 def parse_prompt(text: str) -> PromptSpec:
@@ -254,5 +256,7 @@ def perturb(prompt: str | PromptSpec, n: int, seed: int = 0, shapes=None) -> lis
     rng.shuffle(doubles)
     candidates = singles + doubles
     if len(candidates) < n - 1:
-        raise ValueError(f"prompt {spec.text()!r} has only {len(candidates)} perturbations, {n - 1} asked for")
+        raise ValueError(
+            f"prompt {spec.text()!r} has only {len(candidates)} perturbations, {n - 1} asked for"
+        )
     return [c.text() for c in candidates[: n - 1]]

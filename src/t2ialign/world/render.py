@@ -116,7 +116,10 @@ def _polygon(shape: str, r: float) -> list[tuple[float, float]] | None:
 
     def ring(n, radius, start_deg):
         return [
-            (radius * math.cos(math.radians(start_deg + 360.0 * k / n)), radius * math.sin(math.radians(start_deg + 360.0 * k / n)))
+            (
+                radius * math.cos(math.radians(start_deg + 360.0 * k / n)),
+                radius * math.sin(math.radians(start_deg + 360.0 * k / n)),
+            )
             for k in range(n)
         ]
 
@@ -134,7 +137,20 @@ def _polygon(shape: str, r: float) -> list[tuple[float, float]] | None:
         return [v for pair in zip(outer, inner, strict=True) for v in pair]
     if shape == "cross":
         a, w = 0.92 * r, 0.32 * r
-        return [(-w, -a), (w, -a), (w, -w), (a, -w), (a, w), (w, w), (w, a), (-w, a), (-w, w), (-a, w), (-a, -w), (-w, -w)]
+        return [
+            (-w, -a),
+            (w, -a),
+            (w, -w),
+            (a, -w),
+            (a, w),
+            (w, w),
+            (w, a),
+            (-w, a),
+            (-w, w),
+            (-a, w),
+            (-a, -w),
+            (-w, -w),
+        ]
     if shape == "heart":
         pts = []
         for k in range(48):
@@ -233,7 +249,9 @@ def background_texture(name: str, rng: np.random.Generator, size: int) -> np.nda
     elif name == "sea":  # under the sea: deep blue-teal, lighter at the top, wavy caustics
         img = _mix((35, 105, 140), (10, 45, 85), yy * 0.8 + 0.2 * n1)
         phase = rng.uniform(0, 6.28, 2)
-        caustic = np.abs(np.sin(xx * 22 + 3 * np.sin(yy * 9 + phase[0]))) * np.abs(np.sin(yy * 19 + 3 * np.sin(xx * 7 + phase[1])))
+        caustic = np.abs(np.sin(xx * 22 + 3 * np.sin(yy * 9 + phase[0]))) * np.abs(
+            np.sin(yy * 19 + 3 * np.sin(xx * 7 + phase[1]))
+        )
         img = img + 0.12 * (caustic**4)[..., None] * np.array([0.6, 1.0, 1.0], np.float32)
     elif name == "snow":  # cool light gray-blue with speckles and drifts
         img = _mix((175, 185, 205), (210, 216, 228), 0.6 * n1 + 0.4 * n2)

@@ -1,0 +1,255 @@
+"""The ``t2ialign`` command: one subcommand per stage. Thin: parse, load config, call the stage.
+
+Library code never parses argv; each subcommand calls a function that takes a config and returns results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError
+
+
+def _tune_allocator() -> None:
+    """Keep glibc from unmapping and re-mapping large activation buffers every step (measured 1.8x faster
+    UNet inference at batch 128 on these machines): raise M_MMAP_THRESHOLD and M_TRIM_THRESHOLD."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: its maximum on 64-bit glibc
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        pass
+
+
+def _print_table(rows: list[list], header: list[str]) -> None:
+    cols = [header, *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
+    for j, r in enumerate(cols):
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# --- stage commands ---------------------------------------------------------------------------------------
+
+
+def cmd_prompts(args) -> int:
+    from .config import load_config
+    from .store import Store
+    from .world.prompts import CATEGORIES, SPLITS, build_prompt_set
+
+    cfg = load_config(args.config).prompts
+    prompts = build_prompt_set(cfg.unseen_objects, cfg.unseen_prompt_fraction, cfg.seed)
+    with Store.open(args.run, db_url=args.db_url) as store:
+        added = store.add_prompts(prompts)
+        counts = store.prompt_counts()
+        store.update_metrics(
+            prompts={
+                "config": {
+                    "unseen_objects": list(cfg.unseen_objects),
+                    "unseen_prompt_fraction": cfg.unseen_prompt_fraction,
+                    "seed": cfg.seed,
+                },
+                "counts": {f"{c}/{s}": n for (c, s), n in sorted(counts.items())},
+            }
+        )
+    rows = [
+        [c, *[counts.get((c, s), 0) for s in SPLITS], sum(counts.get((c, s), 0) for s in SPLITS)]
+        for c in CATEGORIES
+    ]
+    rows.append(
+        ["total", *[sum(counts.get((c, s), 0) for c in CATEGORIES) for s in SPLITS], sum(counts.values())]
+    )
+    _print_table(rows, ["category", *SPLITS, "total"])
+    print(f"\n{added} new prompts written to {args.run} ({len(prompts) - added} already there)")
+    return 0
+
+
+def cmd_render(args) -> int:
+    from .world.render import grid, render
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file, got {out}")
+    results = [render(args.prompt, seed=args.seed + i, size=args.size) for i in range(args.n)]
+    image = results[0].pil() if args.n == 1 else grid([r.image for r in results], cols=min(args.n, 8))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    for i, r in enumerate(results):
+        print(f"seed {args.seed + i}: {r.spec.text()}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_judge(args) -> int:
+    from PIL import Image
+
+    from .world.judge import Judge, selftest
+
+    judge = Judge.load(args.weights)
+    if args.selftest:
+        report = selftest(judge, n=args.n, seed=args.seed, progress=not args.json)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            for name, r in report.items():
+                print(
+                    f"{name:9s} verdict accuracy {r['verdict_accuracy']:.2%}  skip rate {r['skip_rate']:.2%}  "
+                    + "  ".join(f"{k} {v:.2%}" for k, v in r["per_attribute"].items())
+                )
+        return 0
+    if not args.images or not args.prompt:
+        raise ValueError("give IMAGE paths and --prompt, or --selftest")
+    images = []
+    for p in args.images:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"no image at {p}")
+        images.append(Image.open(p).convert("RGB"))
+    verdicts = judge.judge(images, [args.prompt] * len(images))
+    for path, v in zip(args.images, verdicts, strict=True):
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "image": path,
+                        "prompt": args.prompt,
+                        "verdict": v.label,
+                        "p_match": round(v.p_match, 4),
+                        "reading": v.reading,
+                    }
+                )
+            )
+        else:
+            seen = ", ".join(f"{k}={val} ({p:.0%})" for k, (val, p) in v.reading.items())
+            print(f"{path}: {v.label} (P(match)={v.p_match:.3f}; read {seen})")
+    return 0
+
+
+def cmd_train_judge(args) -> int:
+    from .config import load_config
+    from .world.judge import train_judge
+
+    cfg = load_config(args.config).judge
+    report = train_judge(cfg, args.out)
+    print(json.dumps(report, indent=2))
+    print(f"judge written to {args.out}")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .config import load_config
+    from .models.pretrain import pretrain
+
+    cfg = load_config(args.config).pretrain
+    report = pretrain(cfg, args.out)
+    print(json.dumps(report, indent=2))
+    print(f"pipeline: {Path(args.out) / 'pipeline'}  clip: {Path(args.out) / 'clip'}")
+    return 0
+
+
+def cmd_perturb(args) -> int:
+    from .world.prompts import perturb
+
+    for text in perturb(args.prompt, args.n, seed=args.seed):
+        print(text)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="t2ialign", description="Align text-to-image models with human feedback."
+    )
+    p.add_argument("--version", action="version", version=f"t2ialign {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser(
+        "prompts", help="stage 1: write the prompt set (four categories, seen/unseen) to a run"
+    )
+    sp.add_argument("--run", required=True, help="run directory (created if missing)")
+    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
+    sp.add_argument("--config", help="TOML or JSON config file (table [prompts])")
+    sp.set_defaults(func=cmd_prompts)
+
+    world = sub.add_parser("world", help="the built-in shapes world: render, judge, perturb").add_subparsers(
+        dest="world_command", required=True
+    )
+    sp = world.add_parser("render", help="render images for a caption (the pre-training distribution)")
+    sp.add_argument("prompt", help='e.g. "Two blue circles in the forest"')
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--n", type=int, default=1, help="number of images (seeds seed..seed+n-1), tiled in one PNG"
+    )
+    sp.add_argument("--size", type=int, default=64, help="image side in pixels")
+    sp.add_argument("--out", default="render.png", help="output PNG path")
+    sp.set_defaults(func=cmd_render)
+
+    sp = world.add_parser(
+        "judge", help="judge images against a prompt (good/bad/skip), or validate the judge"
+    )
+    sp.add_argument("images", nargs="*", help="image files")
+    sp.add_argument("--prompt", help="the prompt the images should match")
+    sp.add_argument(
+        "--selftest", action="store_true", help="measure the judge on fresh clean and degraded renders"
+    )
+    sp.add_argument("--n", type=int, default=2000, help="selftest: number of renders")
+    sp.add_argument("--seed", type=int, default=0, help="selftest: seed of the renders and test prompts")
+    sp.add_argument("--weights", help="judge folder (default: the one shipped with t2ialign)")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(func=cmd_judge)
+
+    sp = world.add_parser(
+        "train-judge", help="retrain the judge's CNN on renders (about 15 minutes on 2 cores)"
+    )
+    sp.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
+    sp.add_argument("--config", help="TOML or JSON config file (table [judge])")
+    sp.set_defaults(func=cmd_train_judge)
+
+    sp = sub.add_parser(
+        "pretrain",
+        help="train the world's CLIP and Stable Diffusion on D_pre (resumable; over an hour on 2 cores)",
+    )
+    sp.add_argument("--out", required=True, help="work folder; rerun the same command to resume")
+    sp.add_argument("--config", help="TOML or JSON config file (table [pretrain])")
+    sp.set_defaults(func=cmd_pretrain)
+
+    sp = world.add_parser("perturb", help="the rule-based perturbations of a prompt (Appendix E)")
+    sp.add_argument("prompt")
+    sp.add_argument("--n", type=int, default=8, help="size of the set, the original included")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_perturb)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .store import StoreError
+
+    try:
+        return args.func(args)
+    except (ValueError, ConfigError, StoreError, CheckpointError, FileNotFoundError) as e:
+        print(f"t2ialign: error: {e}", file=sys.stderr)
+        return 2
+
+
+def entry() -> None:
+    _tune_allocator()
+    sys.exit(main())

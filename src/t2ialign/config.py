@@ -1,0 +1,229 @@
+"""Configuration: one dataclass per stage, validated on load, unknown keys are errors.
+
+Every artifact is saved with its resolved config (``to_dict``) and seed, so that it can be remade.
+Files may be TOML or JSON; a stage reads the table of its own name ("prompts", "judge", ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .world import vocab
+from .world.dataset import CAPTION_TEMPLATES, DEFAULT_CAPTION_WEIGHTS
+
+
+class ConfigError(ValueError):
+    """A config file or value that does not fit its dataclass."""
+
+
+@dataclass
+class PromptsConfig:
+    """Stage 1, the prompt set (``t2ialign prompts``)."""
+
+    # Shapes that only the pre-training data shows: the paper's "unseen objects". Their prompts are
+    # split "unseen_object" and never reach the feedback set.
+    unseen_objects: tuple[str, ...] = vocab.DEFAULT_UNSEEN_OBJECTS
+    # Share of each category's seen-object prompts held out as "unseen_prompt" (combinations of seen
+    # words that feedback never shows). 0.1 leaves 2,751 seen prompts, about the paper's 2,700.
+    unseen_prompt_fraction: float = 0.1
+    # Seed of the held-out draw; same seed, same split.
+    seed: int = 0
+
+    def __post_init__(self):
+        self.unseen_objects = tuple(self.unseen_objects)
+        for s in self.unseen_objects:
+            vocab.check_shape(s)
+        if not 0.0 <= self.unseen_prompt_fraction < 1.0:
+            raise ConfigError(
+                f"prompts.unseen_prompt_fraction must be in [0, 1), got {self.unseen_prompt_fraction}"
+            )
+
+
+@dataclass
+class JudgeTrainConfig:
+    """Training of the world judge's small CNN (``t2ialign world train-judge``)."""
+
+    size: int = 64  # image side in pixels; the judge resizes other sizes to this
+    n_train: int = 40_000  # distinct rendered images; each epoch augments them afresh
+    n_val: int = 2_000  # rendered validation images (clean and degraded halves)
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float = 2e-3  # AdamW peak learning rate; linear warm-up (10% of steps, at most 200), cosine to 0
+    weight_decay: float = 1e-4
+    channels: tuple[int, ...] = (24, 32, 48, 64, 96, 128, 128)  # conv widths; every other layer strides 2
+    # Verdict thresholds on P(match) = product over the prompt's attributes of P(attribute = asked value):
+    # good above good_threshold, bad below bad_threshold, skip (unsure) between.
+    good_threshold: float = 0.6
+    bad_threshold: float = 0.4
+    seed: int = 0
+
+    def __post_init__(self):
+        self.channels = tuple(self.channels)
+        if self.size < 32:
+            raise ConfigError(f"judge.size must be >= 32 pixels, got {self.size}")
+        if not 0.0 < self.bad_threshold <= self.good_threshold < 1.0:
+            raise ConfigError("judge thresholds need 0 < bad_threshold <= good_threshold < 1")
+        for name in ("n_train", "n_val", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"judge.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class PretrainDataConfig:
+    """The rendered pool that the world's base models learn from (D_pre, rendered once, cached)."""
+
+    n_images: int = 100_000  # distinct renders (uint8 64x64x3: 1.2 GB in memory while training)
+    size: int = 64  # image side in pixels; the VAE maps it to a (4, size/4, size/4) latent
+    seed: int = 0
+    # Which attributes captions name (see world.dataset.CAPTION_TEMPLATES). Uniform weights make half of
+    # the captions omit the count and half omit the background, like web alt-text, which rarely counts.
+    caption_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CAPTION_WEIGHTS))
+
+    def __post_init__(self):
+        if self.n_images < 1 or self.size < 32 or self.size % 4:
+            raise ConfigError("pretrain.data needs n_images >= 1 and a size >= 32 divisible by 4")
+        for name, w in self.caption_weights.items():
+            if name not in CAPTION_TEMPLATES or w < 0:
+                raise ConfigError(f"pretrain.data.caption_weights: bad entry {name!r} = {w!r}")
+
+
+@dataclass
+class ClipPretrainConfig:
+    """The world CLIP (a transformers CLIPModel), trained contrastively on the pool."""
+
+    text_hidden: int = 128  # width of the text tower; also the UNet's cross_attention_dim
+    text_layers: int = 3
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    heads: int = 4
+    patch_size: int = 8  # 64x64 images -> 64 patches
+    projection_dim: int = 128  # the embedding the reward model reads
+    steps: int = 2_000
+    batch_size: int = 128
+    lr: float = 1e-3  # AdamW peak; linear warm-up over warmup_steps, cosine to 0
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+
+
+@dataclass
+class VaePretrainConfig:
+    """The world VAE (a diffusers AutoencoderKL, factor 4: 64x64x3 -> 4x16x16)."""
+
+    block_out_channels: tuple[int, ...] = (16, 32, 64)  # one downsampling between consecutive entries
+    latent_channels: int = 4
+    steps: int = 2_000
+    batch_size: int = 32
+    crop: int = 32  # trained on random crops (fully convolutional): 4x cheaper than whole images
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    kl_weight: float = 1e-6  # as small as in SD's VAE: the latent is nearly deterministic
+
+
+@dataclass
+class UnetPretrainConfig:
+    """The world UNet (a diffusers UNet2DConditionModel on the VAE's latent), with the CLIP text tower."""
+
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # cross-attention at the two finest levels
+    layers_per_block: int = 2
+    attention_head_dim: int = 8
+    steps: int = 15_000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    cfg_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
+    ema_decay: float = 0.999  # the shipped UNet is the exponential moving average
+
+
+@dataclass
+class PretrainConfig:
+    """``t2ialign pretrain``: the world's CLIP and Stable Diffusion, resumable stage by stage."""
+
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
+    vae: VaePretrainConfig = field(default_factory=VaePretrainConfig)
+    unet: UnetPretrainConfig = field(default_factory=UnetPretrainConfig)
+    checkpointing_steps: int = 500  # a checkpoint every N optimizer steps of each stage
+    checkpoints_total_limit: int = 2  # keep the newest N
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    """The whole run's config: one table per stage."""
+
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    judge: JudgeTrainConfig = field(default_factory=JudgeTrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def to_dict(cfg) -> dict:
+    """Plain JSON-able dict of a (nested) config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build ``cls`` from a dict; unknown keys and values of the wrong type are ConfigErrors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in {where or cls.__name__}: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        kwargs[key] = _coerce(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def _coerce(tp, value, path: str):
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a table, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {str(k): _coerce(item, v, f"{path}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        return tuple(_coerce(item, v, path) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{path} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, cls=Config):
+    """Read a TOML or JSON file into ``cls`` (defaults when path is None)."""
+    if path is None:
+        return cls()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot parse config file {path}: {e}") from e
+    return from_dict(cls, data)

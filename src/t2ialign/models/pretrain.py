@@ -1,0 +1,612 @@
+"""``t2ialign pretrain``: the shapes world's own CLIP and Stable Diffusion, trained on D_pre.
+
+Stages, each resumable from its newest checkpoint (same config required) and skipped once its output
+is complete:
+
+1. tokenizer  a CLIP BPE built from the grammar (``models.tokenizer``)
+2. data       the pool: ``data.n_images`` renders, cached as uint8 (``data/images.npy``)
+3. clip       a transformers ``CLIPModel`` trained contrastively on (render, web-like caption)
+4. vae        a diffusers ``AutoencoderKL``, factor 4 (64x64x3 -> 4x16x16), trained on crops
+5. latents    the pool encoded once (posterior means, fp16) and every caption's text embedding
+6. unet       a diffusers ``UNet2DConditionModel`` (epsilon prediction, EMA) on the cached latents
+7. assemble   ``pipeline/`` (a stock ``StableDiffusionPipeline``) and ``clip/`` (``CLIPModel`` +
+              ``CLIPProcessor``), both ``save_pretrained`` safetensors
+
+Every step's data and noise come from a generator seeded by (stage, seed, step), so a resumed stage
+computes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint,
+)
+from ..config import PretrainConfig, to_dict
+from ..fsutil import atomic_write
+from ..world import vocab
+from ..world.dataset import caption_for
+from ..world.prompts import PromptSpec
+from ..world.render import render, stable_seed
+from .tokenizer import MAX_LENGTH, build_clip_tokenizer, grammar_corpus
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalization, kept for familiarity
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _done(path: Path, config: dict | None = None) -> bool:
+    """Whether a stage's output is complete; with ``config``, refuses one made with another config."""
+    if not (path / "DONE").is_file():
+        return False
+    if config is not None and json.loads((path / "DONE").read_text()).get("config") != config:
+        raise CheckpointError(
+            f"{path} was made with another config; use another --out, or delete {path} to redo it"
+        )
+    return True
+
+
+def _mark_done(path: Path, info: dict) -> None:
+    atomic_write(path / "DONE", (json.dumps(info, indent=1) + "\n").encode())
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Promote a finished output folder into place (rename), replacing an older one."""
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+# --- the pool --------------------------------------------------------------------------------------------
+
+
+class Pool:
+    """The rendered images (N, H, W, 3) uint8 and their full scenes, with seeded web-like captions."""
+
+    def __init__(self, root: Path, caption_weights: dict[str, float]):
+        self.images = np.load(root / "images.npy", mmap_mode="r")
+        self.scenes = [PromptSpec(*row) for row in json.loads((root / "scenes.json").read_text())]
+        total = sum(caption_weights.values())
+        self.templates = list(caption_weights)
+        self.probs = np.array([caption_weights[t] / total for t in self.templates])
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def batch(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(indices, images (n, H, W, 3) uint8, captions) drawn with rng."""
+        idx = np.sort(rng.integers(len(self), size=n))
+        templates = rng.choice(len(self.templates), size=n, p=self.probs)
+        captions = [
+            caption_for(self.scenes[i], self.templates[t]) for i, t in zip(idx, templates, strict=True)
+        ]
+        return idx, np.asarray(self.images[idx]), captions
+
+
+def build_pool(cfg: PretrainConfig, root: Path, progress: bool) -> None:
+    """Render the pool once (uniform scenes over every shape, unseen objects included)."""
+    want = {"n_images": cfg.data.n_images, "size": cfg.data.size, "seed": cfg.data.seed}
+    if _done(root):
+        have = json.loads((root / "DONE").read_text())
+        if have != want:
+            raise RuntimeError(f"{root} holds another pool ({have}); use another --out or delete it")
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    n, s = cfg.data.n_images, cfg.data.size
+    images = np.lib.format.open_memmap(root / "images.npy", mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
+    scenes = []
+    for i in tqdm(range(n), desc="render pool", disable=not progress):
+        rng = np.random.default_rng(stable_seed("pool", cfg.data.seed, i))
+        scene = PromptSpec(
+            shape=vocab.values("shape")[rng.integers(len(vocab.SHAPES))],
+            count=int(rng.integers(vocab.MIN_COUNT, vocab.MAX_COUNT + 1)),
+            color=vocab.values("color")[rng.integers(len(vocab.COLORS))],
+            background=vocab.values("background")[rng.integers(len(vocab.BACKGROUNDS))],
+        )
+        images[i] = render(scene, seed=stable_seed("pool-image", cfg.data.seed, i), size=s).image
+        scenes.append([scene.shape, scene.count, scene.color, scene.background])
+    images.flush()
+    del images
+    atomic_write(root / "scenes.json", json.dumps(scenes).encode())
+    _mark_done(root, want)
+
+
+# --- a resumable training loop ---------------------------------------------------------------------------
+
+
+def train_loop(
+    name: str,
+    module: nn.Module,
+    loss_fn: Callable[[int], torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    warmup: int,
+    weight_decay: float,
+    root: Path,
+    config: dict,
+    checkpointing_steps: int,
+    keep: int,
+    ema_decay: float | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, list[float]]:
+    """AdamW with warm-up + cosine, gradient clipping at 1, optional EMA, checkpoints every N steps.
+
+    ``loss_fn(step)`` must draw its data and noise from the step alone. Resumes from the newest checkpoint
+    under ``root`` (refusing one made with another config). Returns the module (its EMA weights if EMA is
+    on) and the loss history of this call.
+    """
+    from diffusers.training_utils import EMAModel
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    ema = EMAModel(params, decay=ema_decay, use_ema_warmup=True, power=0.75) if ema_decay else None
+    start = 0
+    ckpt = latest_checkpoint(root)
+    if ckpt is not None:
+        tensors, state = load_checkpoint(ckpt, expect_config=config)
+        module.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer_from_tensors(opt, tensors, state["optimizer"])
+        if ema is not None:
+            ema.shadow_params = [tensors[f"ema.{i}"].clone() for i in range(len(params))]
+            ema.optimization_step = state["ema_step"]
+        start = state["step"]
+        print(f"[{name}] resumed from {ckpt} at step {start}")
+    module.train()
+    losses: list[float] = []
+    bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr * lr_factor(step, warmup, steps)
+        loss = loss_fn(step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[{name}] non-finite loss at step {step}; no checkpoint written")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if ema is not None:
+            ema.step(params)
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if (step + 1) % checkpointing_steps == 0 or step + 1 == steps:
+            tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
+            opt_tensors, opt_state = optimizer_to_tensors(opt)
+            tensors.update(opt_tensors)
+            state = {"config": config, "optimizer": opt_state, "loss": float(np.mean(losses[-100:]))}
+            if ema is not None:
+                tensors.update({f"ema.{i}": t for i, t in enumerate(ema.shadow_params)})
+                state["ema_step"] = ema.optimization_step
+            save_checkpoint(root, step + 1, tensors, state, keep=keep)
+    if ema is not None:
+        ema.copy_to(params)
+    module.eval()
+    return module, losses
+
+
+# --- CLIP ------------------------------------------------------------------------------------------------
+
+
+def make_clip(cfg: PretrainConfig, tokenizer):
+    from transformers import CLIPConfig, CLIPModel
+
+    c = cfg.clip
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": c.text_hidden,
+            "intermediate_size": 4 * c.text_hidden,
+            "num_hidden_layers": c.text_layers,
+            "num_attention_heads": c.heads,
+            "max_position_embeddings": MAX_LENGTH,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "projection_dim": c.projection_dim,
+        },
+        vision_config={
+            "image_size": cfg.data.size,
+            "patch_size": c.patch_size,
+            "hidden_size": c.vision_hidden,
+            "intermediate_size": 4 * c.vision_hidden,
+            "num_hidden_layers": c.vision_layers,
+            "num_attention_heads": c.heads,
+            "projection_dim": c.projection_dim,
+        },
+        projection_dim=c.projection_dim,
+    )
+    torch.manual_seed(cfg.seed)
+    return CLIPModel(config)
+
+
+def clip_pixels(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) normalized as CLIPImageProcessor does."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def soft_clip_loss(logits_per_image: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Symmetric contrastive loss whose targets share mass among identical captions in the batch.
+
+    A batch of web-like captions repeats itself ("circle" for many different circles); plain CLIP would
+    push those apart as negatives. logits_per_image: (B, B), image i vs caption j.
+    """
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    key = torch.tensor([ids[c] for c in captions])
+    same = (key[:, None] == key[None, :]).float()
+    targets = same / same.sum(dim=1, keepdim=True)
+    loss_i = -(targets * F.log_softmax(logits_per_image, dim=1)).sum(dim=1).mean()
+    loss_t = -(targets * F.log_softmax(logits_per_image.t(), dim=1)).sum(dim=1).mean()
+    return 0.5 * (loss_i + loss_t)
+
+
+class _Tokens:
+    """Tokenization cache: the grammar has a few thousand distinct captions."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.cache = tokenizer, {}
+
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if missing:
+            enc = self.tokenizer(
+                missing, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+            )
+            for i, c in enumerate(missing):
+                self.cache[c] = (enc.input_ids[i], enc.attention_mask[i])
+        return torch.stack([self.cache[c][0] for c in captions]), torch.stack(
+            [self.cache[c][1] for c in captions]
+        )
+
+
+def clip_zero_shot(model, tokenizer, n: int = 500, seed: int = 0) -> dict[str, float]:
+    """Zero-shot accuracy per attribute on fresh renders: the image against one caption per value of
+    the attribute ("Two circles" vs "Three circles" ..., "A red colored circle" vs ..., the plain object
+    name for shapes), other named attributes true."""
+    tokens = _Tokens(tokenizer)
+    rng = np.random.default_rng(stable_seed("clip-zero-shot", seed))
+    hits = {k: 0 for k in vocab.ATTRIBUTES}
+    model.eval()
+    with torch.no_grad():
+        for i in range(n):
+            scene = PromptSpec(
+                shape=vocab.values("shape")[rng.integers(len(vocab.SHAPES))],
+                count=int(rng.integers(1, 6)),
+                color=vocab.values("color")[rng.integers(len(vocab.COLORS))],
+                background=vocab.values("background")[rng.integers(len(vocab.BACKGROUNDS))],
+            )
+            image = render(scene, seed=stable_seed("clip-zero-shot-image", seed, i)).image
+            img_emb = F.normalize(
+                _features(model.get_image_features(pixel_values=clip_pixels(image[None]))), dim=-1
+            )
+            for kind in vocab.ATTRIBUTES:
+                values = vocab.values(kind)
+                if kind == "shape":
+                    texts = [caption_for(PromptSpec(v, count=scene.count), "plain") for v in values]
+                else:
+                    texts = [PromptSpec(scene.shape, **{kind: v}).text() for v in values]
+                ids, mask = tokens(texts)
+                txt = F.normalize(
+                    _features(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1
+                )
+                hits[kind] += int(values[int((img_emb @ txt.t()).argmax())] == getattr(scene, kind))
+    return {k: round(v / n, 4) for k, v in hits.items()}
+
+
+def _features(out) -> torch.Tensor:
+    """transformers 5 returns a ModelOutput from get_*_features; 4.x a tensor."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+# --- VAE and UNet ----------------------------------------------------------------------------------------
+
+
+def make_vae(cfg: PretrainConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae.block_out_channels)
+    torch.manual_seed(cfg.seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae.block_out_channels,
+        layers_per_block=1,
+        latent_channels=cfg.vae.latent_channels,
+        norm_num_groups=min(cfg.vae.block_out_channels[0], 16),
+        sample_size=cfg.data.size,
+        mid_block_add_attention=False,  # fully convolutional: trains on crops, decodes whole images
+    )
+
+
+def make_unet(cfg: PretrainConfig, latent_size: int):
+    from diffusers import UNet2DConditionModel
+
+    u = cfg.unet
+    n = len(u.block_out_channels)
+    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    torch.manual_seed(cfg.seed)
+    return UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=cfg.vae.latent_channels,
+        out_channels=cfg.vae.latent_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=u.block_out_channels,
+        layers_per_block=u.layers_per_block,
+        attention_head_dim=u.attention_head_dim,
+        cross_attention_dim=cfg.clip.text_hidden,
+        norm_num_groups=min(u.block_out_channels[0], 32),
+    )
+
+
+def noise_scheduler():
+    """Stable Diffusion's training schedule (scaled-linear betas, 1,000 steps, epsilon prediction)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
+
+
+@torch.no_grad()
+def encode_pool(vae, pool: Pool, out: Path, config: dict, progress: bool, batch: int = 256) -> float:
+    """Posterior means of the whole pool -> ``out/latents.npy`` (fp16); returns the scaling factor
+    1 / std(latents), as Stable Diffusion's VAE carries (0.18215 for SD v1)."""
+    if _done(out, config):
+        return json.loads((out / "DONE").read_text())["scaling_factor"]
+    out.mkdir(parents=True, exist_ok=True)
+    n, s = len(pool), pool.images.shape[1] // 4
+    lat = np.lib.format.open_memmap(
+        out / "latents.npy", mode="w+", dtype=np.float16, shape=(n, vae.config.latent_channels, s, s)
+    )
+    vae.eval()
+    for i in tqdm(range(0, n, batch), desc="encode pool", disable=not progress):
+        x = torch.from_numpy(np.asarray(pool.images[i : i + batch])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        lat[i : i + batch] = vae.encode(x).latent_dist.mean.numpy().astype(np.float16)
+    lat.flush()
+    std = float(np.asarray(lat[: min(n, 20_000)], np.float32).std())
+    del lat
+    _mark_done(out, {"config": config, "scaling_factor": 1.0 / std})
+    return 1.0 / std
+
+
+@torch.no_grad()
+def embed_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
+    """The frozen text encoder's last hidden states for each caption: (n, MAX_LENGTH, hidden)."""
+    tokens = _Tokens(tokenizer)
+    out = []
+    for i in range(0, len(captions), 512):
+        ids, _ = tokens(captions[i : i + 512])
+        # Stable Diffusion conditions on the full padded sequence, without an attention mask.
+        out.append(text_encoder(input_ids=ids).last_hidden_state)
+    return torch.cat(out)
+
+
+# --- the whole pretraining -------------------------------------------------------------------------------
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) every stage into ``out``; returns the measured figures."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    full = to_dict(cfg)
+    atomic_write(out / "pretrain_config.json", (json.dumps(full, indent=1) + "\n").encode())
+    # what each stage depends on: a finished stage is reused only under the same settings
+    stage_cfg = {
+        "clip": full["clip"] | {"data": full["data"], "seed": cfg.seed},
+        "vae": full["vae"] | {"data": full["data"], "seed": cfg.seed},
+    }
+    stage_cfg["unet"] = full["unet"] | {"clip": stage_cfg["clip"], "vae": stage_cfg["vae"]}
+    report: dict = {}
+    t0 = time.time()
+
+    # 1-2. tokenizer and pool
+    if not (out / "tokenizer" / "tokenizer_config.json").is_file():
+        build_clip_tokenizer().save_pretrained(out / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    build_pool(cfg, out / "data", progress)
+    pool = Pool(out / "data", cfg.data.caption_weights)
+
+    # 3. CLIP
+    clip = make_clip(cfg, tokenizer)
+    if _done(out / "clip", stage_cfg["clip"]):
+        clip = type(clip).from_pretrained(out / "clip")
+    else:
+        tokens = _Tokens(tokenizer)
+
+        def clip_loss(step: int) -> torch.Tensor:
+            rng = np.random.default_rng(stable_seed("clip", cfg.seed, step))
+            _, images, captions = pool.batch(rng, cfg.clip.batch_size)
+            ids, mask = tokens(captions)
+            logits = clip(
+                input_ids=ids, attention_mask=mask, pixel_values=clip_pixels(images)
+            ).logits_per_image
+            return soft_clip_loss(logits, captions)
+
+        c = cfg.clip
+        train_loop(
+            "clip",
+            clip,
+            clip_loss,
+            steps=c.steps,
+            lr=c.lr,
+            warmup=c.warmup_steps,
+            weight_decay=c.weight_decay,
+            root=out / "checkpoints" / "clip",
+            config=full["clip"] | {"data": full["data"], "seed": cfg.seed},
+            checkpointing_steps=cfg.checkpointing_steps,
+            keep=cfg.checkpoints_total_limit,
+            progress=progress,
+        )
+        tmp = out / "clip.tmp"
+        clip.save_pretrained(tmp)
+        image_processor = CLIPImageProcessor(
+            do_resize=True,
+            size={"shortest_edge": cfg.data.size},
+            do_center_crop=True,
+            crop_size={"height": cfg.data.size, "width": cfg.data.size},
+            image_mean=list(CLIP_MEAN),
+            image_std=list(CLIP_STD),
+        )
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
+        _mark_done(tmp, {"config": stage_cfg["clip"], "zero_shot": clip_zero_shot(clip, tokenizer, n=500)})
+        _publish(tmp, out / "clip")
+    report["clip_zero_shot"] = json.loads((out / "clip" / "DONE").read_text())["zero_shot"]
+
+    # 4. VAE
+    vae = make_vae(cfg)
+    if _done(out / "vae", stage_cfg["vae"]):
+        vae = type(vae).from_pretrained(out / "vae")
+    else:
+        v = cfg.vae
+
+        def vae_loss(step: int) -> torch.Tensor:
+            rng = np.random.default_rng(stable_seed("vae", cfg.seed, step))
+            _, images, _ = pool.batch(rng, v.batch_size)
+            y0, x0 = rng.integers(0, cfg.data.size - v.crop + 1, size=2)
+            x = (
+                torch.from_numpy(images[:, y0 : y0 + v.crop, x0 : x0 + v.crop]).permute(0, 3, 1, 2).float()
+                / 127.5
+                - 1.0
+            )
+            posterior = vae.encode(x).latent_dist
+            g = torch.Generator().manual_seed(stable_seed("vae-noise", cfg.seed, step))
+            recon = vae.decode(posterior.sample(generator=g)).sample
+            return F.l1_loss(recon, x) + v.kl_weight * posterior.kl().mean()
+
+        train_loop(
+            "vae",
+            vae,
+            vae_loss,
+            steps=v.steps,
+            lr=v.lr,
+            warmup=v.warmup_steps,
+            weight_decay=0.0,
+            root=out / "checkpoints" / "vae",
+            config=full["vae"] | {"data": full["data"], "seed": cfg.seed},
+            checkpointing_steps=cfg.checkpointing_steps,
+            keep=cfg.checkpoints_total_limit,
+            progress=progress,
+        )
+        scaling = encode_pool(vae, pool, out / "latents", stage_cfg["vae"], progress)
+        vae.register_to_config(scaling_factor=scaling)
+        tmp = out / "vae.tmp"
+        vae.save_pretrained(tmp)
+        _mark_done(tmp, {"config": stage_cfg["vae"], "scaling_factor": scaling})
+        _publish(tmp, out / "vae")
+    scaling = vae.config.scaling_factor
+    encode_pool(vae, pool, out / "latents", stage_cfg["vae"], progress)
+    latents = np.load(out / "latents" / "latents.npy", mmap_mode="r")
+
+    # 5. text encoder = the CLIP text tower, frozen; every caption embedded once
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    # transformers 5 flattens CLIPTextModel (no .text_model); 4.x nests it
+    getattr(text_encoder, "text_model", text_encoder).load_state_dict(clip.text_model.state_dict())
+    text_encoder.eval().requires_grad_(False)
+    captions = ["", *grammar_corpus()]
+    caption_index = {c: i for i, c in enumerate(captions)}
+    caption_emb = embed_captions(text_encoder, tokenizer, captions)  # (n_captions, MAX_LENGTH, hidden)
+
+    # 6. UNet
+    unet = make_unet(cfg, latents.shape[-1])
+    sched = noise_scheduler()
+    if _done(out / "unet", stage_cfg["unet"]):
+        unet = type(unet).from_pretrained(out / "unet")
+    else:
+        u = cfg.unet
+
+        def unet_loss(step: int) -> torch.Tensor:
+            rng = np.random.default_rng(stable_seed("unet", cfg.seed, step))
+            idx, _, caps = pool.batch(rng, u.batch_size)
+            drop = rng.random(u.batch_size) < u.cfg_dropout
+            cond = caption_emb[
+                [0 if d else caption_index[c.lower()] for c, d in zip(caps, drop, strict=True)]
+            ]
+            x0 = torch.from_numpy(np.asarray(latents[idx], np.float32)) * scaling  # (B, 4, 16, 16)
+            g = torch.Generator().manual_seed(stable_seed("unet-noise", cfg.seed, step))
+            noise = torch.randn(x0.shape, generator=g)
+            t = torch.randint(0, sched.config.num_train_timesteps, (u.batch_size,), generator=g)
+            pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+            return F.mse_loss(pred, noise)
+
+        train_loop(
+            "unet",
+            unet,
+            unet_loss,
+            steps=u.steps,
+            lr=u.lr,
+            warmup=u.warmup_steps,
+            weight_decay=0.0,
+            root=out / "checkpoints" / "unet",
+            config=full["unet"]
+            | {"data": full["data"], "vae": full["vae"], "clip": full["clip"], "seed": cfg.seed},
+            checkpointing_steps=cfg.checkpointing_steps,
+            keep=cfg.checkpoints_total_limit,
+            ema_decay=u.ema_decay,
+            progress=progress,
+        )
+        tmp = out / "unet.tmp"
+        unet.save_pretrained(tmp)
+        _mark_done(tmp, {"config": stage_cfg["unet"]})
+        _publish(tmp, out / "unet")
+
+    # 7. assemble a stock StableDiffusionPipeline
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(sched.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    tmp = out / "pipeline.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    atomic_write(
+        tmp / "t2ialign.json",
+        (json.dumps({"t2ialign_version": __version__, "pretrain_config": full}, indent=1) + "\n").encode(),
+    )
+    _publish(tmp, out / "pipeline")
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
