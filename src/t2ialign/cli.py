@@ -151,6 +151,79 @@ def cmd_train_judge(args) -> int:
     return 0
 
 
+def _generate_config(args):
+    from .config import from_dict, load_config, to_dict
+
+    cfg = load_config(args.config).generate
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "model",
+            "images_per_prompt",
+            "num_inference_steps",
+            "guidance_scale",
+            "scheduler",
+            "batch_size",
+            "mixed_precision",
+            "seed",
+            "role",
+        )
+        if getattr(args, k, None) is not None
+    }
+    return from_dict(type(cfg), to_dict(cfg) | overrides, "generate")
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate, select_prompts
+    from .store import Store
+
+    cfg = _generate_config(args)
+    with Store.open(args.run, db_url=args.db_url) as store:
+        rows = store.list_prompts(split=args.split, category=args.category)
+        if not rows:
+            raise ValueError(
+                f"no prompts in {args.run} (split={args.split}, category={args.category}); run `t2ialign prompts`"
+            )
+        prompts = [r["text"] for r in select_prompts(rows, args.max_prompts, cfg.seed)]
+        print(f"{len(prompts)} prompts x {cfg.images_per_prompt} images, role {cfg.role}")
+        report = generate(cfg, store, prompts)
+        store.update_metrics(**{f"generate_{cfg.role}": report})
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_evaluate_base(args) -> int:
+    from .evaluate.alignment import format_table
+    from .evaluate.base import evaluate_base
+    from .store import Store
+
+    cfg = _generate_config(args)
+    with Store.open(args.run, db_url=args.db_url) as store:
+        report = evaluate_base(store, cfg, prompts_per_category=args.prompts_per_category)
+    print(format_table(report))
+    print(
+        f"\nmodel {report['model_id']} @ {report['model_revision']}; written to {Path(args.run) / 'metrics.json'}"
+    )
+    return 0
+
+
+def _add_generate_args(sp, role_default: str | None = None) -> None:
+    sp.add_argument("--run", required=True, help="run directory")
+    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
+    sp.add_argument("--config", help="TOML or JSON config file (table [generate])")
+    sp.add_argument(
+        "--model", help="local diffusers Stable Diffusion folder (default: the shipped world model)"
+    )
+    sp.add_argument("--images-per-prompt", dest="images_per_prompt", type=int)
+    sp.add_argument("--steps", dest="num_inference_steps", type=int, help="sampler steps")
+    sp.add_argument("--guidance-scale", dest="guidance_scale", type=float)
+    sp.add_argument("--scheduler", help="default, dpm++, ddim, euler, euler_a or pndm")
+    sp.add_argument("--batch-size", dest="batch_size", type=int, help="images per pipeline call")
+    sp.add_argument("--mixed-precision", dest="mixed_precision", help="no, bf16 or fp16")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--role", default=role_default, help="human, unlabeled or eval")
+
+
 def cmd_pretrain(args) -> int:
     from .config import load_config
     from .models.pretrain import pretrain
@@ -187,6 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
     sp.add_argument("--config", help="TOML or JSON config file (table [prompts])")
     sp.set_defaults(func=cmd_prompts)
+
+    sp = sub.add_parser("generate", help="stage 2: sample K images per prompt into the run")
+    _add_generate_args(sp)
+    sp.add_argument("--split", default="seen", help="prompt split: seen, unseen_prompt or unseen_object")
+    sp.add_argument("--category", help="only this category (count, color, background, combination)")
+    sp.add_argument(
+        "--max-prompts", dest="max_prompts", type=int, help="a seeded sample of this many prompts"
+    )
+    sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("evaluate-base", help="judge a base model per category, seen vs unseen objects")
+    _add_generate_args(sp, role_default="eval")
+    sp.add_argument("--prompts-per-category", dest="prompts_per_category", type=int, default=100)
+    sp.set_defaults(func=cmd_evaluate_base)
 
     world = sub.add_parser("world", help="the built-in shapes world: render, judge, perturb").add_subparsers(
         dest="world_command", required=True

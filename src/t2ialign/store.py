@@ -434,46 +434,107 @@ class Store:
         ``sampler`` is the JSON-able sampling setup (scheduler, steps, guidance_scale, ...) so the image
         can be remade from (model, prompt, seed, sampler). ``width``/``height`` must match the PNG.
         """
-        path = self.image_path(sha256)
-        _check_one_of("image role", role, ROLES)
-        _check_str("model_id", model_id)
-        _check_str("model_revision", model_revision, nullable=True)
-        _check_int("seed", seed, *_INT64)
-        _check_int("width", width, 1, 2**31 - 1)
-        _check_int("height", height, 1, 2**31 - 1)
-        if not isinstance(sampler, dict) or not all(isinstance(k, str) for k in sampler):
-            raise ValueError(f"sampler must be a dict with string keys, got {sampler!r}")
-        try:
-            json.dumps(sampler, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"sampler must be JSON-serializable with finite numbers: {e}") from e
-        if not path.is_file():
-            raise ValueError(f"no image file {sha256} in {self.images_dir}; put_image_bytes it first")
-        with open(path, "rb") as f:
-            size = _png_size(f.read(24))
-        if size != (width, height):
-            raise ValueError(f"image {sha256} is {size[0]}x{size[1]}, not the {width}x{height} given")
+        record = dict(sha256=sha256, prompt_text=prompt_text, model_id=model_id, seed=seed, sampler=sampler)
+        record.update(role=role, width=width, height=height, model_revision=model_revision)
+        return self.add_images([record])[0]
+
+    def add_images(self, records: list[dict[str, Any]]) -> list[int]:
+        """Record many images (dicts of :meth:`add_image`'s arguments) in one transaction; their ids.
+
+        Every record is validated before anything is written: one bad record writes none of them.
+        """
+        rows = []
+        for r in records:
+            path = self.image_path(r["sha256"])
+            _check_one_of("image role", r["role"], ROLES)
+            _check_str("model_id", r["model_id"])
+            _check_str("model_revision", r.get("model_revision"), nullable=True)
+            _check_int("seed", r["seed"], *_INT64)
+            _check_int("width", r["width"], 1, 2**31 - 1)
+            _check_int("height", r["height"], 1, 2**31 - 1)
+            sampler = r["sampler"]
+            if not isinstance(sampler, dict) or not all(isinstance(k, str) for k in sampler):
+                raise ValueError(f"sampler must be a dict with string keys, got {sampler!r}")
+            try:
+                json.dumps(sampler, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"sampler must be JSON-serializable with finite numbers: {e}") from e
+            if not path.is_file():
+                raise ValueError(
+                    f"no image file {r['sha256']} in {self.images_dir}; put_image_bytes it first"
+                )
+            with open(path, "rb") as f:
+                size = _png_size(f.read(24))
+            if size != (r["width"], r["height"]):
+                raise ValueError(
+                    f"image {r['sha256']} is {size[0]}x{size[1]}, not the {r['width']}x{r['height']} given"
+                )
+            rows.append(r)
+        if len({r["sha256"] for r in rows}) != len(rows):
+            raise ValueError("the same image sha256 is given twice")
         with self.session() as s:
-            prompt_id = s.scalar(select(PromptRow.id).where(PromptRow.text == prompt_text))
-            if prompt_id is None:
-                raise ValueError(f"unknown prompt {prompt_text!r}: add_prompts it first")
-            existing = s.scalar(select(ImageRow.id).where(ImageRow.sha256 == sha256))
-            if existing is not None:
-                raise ValueError(f"image {sha256} is already recorded (id {existing})")
-            row = ImageRow(
-                sha256=sha256,
-                prompt_id=prompt_id,
-                model_id=model_id,
-                model_revision=model_revision,
-                seed=seed,
-                sampler=sampler,
-                role=role,
-                width=width,
-                height=height,
+            texts = sorted({r["prompt_text"] for r in rows})
+            prompt_ids = dict(
+                s.execute(select(PromptRow.text, PromptRow.id).where(PromptRow.text.in_(texts))).all()
             )
-            s.add(row)
+            for t in texts:
+                if t not in prompt_ids:
+                    raise ValueError(f"unknown prompt {t!r}: add_prompts it first")
+            shas = [r["sha256"] for r in rows]
+            existing = s.scalar(select(ImageRow.sha256).where(ImageRow.sha256.in_(shas)).limit(1))
+            if existing is not None:
+                raise ValueError(f"image {existing} is already recorded")
+            objs = [
+                ImageRow(
+                    sha256=r["sha256"],
+                    prompt_id=prompt_ids[r["prompt_text"]],
+                    model_id=r["model_id"],
+                    model_revision=r.get("model_revision"),
+                    seed=r["seed"],
+                    sampler=r["sampler"],
+                    role=r["role"],
+                    width=r["width"],
+                    height=r["height"],
+                )
+                for r in rows
+            ]
+            s.add_all(objs)
             s.flush()
-            return row.id
+            return [o.id for o in objs]
+
+    def list_prompts(self, split: str | None = None, category: str | None = None) -> list[dict[str, Any]]:
+        """Stored prompts (text, category, split and attributes), in id order, optionally filtered."""
+        q = select(PromptRow).order_by(PromptRow.id)
+        if split is not None:
+            _check_one_of("split", split, SPLITS)
+            q = q.where(PromptRow.split == split)
+        if category is not None:
+            _check_one_of("category", category, CATEGORIES)
+            q = q.where(PromptRow.category == category)
+        with self.session() as s:
+            return [
+                {
+                    k: getattr(r, k)
+                    for k in ("id", "text", "category", "split", "shape", "count", "color", "background")
+                }
+                for r in s.scalars(q)
+            ]
+
+    def list_images(self, model_id: str | None = None, role: str | None = None) -> list[dict[str, Any]]:
+        """Stored images with their prompt text, in id order, optionally filtered."""
+        q = (
+            select(ImageRow, PromptRow.text)
+            .join(PromptRow, ImageRow.prompt_id == PromptRow.id)
+            .order_by(ImageRow.id)
+        )
+        if model_id is not None:
+            q = q.where(ImageRow.model_id == model_id)
+        if role is not None:
+            _check_one_of("image role", role, ROLES)
+            q = q.where(ImageRow.role == role)
+        keys = ("id", "sha256", "model_id", "model_revision", "seed", "sampler", "role", "width", "height")
+        with self.session() as s:
+            return [{**{k: getattr(r, k) for k in keys}, "prompt": text} for r, text in s.execute(q)]
 
     # --- labelers and labels ------------------------------------------------------------------------------
 

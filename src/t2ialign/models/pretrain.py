@@ -351,9 +351,8 @@ def make_unet(cfg: PretrainConfig, latent_size: int):
     from diffusers import UNet2DConditionModel
 
     u = cfg.unet
-    n = len(u.block_out_channels)
-    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
-    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in u.cross_attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(u.cross_attention))
     torch.manual_seed(cfg.seed)
     return UNet2DConditionModel(
         sample_size=latent_size,

@@ -1,0 +1,46 @@
+"""``t2ialign evaluate-base``: how a base model fails, before any feedback (the paper's Table 1 view).
+
+Samples images for up to ``prompts_per_category`` prompts of each category, separately for seen and for
+unseen objects, and has the world judge grade them. The paper's Stable Diffusion v1.5 was judged good on
+34% of count, 70% of color and 67% of background images (Table 1).
+"""
+
+from __future__ import annotations
+
+from ..config import GenerateConfig
+from ..generate import generate, select_prompts
+from ..store import Store
+from ..world.judge import Judge
+from ..world.prompts import CATEGORIES, build_prompt_set
+from .alignment import OBJECT_SPLITS, alignment_report, judge_stored
+
+PAPER_TABLE1_GOOD = {"count": 0.344, "color": 0.704, "background": 0.669, "combination": 0.358}
+
+
+def evaluate_base(
+    store: Store, cfg: GenerateConfig, prompts_per_category: int = 100, progress: bool = True
+) -> dict:
+    """Generate (role eval) and judge; returns the report, also written to metrics.json."""
+    from ..models.load import load_pipeline
+
+    if not store.list_prompts():
+        store.add_prompts(build_prompt_set())
+    chosen: list[str] = []
+    for category in CATEGORIES:
+        for splits in OBJECT_SPLITS.values():
+            rows = [p for s in splits for p in store.list_prompts(split=s, category=category)]
+            chosen += [p["text"] for p in select_prompts(rows, prompts_per_category, seed=cfg.seed)]
+    pipe, model_id, revision = load_pipeline(cfg.model)
+    gen = generate(cfg, store, chosen, pipe=pipe, model_info=(model_id, revision), progress=progress)
+    wanted = set(chosen)
+    images = [
+        r
+        for r in store.list_images(model_id=model_id, role=cfg.role)
+        if r["prompt"] in wanted and r["model_revision"] == revision
+    ]
+    report = alignment_report(judge_stored(store, images, Judge.load()))
+    report.update(
+        model_id=model_id, model_revision=revision, generate=gen, paper_table1_good=PAPER_TABLE1_GOOD
+    )
+    store.update_metrics(alignment=report["alignment"], base_eval=report)
+    return report

@@ -1,0 +1,177 @@
+"""Stage 2: sample K images per prompt from a Stable Diffusion pipeline into the run store.
+
+Batches run across prompts (``batch_size`` images per pipeline call, text embeddings computed once per
+distinct prompt), optionally under bf16 autocast. Each image has its own seed, derived from (config seed,
+role, prompt, index), and its own torch generator, so the same seed gives the same image whatever else is
+in the batch's prompts. A rerun skips every (prompt, seed) the store already holds for that model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .config import GenerateConfig, to_dict
+from .store import Store
+from .world.render import stable_seed
+
+SCHEDULER_CLASSES = {
+    "dpm++": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+}
+
+
+def image_seed(seed: int, role: str, prompt: str, index: int) -> int:
+    """The seed of the index-th image of a prompt (63-bit, stable across processes)."""
+    return stable_seed("image", seed, role, prompt, index)
+
+
+def set_scheduler(pipe, name: str) -> None:
+    if name == "default":
+        return
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULER_CLASSES[name])
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def autocast(pipe, mixed_precision: str):
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+    return torch.autocast(pipe.device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def sample_images(pipe, prompts: list[str], seeds: list[int], cfg: GenerateConfig) -> list[np.ndarray]:
+    """One (H, W, 3) uint8 image per (prompt, seed), in one pipeline call."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    distinct = list(dict.fromkeys(prompts))
+    cfg_on = cfg.guidance_scale > 1.0
+    emb, neg = pipe.encode_prompt(distinct, pipe.device, 1, cfg_on, negative_prompt=[""] * len(distinct))
+    rows = [distinct.index(p) for p in prompts]
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    with autocast(pipe, cfg.mixed_precision):
+        out = pipe(
+            prompt_embeds=emb[rows],
+            negative_prompt_embeds=neg[rows] if cfg_on else None,
+            num_inference_steps=cfg.num_inference_steps,
+            guidance_scale=cfg.guidance_scale,
+            generator=generators,
+            height=cfg.height,
+            width=cfg.width,
+            output_type="np",
+        )
+    return [np.round(np.clip(im, 0.0, 1.0) * 255.0).astype(np.uint8) for im in out.images]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def select_prompts(rows: list[dict], max_prompts: int | None, seed: int) -> list[dict]:
+    """All rows, or a seeded sample of ``max_prompts`` of them (in their stored order)."""
+    if max_prompts is None or max_prompts >= len(rows):
+        return rows
+    if max_prompts < 1:
+        raise ValueError(f"max_prompts must be >= 1, got {max_prompts}")
+    keep = set(random.Random(f"select:{seed}").sample(range(len(rows)), max_prompts))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
+def generate(
+    cfg: GenerateConfig,
+    store: Store,
+    prompts: list[str],
+    pipe=None,
+    model_info: tuple[str, str] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Generate ``cfg.images_per_prompt`` images for each prompt text (already in the store).
+
+    ``pipe`` and ``model_info`` (model id, revision) may be passed in by a caller that already loaded the
+    pipeline; otherwise ``cfg.model`` is loaded. Returns counts and throughput.
+    """
+    from .models.load import load_pipeline
+
+    if pipe is None:
+        pipe, model_id, model_revision = load_pipeline(cfg.model)
+    else:
+        model_id, model_revision = model_info
+    set_scheduler(pipe, cfg.scheduler)
+    known = {r["text"] for r in store.list_prompts()}
+    unknown = [p for p in prompts if p not in known]
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} prompts are not in the run (e.g. {unknown[0]!r}); run `t2ialign prompts` first"
+        )
+    stored = store.list_images(model_id=model_id)
+    have = {(r["prompt"], r["seed"]) for r in stored}
+    shas = {r["sha256"] for r in stored}
+    todo = [
+        (p, s)
+        for p in prompts
+        for s in (image_seed(cfg.seed, cfg.role, p, k) for k in range(cfg.images_per_prompt))
+        if (p, s) not in have
+    ]
+    sampler = {
+        "pipeline": type(pipe).__name__,
+        "scheduler": type(pipe.scheduler).__name__,
+        "generate_config": {
+            k: v for k, v in to_dict(cfg).items() if k not in ("model", "role", "seed", "batch_size")
+        },
+    }
+    made = duplicates = 0
+    t0 = time.time()
+    bar = tqdm(total=len(todo), desc=f"generate ({cfg.role})", unit="img", disable=not progress)
+    for i in range(0, len(todo), cfg.batch_size):
+        batch = todo[i : i + cfg.batch_size]
+        images = sample_images(pipe, [p for p, _ in batch], [s for _, s in batch], cfg)
+        records = []
+        for (prompt, seed), image in zip(batch, images, strict=True):
+            sha = store.put_image_bytes(png_bytes(image))
+            if sha in shas:  # byte-identical to an image already recorded (a degenerate model): keep one
+                duplicates += 1
+                continue
+            shas.add(sha)
+            records.append(
+                dict(
+                    sha256=sha,
+                    prompt_text=prompt,
+                    model_id=model_id,
+                    model_revision=model_revision,
+                    seed=seed,
+                    sampler=sampler,
+                    role=cfg.role,
+                    width=image.shape[1],
+                    height=image.shape[0],
+                )
+            )
+        store.add_images(records)  # one transaction per batch: a crash loses at most this batch
+        made += len(records)
+        bar.update(len(batch))
+    bar.close()
+    seconds = time.time() - t0
+    return {
+        "model_id": model_id,
+        "model_revision": model_revision,
+        "requested": len(prompts) * cfg.images_per_prompt,
+        "already_stored": len(prompts) * cfg.images_per_prompt - len(todo),
+        "generated": made,
+        "duplicates_skipped": duplicates,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(len(todo) / seconds, 2) if todo else None,
+    }
