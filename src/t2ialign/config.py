@@ -109,6 +109,7 @@ class ClipPretrainConfig:
     lr: float = 1e-3  # AdamW peak; linear warm-up over warmup_steps, cosine to 0
     warmup_steps: int = 200
     weight_decay: float = 0.05
+    zero_shot_n: int = 500  # renders for the zero-shot accuracy reported when the stage ends
 
 
 @dataclass

@@ -379,6 +379,7 @@ def noise_scheduler():
         beta_end=0.012,
         prediction_type="epsilon",
         clip_sample=False,
+        steps_offset=1,
     )
 
 
@@ -430,7 +431,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     atomic_write(out / "pretrain_config.json", (json.dumps(full, indent=1) + "\n").encode())
     # what each stage depends on: a finished stage is reused only under the same settings
     stage_cfg = {
-        "clip": full["clip"] | {"data": full["data"], "seed": cfg.seed},
+        # zero_shot_n only sizes the report, not the model
+        "clip": {k: v for k, v in full["clip"].items() if k != "zero_shot_n"}
+        | {"data": full["data"], "seed": cfg.seed},
         "vae": full["vae"] | {"data": full["data"], "seed": cfg.seed},
     }
     stage_cfg["unet"] = full["unet"] | {"clip": stage_cfg["clip"], "vae": stage_cfg["vae"]}
@@ -486,7 +489,13 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             image_std=list(CLIP_STD),
         )
         CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
-        _mark_done(tmp, {"config": stage_cfg["clip"], "zero_shot": clip_zero_shot(clip, tokenizer, n=500)})
+        _mark_done(
+            tmp,
+            {
+                "config": stage_cfg["clip"],
+                "zero_shot": clip_zero_shot(clip, tokenizer, n=cfg.clip.zero_shot_n),
+            },
+        )
         _publish(tmp, out / "clip")
     report["clip_zero_shot"] = json.loads((out / "clip" / "DONE").read_text())["zero_shot"]
 

@@ -1,0 +1,130 @@
+"""The generate stage on a tiny Stable Diffusion pipeline built from config, and model loading errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from t2ialign.cli import main
+from t2ialign.config import GenerateConfig
+from t2ialign.generate import generate, image_seed, sample_images
+from t2ialign.models.load import load_clip, load_pipeline, resolve_clip_path, resolve_sd_path
+from t2ialign.store import Store
+from t2ialign.world.prompts import build_prompt_set
+
+FAST = dict(num_inference_steps=2, batch_size=4, mixed_precision="no")
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store.open(tmp_path / "run") as s:
+        s.add_prompts(build_prompt_set())
+        yield s
+
+
+def test_generate_end_to_end_then_rerun_skips(store, tiny_pipeline_path):
+    cfg = GenerateConfig(model=str(tiny_pipeline_path), images_per_prompt=3, **FAST)
+    prompts = ["Two circles", "A green colored star", "Three blue squares in the forest"]
+    first = generate(cfg, store, prompts, progress=False)
+    assert first["generated"] == 9 and first["already_stored"] == 0
+    rows = store.list_images()
+    assert len(rows) == 9 and {r["prompt"] for r in rows} == set(prompts)
+    assert all(r["role"] == "human" and r["width"] == 32 and r["model_revision"] for r in rows)
+    assert all(store.image_path(r["sha256"]).is_file() for r in rows)
+    assert rows[0]["sampler"]["scheduler"] == "DDIMScheduler"
+    again = generate(cfg, store, prompts, progress=False)
+    assert again["generated"] == 0 and again["already_stored"] == 9
+    # more images per prompt: only the new ones are made
+    more = generate(
+        GenerateConfig(model=str(tiny_pipeline_path), images_per_prompt=4, **FAST),
+        store,
+        prompts,
+        progress=False,
+    )
+    assert more["generated"] == 3 and len(store.list_images()) == 12
+
+
+def test_same_seed_same_image_regardless_of_batch_mates(tiny_pipeline_path):
+    pipe, _, _ = load_pipeline(tiny_pipeline_path)
+    cfg = GenerateConfig(**FAST)
+    s = image_seed(0, "human", "Two circles", 0)
+    alone = sample_images(pipe, ["Two circles"], [s], cfg)[0]
+    again = sample_images(pipe, ["Two circles"], [s], cfg)[0]
+    assert np.array_equal(alone, again)
+    other = sample_images(pipe, ["Two circles"], [s + 1], cfg)[0]
+    assert not np.array_equal(alone, other)
+    in_batch = sample_images(pipe, ["A red colored ring", "Two circles"], [s + 7, s], cfg)[1]
+    assert np.abs(in_batch.astype(int) - alone.astype(int)).max() <= 1  # batched math may round differently
+
+
+def test_roles_get_distinct_seeds():
+    assert image_seed(0, "human", "Two circles", 0) != image_seed(0, "unlabeled", "Two circles", 0)
+    assert 0 <= image_seed(0, "human", "Two circles", 0) < 2**63
+
+
+def test_unknown_prompt_is_an_error(store, tiny_pipeline_path):
+    cfg = GenerateConfig(model=str(tiny_pipeline_path), images_per_prompt=1, **FAST)
+    with pytest.raises(ValueError, match="not in the run"):
+        generate(cfg, store, ["Two dragons"], progress=False)
+    assert store.list_images() == []
+
+
+def test_bad_model_paths_are_clear_errors(tmp_path, tiny_clip_path):
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        resolve_sd_path(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no model_index.json"):
+        resolve_sd_path(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(ValueError, match="not a Stable Diffusion 1.x/2.x pipeline"):
+        resolve_sd_path(tmp_path / "other")
+    with pytest.raises(ValueError, match="no model_index.json"):
+        resolve_sd_path(tiny_clip_path)  # a CLIP folder is not a pipeline
+    with pytest.raises(FileNotFoundError):
+        resolve_clip_path(tmp_path / "missing")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="not a CLIP model"):
+        resolve_clip_path(tmp_path / "bert")
+
+
+def test_tiny_clip_loads(tiny_clip_path):
+    model, processor, model_id = load_clip(tiny_clip_path)
+    inputs = processor(
+        text=["two circles"], images=[Image.new("RGB", (32, 32))], return_tensors="pt", padding=True
+    )
+    out = model(**inputs)
+    assert out.logits_per_image.shape == (1, 1) and model_id.endswith("tiny-clip")
+
+
+def test_generate_and_evaluate_base_cli(tmp_path, tiny_pipeline_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["prompts", "--run", run]) == 0
+    common = ["--model", str(tiny_pipeline_path), "--steps", "2", "--mixed-precision", "no"]
+    assert main(["generate", "--run", run, "--max-prompts", "3", "--images-per-prompt", "2", *common]) == 0
+    assert '"generated": 6' in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "evaluate-base",
+                "--run",
+                run,
+                "--prompts-per-category",
+                "1",
+                "--images-per-prompt",
+                "1",
+                *common,
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "combination" in out and "unseen_objects" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["alignment"]) == {"count", "color", "background", "combination"}
+    assert metrics["base_eval"]["by_category"]["count"]["n"] == 2  # 1 seen-object + 1 unseen-object prompt
+    assert main(["generate", "--run", run, "--model", str(tmp_path / "nope")]) == 2
+    assert "no model at" in capsys.readouterr().err
+    assert main(["generate", "--run", run, "--scheduler", "magic", *common]) == 2

@@ -1,0 +1,182 @@
+"""Pretraining of the world's base models: the tokenizer, the losses, exact resume, a tiny end-to-end run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPTokenizer
+
+from t2ialign.checkpoint import CheckpointError
+from t2ialign.cli import main
+from t2ialign.models.pretrain import lr_factor, soft_clip_loss, train_loop
+from t2ialign.models.tokenizer import MAX_LENGTH, build_clip_tokenizer, grammar_corpus
+
+
+def test_tokenizer_keeps_grammar_words_whole_and_round_trips(tmp_path):
+    tok = build_clip_tokenizer()
+    ids = tok("Five purple triangles under the sea").input_ids
+    assert tok.convert_ids_to_tokens(ids) == [
+        "<|startoftext|>",
+        "five</w>",
+        "purple</w>",
+        "triangles</w>",
+        "under</w>",
+        "the</w>",
+        "sea</w>",
+        "<|endoftext|>",
+    ]
+    assert max(len(tok(c).input_ids) for c in grammar_corpus()) <= MAX_LENGTH
+    assert len(tok("a zebra").input_ids) > 3, "unknown words fall back to bytes"
+    tok.save_pretrained(tmp_path)
+    again = CLIPTokenizer.from_pretrained(tmp_path)
+    assert again("Two red circles").input_ids == tok("Two red circles").input_ids
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.5)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_soft_clip_loss_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    expected = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]
+    assert soft_clip_loss(logits, ["a", "b"]).item() == pytest.approx(expected.item())
+    # identical captions share the target mass: uniform logits are then optimal
+    uniform = torch.zeros(2, 2)
+    assert soft_clip_loss(uniform, ["a", "a"]).item() == pytest.approx(np.log(2))
+
+
+def _run(tmp_path, crash_at=None, steps=6):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def loss_fn(step):
+        if step == crash_at:
+            raise KeyboardInterrupt("simulated kill")
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(16, 3, generator=g)
+        return (net(x).squeeze(1) - x.sum(1)).pow(2).mean()
+
+    kw = dict(
+        steps=steps,
+        lr=0.05,
+        warmup=2,
+        weight_decay=0.0,
+        root=tmp_path,
+        config={"k": 1},
+        checkpointing_steps=2,
+        keep=2,
+        ema_decay=0.9,
+        progress=False,
+    )
+    return train_loop("t", net, loss_fn, **kw)[0]
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    straight = _run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", crash_at=3)  # killed after the checkpoint at step 2
+    resumed = _run(tmp_path / "b")
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_resume_refuses_another_config(tmp_path):
+    _run(tmp_path)
+    net = torch.nn.Linear(3, 1)
+    with pytest.raises(CheckpointError, match="another config"):
+        train_loop(
+            "t",
+            net,
+            lambda s: net(torch.ones(1, 3)).sum(),
+            steps=8,
+            lr=0.1,
+            warmup=1,
+            weight_decay=0.0,
+            root=tmp_path,
+            config={"k": 2},
+            checkpointing_steps=2,
+            keep=2,
+            progress=False,
+        )
+
+
+def test_non_finite_loss_stops_before_a_checkpoint(tmp_path):
+    net = torch.nn.Linear(3, 1)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train_loop(
+            "t",
+            net,
+            lambda s: net(torch.ones(1, 3)).sum() * float("nan"),
+            steps=4,
+            lr=0.1,
+            warmup=1,
+            weight_decay=0.0,
+            root=tmp_path,
+            config={},
+            checkpointing_steps=1,
+            keep=2,
+            progress=False,
+        )
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+TINY = """
+[pretrain]
+checkpointing_steps = 2
+[pretrain.data]
+n_images = 48
+[pretrain.clip]
+steps = 2
+batch_size = 8
+text_hidden = 32
+vision_hidden = 32
+text_layers = 1
+vision_layers = 1
+projection_dim = 16
+warmup_steps = 1
+zero_shot_n = 10
+[pretrain.vae]
+steps = 2
+batch_size = 4
+block_out_channels = [8, 16, 16]
+warmup_steps = 1
+[pretrain.unet]
+steps = 3
+batch_size = 4
+block_out_channels = [16, 32, 32]
+layers_per_block = 1
+warmup_steps = 1
+"""
+
+
+def test_tiny_pretrain_end_to_end_makes_stock_loadable_models(tmp_path, capsys):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPProcessor
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
+    report = json.loads(capsys.readouterr().out.split("\npipeline:")[0])
+    assert set(report["clip_zero_shot"]) == {"count", "color", "shape", "background"}
+    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size == 32
+    assert pipe.vae.config.scaling_factor != 1.0
+    images = pipe(
+        "Two red circles", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
+    assert images.shape == (1, 64, 64, 3)
+    clip = CLIPModel.from_pretrained(out / "clip")
+    CLIPProcessor.from_pretrained(out / "clip")
+    assert clip.config.projection_dim == 16
+    # a rerun finds every stage done; another config for a done stage is refused, not silently redone
+    assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
+    cfg.write_text(TINY.replace("[pretrain.clip]\nsteps = 2", "[pretrain.clip]\nsteps = 3"))
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 2
+    assert "another config" in capsys.readouterr().err
