@@ -174,8 +174,13 @@ def test_tiny_pretrain_end_to_end_makes_stock_loadable_models(tmp_path, capsys):
     clip = CLIPModel.from_pretrained(out / "clip")
     CLIPProcessor.from_pretrained(out / "clip")
     assert clip.config.projection_dim == 16
-    # a rerun finds every stage done; another config for a done stage is refused, not silently redone
+    # a rerun finds every stage done; more UNet steps continue from its last checkpoint
     assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
+    cfg.write_text(TINY.replace("[pretrain.unet]\nsteps = 3", "[pretrain.unet]\nsteps = 4"))
+    assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((out / "unet" / "DONE").read_text())["steps"] == 4
+    # another config for a done stage is refused, not silently redone
     cfg.write_text(TINY.replace("[pretrain.clip]\nsteps = 2", "[pretrain.clip]\nsteps = 3"))
     capsys.readouterr()
     assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 2

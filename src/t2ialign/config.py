@@ -138,7 +138,7 @@ class UnetPretrainConfig:
     attention_head_dim: int = 8
     steps: int = 8_000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 1e-3  # constant after warm-up (EMA averages): raise `steps` and rerun to train further
     warmup_steps: int = 500
     cfg_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
     ema_decay: float = 0.999  # the shipped UNet is the exponential moving average

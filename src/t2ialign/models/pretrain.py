@@ -52,10 +52,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalization, 
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total`` (or constant)."""
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
@@ -152,6 +154,7 @@ def train_loop(
     checkpointing_steps: int,
     keep: int,
     ema_decay: float | None = None,
+    schedule: str = "cosine",
     progress: bool = True,
 ) -> tuple[nn.Module, list[float]]:
     """AdamW with warm-up + cosine, gradient clipping at 1, optional EMA, checkpoints every N steps.
@@ -181,7 +184,7 @@ def train_loop(
     bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, disable=not progress)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr * lr_factor(step, warmup, steps)
+            g["lr"] = lr * lr_factor(step, warmup, steps, schedule)
         loss = loss_fn(step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"[{name}] non-finite loss at step {step}; no checkpoint written")
@@ -556,10 +559,16 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     # 6. UNet
     unet = make_unet(cfg, latents.shape[-1])
     sched = noise_scheduler()
-    if _done(out / "unet", stage_cfg["unet"]):
+    # The UNet's learning rate is constant after warm-up (EMA does the averaging), so a finished UNet can be
+    # trained further by raising unet.steps and rerunning: its identity is its config without the steps.
+    u = cfg.unet
+    unet_id = {k: v for k, v in stage_cfg["unet"].items() if k != "steps"}
+    done_steps = (
+        json.loads((out / "unet" / "DONE").read_text()).get("steps", 0) if _done(out / "unet", unet_id) else 0
+    )
+    if done_steps >= u.steps:
         unet = type(unet).from_pretrained(out / "unet")
     else:
-        u = cfg.unet
 
         def unet_loss(step: int) -> torch.Tensor:
             rng = np.random.default_rng(stable_seed("unet", cfg.seed, step))
@@ -584,16 +593,16 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             warmup=u.warmup_steps,
             weight_decay=0.0,
             root=out / "checkpoints" / "unet",
-            config=full["unet"]
-            | {"data": full["data"], "vae": full["vae"], "clip": full["clip"], "seed": cfg.seed},
+            config=unet_id,
             checkpointing_steps=cfg.checkpointing_steps,
             keep=cfg.checkpoints_total_limit,
             ema_decay=u.ema_decay,
+            schedule="constant",
             progress=progress,
         )
         tmp = out / "unet.tmp"
         unet.save_pretrained(tmp)
-        _mark_done(tmp, {"config": stage_cfg["unet"]})
+        _mark_done(tmp, {"config": unet_id, "steps": u.steps})
         _publish(tmp, out / "unet")
 
     # 7. assemble a stock StableDiffusionPipeline
