@@ -275,6 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompts-per-category", dest="prompts_per_category", type=int, default=100)
     sp.set_defaults(func=cmd_evaluate_base)
 
+    label = sub.add_parser(
+        "label", help="stage 3: feedback from labelers (web app), simulated labelers, export"
+    )
+    label_sub = label.add_subparsers(dest="label_command", required=True)
+    from .labeling import cli_data, cli_serve
+
+    cli_serve.add_commands(label_sub)
+    cli_data.add_commands(label_sub)
+
     world = sub.add_parser("world", help="the built-in shapes world: render, judge, perturb").add_subparsers(
         dest="world_command", required=True
     )

@@ -1,6 +1,7 @@
 """``make demo``: the loop on the shapes world, as far as it is built, saying what each step did.
 
-Built so far: the prompt set (stage 1), the world's renderer (D_pre) and judge (the simulated labeler).
+Built so far: the prompt set (stage 1), the world's renderer (D_pre) and judge (the simulated labeler),
+the world's base models and the generate stage (stage 2).
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image as PILImage
+
 from .cli import _tune_allocator
 from .cli import main as cli_main
 
-NOT_YET = ("generate", "label", "reward", "finetune", "sample", "evaluate")
+NOT_YET = ("label", "reward", "finetune", "sample", "evaluate")
 
 
 def run_demo(run: Path) -> int:
@@ -58,9 +62,33 @@ def run_demo(run: Path) -> int:
             f"  {name:9s} verdicts {r['verdict_accuracy']:.1%} correct, {r['skip_rate']:.1%} skipped; "
             + ", ".join(f"{k} {v:.1%}" for k, v in r["per_attribute"].items())
         )
+    print("\n== 5. generate: the world's Stable Diffusion, 4 images for each of 2 prompts per category")
+    from .config import GenerateConfig
+    from .evaluate.alignment import alignment_report, format_table, judge_stored
+    from .generate import generate
+
     with Store.open(run) as store:
         store.update_metrics(judge_selftest=report)
         counts = store.prompt_counts()
+        chosen = []
+        for category in picks:
+            rows = store.list_prompts(split="seen", category=category)
+            chosen += [rows[0]["text"], rows[len(rows) // 2]["text"]]
+        cfg = GenerateConfig(images_per_prompt=4, role="eval")
+        gen = generate(cfg, store, chosen)
+        print(
+            f"  {gen['generated']} new images ({gen['already_stored']} already stored) in {gen['seconds']} s"
+        )
+        images = [
+            r for r in store.list_images(model_id=gen["model_id"], role="eval") if r["prompt"] in chosen
+        ]
+        tiles = [np.asarray(PILImage.open(store.image_path(r["sha256"])).convert("RGB")) for r in images]
+        grid(tiles, cols=8).save(samples / "generated_grid.png")
+        print(f"  -> {samples / 'generated_grid.png'} (two prompts per row, in category order)")
+        print(
+            "\n== 6. the judge grades them (a small sample; `t2ialign evaluate-base` measures >= 100 prompts)"
+        )
+        print("  " + format_table(alignment_report(judge_stored(store, images, judge))).replace("\n", "\n  "))
 
     print(
         f"\nDone in {time.time() - t0:.0f} s: {sum(counts.values())} prompts in {run / 't2ialign.db'}, "

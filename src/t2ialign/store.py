@@ -23,7 +23,8 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ from sqlalchemy import (
     MetaData,
     String,
     UniqueConstraint,
+    case,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -178,6 +181,38 @@ class LabelRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=_utcnow, onupdate=_utcnow)
 
 
+class LeaseRow(Base):
+    """An image handed to a labeler to answer until ``expires_at``; while it lasts the image counts as taken.
+
+    Leases keep k labelers from being sent to the same image at once, and expire so that an image a
+    labeler walked away from goes back to the pool.
+    """
+
+    __tablename__ = "leases"
+    __table_args__ = (UniqueConstraint("image_id", "labeler_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"))
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """How far one image to label (role human) is, as seen by one labeler; see :meth:`Store.assign_images`.
+
+    ``n_labels``: labels by other labelers; ``n_leased``: active leases of other labelers who have not
+    labeled it yet; ``mine``: "labeled", "leased" (an active lease, no label yet) or None.
+    """
+
+    image_id: int
+    prompt_id: int
+    n_labels: int
+    n_leased: int
+    mine: str | None
+
+
 # --- engine and migrations --------------------------------------------------------------------------------
 
 
@@ -205,6 +240,9 @@ def _sqlite_on_connect(dbapi_connection, connection_record) -> None:
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")  # first: WAL switch may need a lock
     cursor.execute("PRAGMA foreign_keys = ON")  # SQLite ignores foreign keys unless asked, per connection
     cursor.execute("PRAGMA journal_mode = WAL")  # readers do not block the writer, nor it them
+    # Every commit reaches the disk before it returns: a label the web app acknowledged survives a crash.
+    # (FULL is SQLite's usual default; set here so a build with another default cannot weaken it.)
+    cursor.execute("PRAGMA synchronous = FULL")
     cursor.close()
 
 
@@ -580,6 +618,201 @@ class Store:
             )
             s.execute(stmt)
 
+    def delete_label(self, image_id: int, labeler_id: int) -> bool:
+        """Remove one labeler's label of one image (undo); True if there was one."""
+        _check_int("image_id", image_id, 1, _INT64[1])
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        with self.session() as s:
+            result = s.execute(
+                delete(LabelRow).where(LabelRow.image_id == image_id, LabelRow.labeler_id == labeler_id)
+            )
+            return result.rowcount > 0
+
+    def set_admin(self, name: str, token_hash: str) -> int:
+        """Create or update the admin labeler ``name`` with this token hash; return its id.
+
+        Called at every start of the web app, so changing the admin secret takes effect on restart and the
+        old secret stops working.
+        """
+        _check_str("labeler name", name)
+        _check_str("token_hash", token_hash)
+        with self.session() as s:
+            row = s.scalar(select(LabelerRow).where(LabelerRow.name == name))
+            if row is None:
+                row = LabelerRow(name=name, token_hash=token_hash, is_admin=True, is_simulated=False)
+                s.add(row)
+                s.flush()
+            else:
+                row.token_hash, row.is_admin = token_hash, True
+            return row.id
+
+    def labeler_by_token_hash(self, token_hash: str) -> dict[str, Any] | None:
+        """The labeler (id, name, is_admin, token_hash) whose token hashes to ``token_hash``, or None."""
+        _check_str("token_hash", token_hash)
+        with self.session() as s:
+            row = s.scalar(select(LabelerRow).where(LabelerRow.token_hash == token_hash).limit(1))
+            if row is None:
+                return None
+            return {"id": row.id, "name": row.name, "is_admin": row.is_admin, "token_hash": row.token_hash}
+
+    def images_by_id(self, image_ids: list[int]) -> list[dict[str, Any]]:
+        """The images with these ids (id, sha256, role, model_id, seed, prompt_id, prompt, category), in the
+        order given; unknown ids are left out."""
+        for i in image_ids:
+            _check_int("image_id", i, 1, _INT64[1])
+        q = (
+            select(ImageRow, PromptRow)
+            .join(PromptRow, ImageRow.prompt_id == PromptRow.id)
+            .where(ImageRow.id.in_(image_ids))
+        )
+        with self.session() as s:
+            found = {
+                image.id: {
+                    "id": image.id,
+                    "sha256": image.sha256,
+                    "role": image.role,
+                    "model_id": image.model_id,
+                    "seed": image.seed,
+                    "prompt_id": prompt.id,
+                    "prompt": prompt.text,
+                    "category": prompt.category,
+                }
+                for image, prompt in s.execute(q)
+            }
+        return [found[i] for i in image_ids if i in found]
+
+    def labels_of(self, labeler_id: int) -> list[dict[str, Any]]:
+        """One labeler's labels (image_id, sha256, value, created_at, updated_at), newest answer first."""
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        q = (
+            select(LabelRow, ImageRow.sha256)
+            .join(ImageRow, LabelRow.image_id == ImageRow.id)
+            .where(LabelRow.labeler_id == labeler_id)
+            .order_by(LabelRow.updated_at.desc(), LabelRow.id.desc())
+        )
+        with self.session() as s:
+            return [
+                {
+                    "image_id": label.image_id,
+                    "sha256": sha,
+                    "value": label.value,
+                    "created_at": _as_utc(label.created_at),
+                    "updated_at": _as_utc(label.updated_at),
+                }
+                for label, sha in s.execute(q)
+            ]
+
+    def last_label(self, labeler_id: int) -> dict[str, Any] | None:
+        """The labeler's most recent answer (image_id, value), or None if it has no labels."""
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        q = (
+            select(LabelRow.image_id, LabelRow.value)
+            .where(LabelRow.labeler_id == labeler_id)
+            .order_by(LabelRow.updated_at.desc(), LabelRow.id.desc())
+            .limit(1)
+        )
+        with self.session() as s:
+            row = s.execute(q).first()
+        return None if row is None else {"image_id": row.image_id, "value": row.value}
+
+    def label_records(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``limit`` labels with id > ``after_id``, in id order, joined with their image, prompt and
+        labeler: a page of an export. Short pages keep each read transaction (and SQLite's lock) short."""
+        _check_int("after_id", after_id, 0, _INT64[1])
+        _check_int("limit", limit, 1, 100_000)
+        q = (
+            select(LabelRow, ImageRow, PromptRow, LabelerRow.name)
+            .join(ImageRow, LabelRow.image_id == ImageRow.id)
+            .join(PromptRow, ImageRow.prompt_id == PromptRow.id)
+            .join(LabelerRow, LabelRow.labeler_id == LabelerRow.id)
+            .where(LabelRow.id > after_id)
+            .order_by(LabelRow.id)
+            .limit(limit)
+        )
+        with self.session() as s:
+            return [
+                {
+                    "id": label.id,
+                    "image_sha256": image.sha256,
+                    "prompt": prompt.text,
+                    "category": prompt.category,
+                    "labeler": name,
+                    "label": label.value,
+                    "model_id": image.model_id,
+                    "seed": image.seed,
+                    "created_at": _as_utc(label.created_at),
+                    "updated_at": _as_utc(label.updated_at),
+                }
+                for label, image, prompt, name in s.execute(q)
+            ]
+
+    # --- assignment (leases) ------------------------------------------------------------------------------
+
+    def assign_images(
+        self,
+        labeler_id: int,
+        now: datetime,
+        expires_at: datetime,
+        choose: Callable[[list[ImageState]], list[int]],
+    ) -> list[int]:
+        """Hand images to a labeler: in one transaction, drop expired leases, read the state of every image
+        to label (role human) as seen by this labeler, let ``choose`` pick image ids from those states, and
+        lease the picked ones to the labeler until ``expires_at``. Returns the picked ids.
+
+        Assignments are serialized (SQLite: the transaction's write lock; PostgreSQL: an advisory lock), so
+        two labelers asking at once cannot both take an image's last free place. ``choose`` is the policy
+        (``t2ialign.labeling.assignment``); it must be quick, it runs inside the transaction.
+        """
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        now, expires_at = _check_utc("now", now), _check_utc("expires_at", expires_at)
+        with self.session() as s:
+            if self.engine.dialect.name == "postgresql":
+                s.execute(select(func.pg_advisory_xact_lock(_ASSIGNMENT_LOCK_KEY)))
+            if s.get(LabelerRow, labeler_id) is None:
+                raise ValueError(f"unknown labeler id {labeler_id}")
+            s.execute(delete(LeaseRow).where(LeaseRow.expires_at <= now))
+            states = _image_states(s, labeler_id)
+            known = {st.image_id for st in states}
+            picked = list(choose(states))
+            for i in picked:
+                if i not in known:
+                    raise ValueError(f"choose picked image {i!r}, which is not an image to label")
+            insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[self.engine.dialect.name]
+            for i in picked:
+                stmt = insert(LeaseRow).values(
+                    image_id=i, labeler_id=labeler_id, expires_at=expires_at, created_at=now
+                )
+                s.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["image_id", "labeler_id"], set_={"expires_at": expires_at}
+                    )
+                )
+            return picked
+
+    def labeling_progress(self, labeler_id: int, k: int) -> dict[str, int]:
+        """Counts for a labeler's progress line: images to label (role human), those with >= k labels, all
+        labels on them, and this labeler's labels."""
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        _check_int("k", k, 1, 1000)
+        per_image = (
+            select(LabelRow.image_id, func.count().label("n"))
+            .join(ImageRow, LabelRow.image_id == ImageRow.id)
+            .where(ImageRow.role == "human")
+            .group_by(LabelRow.image_id)
+            .subquery()
+        )
+        with self.session() as s:
+            images = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.role == "human"))
+            done = s.scalar(select(func.count()).select_from(per_image).where(per_image.c.n >= k))
+            labels = s.scalar(select(func.coalesce(func.sum(per_image.c.n), 0)))
+            mine = s.scalar(
+                select(func.count())
+                .select_from(LabelRow)
+                .join(ImageRow, LabelRow.image_id == ImageRow.id)
+                .where(LabelRow.labeler_id == labeler_id, ImageRow.role == "human")
+            )
+        return {"images": images, "labeled_k_times": done, "labels": int(labels), "mine": mine}
+
     # --- metrics ------------------------------------------------------------------------------------------
 
     def read_metrics(self) -> dict[str, Any]:
@@ -609,6 +842,84 @@ class Store:
         except (TypeError, ValueError) as e:
             raise ValueError(f"metrics must be JSON-serializable with finite numbers: {e}") from e
         atomic_write(self.metrics_path, (text + "\n").encode("utf-8"))
+
+
+# --- assignment helpers -----------------------------------------------------------------------------------
+
+# Any fixed 64-bit number: the key of the PostgreSQL advisory lock that serializes assignments.
+_ASSIGNMENT_LOCK_KEY = 0x7432_6961_6C69_676E  # "t2ialign"
+
+
+def _as_utc(t: datetime) -> datetime:
+    """A datetime read from the database as an aware UTC datetime (SQLite hands back naive UTC ones)."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _check_utc(name: str, t) -> datetime:
+    # SQLite compares stored times as text, without their zone: every time written must be in UTC.
+    if not isinstance(t, datetime) or t.tzinfo is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {t!r}")
+    return t.astimezone(UTC)
+
+
+def _image_states(s: Session, labeler_id: int) -> list[ImageState]:
+    """The :class:`ImageState` of every image with role human, for this labeler (expired leases already
+    removed), in image id order.
+
+    One SQL statement, so one snapshot: labels are written without the assignment lock, and on PostgreSQL
+    (READ COMMITTED) each statement sees the newest commits. Counting labels and leases in two statements
+    could miss a label committed in between and count its labeler in neither, and send one labeler too many.
+    """
+    mine = LabelRow.labeler_id == labeler_id
+    labels = (
+        select(
+            LabelRow.image_id,
+            func.sum(case((mine, 0), else_=1)).label("n_other"),
+            func.max(case((mine, 1), else_=0)).label("labeled"),
+        )
+        .group_by(LabelRow.image_id)
+        .subquery()
+    )
+    # Another labeler's lease counts only until that labeler answers (then the label counts instead).
+    answered = (
+        select(LabelRow.id)
+        .where(LabelRow.image_id == LeaseRow.image_id, LabelRow.labeler_id == LeaseRow.labeler_id)
+        .exists()
+    )
+    my_lease = LeaseRow.labeler_id == labeler_id
+    leases = (
+        select(
+            LeaseRow.image_id,
+            func.sum(case((my_lease, 0), (answered, 0), else_=1)).label("n_other"),
+            func.max(case((my_lease, 1), else_=0)).label("leased"),
+        )
+        .group_by(LeaseRow.image_id)
+        .subquery()
+    )
+    q = (
+        select(
+            ImageRow.id,
+            ImageRow.prompt_id,
+            func.coalesce(labels.c.n_other, 0),
+            func.coalesce(leases.c.n_other, 0),
+            func.coalesce(labels.c.labeled, 0),
+            func.coalesce(leases.c.leased, 0),
+        )
+        .outerjoin(labels, labels.c.image_id == ImageRow.id)
+        .outerjoin(leases, leases.c.image_id == ImageRow.id)
+        .where(ImageRow.role == "human")
+        .order_by(ImageRow.id)
+    )
+    return [
+        ImageState(
+            image_id=i,
+            prompt_id=p,
+            n_labels=int(n_labels),
+            n_leased=int(n_leased),
+            mine="labeled" if labeled else "leased" if leased else None,
+        )
+        for i, p, n_labels, n_leased, labeled, leased in s.execute(q)
+    ]
 
 
 # --- opening helpers --------------------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""Simulated labelers: the world judge answers good / bad / skip for every image, as the paper's labelers
+did (Sec. 3.1), with configurable flip noise and skip rate; labels go through ``service.submit_label``,
+the code path of people's labels, so the rest of the loop cannot tell them apart.
+
+Each simulated labeler ``sim-i`` sees the judge's verdict of an image, flips good <-> bad with probability
+``noise`` (a judge "skip" stays skip), then answers skip instead with probability ``skip``. The random
+draws are seeded by (seed, labeler, image sha256): the same settings give the same labels whatever the
+order or the batch, and a rerun changes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from sqlalchemy import select
+from tqdm.auto import tqdm
+
+from ..evaluate.alignment import judge_stored
+from ..store import ROLES, LabelerRow, LabelRow, Store
+from ..world.judge import Judge
+from .service import submit_label
+from .stats import label_summary
+
+FLIP = {"good": "bad", "bad": "good", "skip": "skip"}
+JUDGE_CHUNK = 1024  # images read and judged per step (judge_stored batches within it)
+
+
+def simulated_answer(verdict: str, noise: float, skip: float, seed: int, labeler: str, sha256: str) -> str:
+    """One simulated labeler's answer to one image, given the judge's verdict (good / bad / skip).
+
+    Two uniform draws from an rng seeded by (seed, labeler, sha256): the first flips good <-> bad when
+    below ``noise``, the second turns the answer into skip when below ``skip``. Both are always drawn, so
+    changing one rate never reshuffles the other's draws.
+    """
+    rng = random.Random(f"{seed}:{labeler}:{sha256}")  # str seeds hash with SHA-512: stable across runs
+    flip_u, skip_u = rng.random(), rng.random()
+    answer = FLIP[verdict] if flip_u < noise else verdict
+    return "skip" if skip_u < skip else answer
+
+
+def _check_settings(n_labelers, noise, skip, role) -> None:
+    if not isinstance(n_labelers, int) or isinstance(n_labelers, bool) or n_labelers < 1:
+        raise ValueError(f"n_labelers must be an integer >= 1, got {n_labelers!r}")
+    for name, rate in (("noise", noise), ("skip", skip)):
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0.0 <= rate <= 0.5:
+            raise ValueError(f"{name} must be a probability in [0, 0.5], got {rate!r}")
+    if role not in ROLES:
+        raise ValueError(f"unknown image role {role!r}; known: {', '.join(ROLES)}")
+
+
+def simulated_labelers(store: Store, n: int) -> dict[str, int]:
+    """The labelers ``sim-1`` .. ``sim-n`` (name -> id), created as simulated where missing.
+
+    A labeler of one of these names that is not simulated (a person) is an error: never answer for one.
+    """
+    names = [f"sim-{i}" for i in range(1, n + 1)]
+    with store.session() as s:
+        found = {r.name: r for r in s.scalars(select(LabelerRow).where(LabelerRow.name.in_(names)))}
+    people = [name for name, r in found.items() if not r.is_simulated]
+    if people:
+        raise ValueError(f"labeler(s) {', '.join(sorted(people))} exist and are not simulated")
+    return {
+        name: found[name].id if name in found else store.add_labeler(name, is_simulated=True)
+        for name in names
+    }
+
+
+def simulate_labels(
+    store: Store,
+    n_labelers: int = 3,
+    noise: float = 0.05,
+    skip: float = 0.05,
+    seed: int = 0,
+    judge: Judge | None = None,
+    role: str = "human",
+    progress: bool = True,
+) -> dict:
+    """Label every image of ``role`` by ``n_labelers`` simulated labelers (paper Sec. 3.1, Table 1).
+
+    Judges each image once against its prompt with the world judge (``Judge.load()`` by default), derives
+    each labeler's answer with :func:`simulated_answer`, and writes it with ``service.submit_label``, one
+    call per label, skipping labels already stored with the same value (so a rerun with the same
+    settings changes nothing, ``updated_at`` included). Returns the settings, counts of the judge's
+    verdicts and of written / replaced / unchanged labels, the write speed, and ``label_summary``.
+    """
+    _check_settings(n_labelers, noise, skip, role)
+    images = store.list_images(role=role)
+    if not images:
+        raise ValueError(f"no images of role {role!r} in {store.run_dir}: run `t2ialign generate` first")
+    missing = [r["sha256"] for r in images if not store.image_path(r["sha256"]).is_file()]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} image file(s) of role {role!r} are missing from {store.images_dir}, "
+            f"e.g. {missing[0]}: the judge needs the pixels"
+        )
+    labelers = simulated_labelers(store, n_labelers)
+    judge = judge if judge is not None else Judge.load()
+
+    verdicts: dict[int, str] = {}
+    chunks = range(0, len(images), JUDGE_CHUNK)
+    for i in tqdm(chunks, desc="judge", unit="chunk", disable=not progress):
+        for j in judge_stored(store, images[i : i + JUDGE_CHUNK], judge):
+            verdicts[j["image_id"]] = j["verdict"]
+
+    with store.session() as s:
+        stored = {
+            (image_id, labeler_id): value
+            for image_id, labeler_id, value in s.execute(
+                select(LabelRow.image_id, LabelRow.labeler_id, LabelRow.value).where(
+                    LabelRow.labeler_id.in_(list(labelers.values()))
+                )
+            )
+        }
+
+    counts = {"new": 0, "replaced": 0, "unchanged": 0}
+    start = time.perf_counter()
+    bar = tqdm(total=len(images) * len(labelers), desc="label", unit="label", disable=not progress)
+    for name, labeler_id in labelers.items():
+        for r in images:
+            value = simulated_answer(verdicts[r["id"]], noise, skip, seed, name, r["sha256"])
+            old = stored.get((r["id"], labeler_id))
+            if old == value:
+                counts["unchanged"] += 1
+            else:
+                submit_label(store, labeler_id, r["id"], value)
+                counts["new" if old is None else "replaced"] += 1
+            bar.update()
+    bar.close()
+    seconds = time.perf_counter() - start
+    written = counts["new"] + counts["replaced"]
+    return {
+        "settings": {"n_labelers": n_labelers, "noise": noise, "skip": skip, "seed": seed, "role": role},
+        "images": len(images),
+        "labelers": list(labelers),
+        "judge_verdicts": {v: sum(x == v for x in verdicts.values()) for v in ("good", "bad", "skip")},
+        "labels": counts,
+        "write_seconds": round(seconds, 3),
+        "labels_per_s": round(written / seconds, 1) if written and seconds > 0 else None,
+        "summary": label_summary(store),
+    }
