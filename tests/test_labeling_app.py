@@ -105,13 +105,13 @@ def test_no_server_without_a_proper_admin_secret(run, secret, match):
 
 
 def test_cli_serve_refuses_to_start_without_an_admin_secret(run, monkeypatch, capsys):
-    from t2ialign.labeling.cli_serve import main
+    from t2ialign.cli import main
 
     monkeypatch.delenv("T2IALIGN_ADMIN_SECRET", raising=False)
-    assert main(["serve", str(run), "--port", "1"]) == 2
+    assert main(["label", "serve", str(run), "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert "no admin secret" in err and "T2IALIGN_ADMIN_SECRET" in err and "--admin-secret-file" in err
-    assert main(["serve", str(run), "--admin-secret-file", str(run / "missing")]) == 2
+    assert main(["label", "serve", str(run), "--admin-secret-file", str(run / "missing")]) == 2
     assert "cannot read --admin-secret-file" in capsys.readouterr().err
 
 

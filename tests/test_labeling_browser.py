@@ -4,19 +4,16 @@ in, labels three images with the keyboard and undoes one; the database holds exa
 On CI (CI=true) a missing Chromium is a failure, not a skip: ``.ci/run`` installs it.
 """
 
-import contextlib
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from labeling_server import server
 from t2ialign.store import LabelerRow, LabelRow, Store
 from t2ialign.world.prompts import Prompt, PromptSpec
 from t2ialign.world.render import render
@@ -63,43 +60,6 @@ def make_run(run_dir) -> None:
         store.add_images(records)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(run_dir, log_path):
-    port = free_port()
-    cmd = [sys.executable, "-m", "t2ialign.labeling.cli_serve", "serve", str(run_dir), "--port", str(port)]
-    env = {**os.environ, "T2IALIGN_ADMIN_SECRET": ADMIN_SECRET, "OMP_NUM_THREADS": "1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*cmd, "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # bounded by the deadline
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not start in 60 s:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-
-
 def stored_labels(run_dir, name: str) -> dict[int, str]:
     with Store.open(run_dir) as store, store.session() as s:
         rows = s.execute(
@@ -138,7 +98,7 @@ def chromium():
 def test_label_three_images_with_the_keyboard(tmp_path, chromium):
     run_dir = tmp_path / "run"
     make_run(run_dir)
-    with server(run_dir, tmp_path / "server.log") as url:
+    with server(run_dir, tmp_path / "server.log", ADMIN_SECRET) as (url, _):
         r = httpx.post(
             f"{url}/api/admin/labelers",
             json={"name": "ann"},

@@ -5,13 +5,9 @@ which ``.ci/run`` sets; on CI its absence is a failure, not a skip), a resend ma
 label answered with 200 survives killing the server right after.
 """
 
-import contextlib
 import io
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from labeling_server import server
 from t2ialign.store import LabelerRow, LabelRow, Store
 from t2ialign.world.prompts import build_prompt_set
 
@@ -48,46 +45,6 @@ def make_run(run_dir, n_prompts: int, per_prompt: int, db_url: str | None = None
             for j in range(per_prompt)
         ]
         store.add_images(records)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def server(run_dir, log_path, db_url: str | None = None, k: int = K):
-    """``t2ialign label serve`` in a subprocess; yields (base URL, process). Stopped at exit."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "t2ialign.labeling.cli_serve", "serve", str(run_dir), "--port", str(port)]
-    cmd += ["--k", str(k), "--log-level", "warning"] + (["--db-url", db_url] if db_url else [])
-    env = {**os.environ, "T2IALIGN_ADMIN_SECRET": ADMIN_SECRET, "OMP_NUM_THREADS": "1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # bounded: the deadline, or the process ending
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not start in 60 s:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=20)
 
 
 def add_labelers(url: str, n: int) -> list[dict]:
@@ -164,7 +121,7 @@ def check_nothing_lost(run_dir, db_url, result, log_path) -> None:
 def test_concurrent_labelers_on_sqlite_lose_nothing(tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "server.log"
     make_run(run_dir, n_prompts=120, per_prompt=6)  # 720 images x k=3 places > 8 x 200 submissions
-    with server(run_dir, log) as (url, _):
+    with server(run_dir, log, ADMIN_SECRET, k=K) as (url, _):
         headers = add_labelers(url, N_CLIENTS)
         result = label_concurrently(url, headers, N_SUBMISSIONS, time_limit=400)
     check_nothing_lost(run_dir, None, result, log)
@@ -173,7 +130,7 @@ def test_concurrent_labelers_on_sqlite_lose_nothing(tmp_path):
 def test_an_acknowledged_label_survives_killing_the_server(tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "server.log"
     make_run(run_dir, n_prompts=2, per_prompt=3)
-    with server(run_dir, log) as (url, proc):
+    with server(run_dir, log, ADMIN_SECRET, k=K) as (url, proc):
         (ann,) = add_labelers(url, 1)
         with httpx.Client(base_url=url, headers=ann, timeout=30) as client:
             images = client.get("/api/next").json()["images"]
@@ -218,7 +175,7 @@ def postgres_url():
 def test_concurrent_labelers_on_postgresql_lose_nothing(tmp_path, postgres_url):
     run_dir, log = tmp_path / "run", tmp_path / "server.log"
     make_run(run_dir, n_prompts=120, per_prompt=6, db_url=postgres_url)
-    with server(run_dir, log, db_url=postgres_url) as (url, _):
+    with server(run_dir, log, ADMIN_SECRET, db_url=postgres_url, k=K) as (url, _):
         headers = add_labelers(url, N_CLIENTS)
         result = label_concurrently(url, headers, N_SUBMISSIONS, time_limit=400)
     check_nothing_lost(run_dir, postgres_url, result, log)

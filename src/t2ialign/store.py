@@ -973,3 +973,13 @@ def _remove_created(created: list[Path]) -> None:
                 p.rmdir()
             else:
                 p.unlink()
+
+
+def open_existing(run_dir: str | Path, db_url: str | None = None) -> Store:
+    """The store of an existing run; a ValueError, not a new empty run, when ``run_dir`` has no database
+    (commands that read a run must not create one by a typo)."""
+    if db_url is None and not (Path(run_dir) / DB_FILENAME).is_file():
+        raise ValueError(
+            f"no run at {run_dir} (no {DB_FILENAME}); run `t2ialign prompts --run {run_dir}` first"
+        )
+    return Store.open(run_dir, db_url=db_url)

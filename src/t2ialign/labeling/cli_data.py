@@ -10,28 +10,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..store import open_existing
+
 
 def _add_run_args(sp) -> None:
     sp.add_argument("run", metavar="RUN", help="run directory")
     sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
 
 
-def _open_existing(args):
-    """The run's store; a ValueError, not a new empty run, when the run directory has no database."""
-    from ..store import DB_FILENAME, Store
-
-    if args.db_url is None and not (Path(args.run) / DB_FILENAME).is_file():
-        raise ValueError(
-            f"no run at {args.run} (no {DB_FILENAME}); run `t2ialign prompts --run {args.run}` first"
-        )
-    return Store.open(args.run, db_url=args.db_url)
-
-
 def cmd_simulate(args) -> int:
     from .simulate import simulate_labels
     from .stats import PAPER_TABLE1, format_table1
 
-    with _open_existing(args) as store:
+    with open_existing(args.run, args.db_url) as store:
         report = simulate_labels(
             store, n_labelers=args.labelers, noise=args.noise, skip=args.skip, seed=args.seed, role=args.role
         )
@@ -59,7 +50,7 @@ def cmd_simulate(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_labels
 
-    with _open_existing(args) as store:
+    with open_existing(args.run, args.db_url) as store:
         n = export_labels(store, args.out)
     print(f"{n} labels written to {args.out}")
     return 0
@@ -81,7 +72,7 @@ def cmd_import(args) -> int:
 def cmd_stats(args) -> int:
     from .stats import format_table1, label_summary
 
-    with _open_existing(args) as store:
+    with open_existing(args.run, args.db_url) as store:
         summary = label_summary(store)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))

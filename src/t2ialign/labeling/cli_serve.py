@@ -1,27 +1,17 @@
 """``t2ialign label serve | add-labeler``: run the labeling web app, create labeler accounts.
 
 ``add_commands(label_subparsers)`` registers both on the ``label`` subparsers of the main CLI; each sets
-``func`` to a function of ``args`` that returns 0 or raises ValueError for bad input. Also runnable alone:
-``python -m t2ialign.labeling.cli_serve serve RUN`` (what the server tests start).
+``func`` to a function of ``args`` that returns 0 or raises ValueError for bad input.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
+from ..store import open_existing
+
 ADMIN_SECRET_ENV = "T2IALIGN_ADMIN_SECRET"
-
-
-def _open_existing(run: str, db_url: str | None):
-    """The run's store; a ValueError, not a new empty run, when the run directory has no database."""
-    from ..store import DB_FILENAME, Store
-
-    if db_url is None and not (Path(run) / DB_FILENAME).is_file():
-        raise ValueError(f"no run at {run} (no {DB_FILENAME}); run `t2ialign prompts --run {run}` first")
-    return Store.open(run, db_url=db_url)
 
 
 def read_admin_secret(secret_file: str | None, environ=os.environ) -> str:
@@ -47,7 +37,7 @@ def cmd_serve(args) -> int:
     secret = read_admin_secret(args.admin_secret_file)  # before anything else: no secret, no server
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
-    _open_existing(args.run, args.db_url).close()
+    open_existing(args.run, args.db_url).close()
     app = create_app(args.run, secret, k=args.k, lease_seconds=args.lease_seconds, db_url=args.db_url)
     print(
         f"labeling {args.run} at http://{args.host}:{args.port}/ (k={args.k}); admin page: /admin", flush=True
@@ -59,7 +49,7 @@ def cmd_serve(args) -> int:
 def cmd_add_labeler(args) -> int:
     from .auth import create_labeler
 
-    with _open_existing(args.run, args.db_url) as store:
+    with open_existing(args.run, args.db_url) as store:
         token = create_labeler(store, args.name)
     print(f"labeler {args.name} created; their token (shown only now, stored hashed):\n{token}")
     return 0
@@ -95,21 +85,3 @@ def add_commands(label_subparsers) -> None:
     sp.add_argument("name", metavar="NAME", help="labeler name: letters, digits, . _ @ -")
     sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
     sp.set_defaults(func=cmd_add_labeler)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``t2ialign label``'s serve and add-labeler alone, with the main CLI's error handling."""
-    from ..store import StoreError
-
-    parser = argparse.ArgumentParser(prog="t2ialign label")
-    add_commands(parser.add_subparsers(dest="label_command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, StoreError) as e:
-        print(f"t2ialign: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

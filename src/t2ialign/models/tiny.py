@@ -14,6 +14,21 @@ import torch
 from .tokenizer import MAX_LENGTH, build_clip_tokenizer
 
 
+def _text_config(tokenizer) -> dict:
+    """A one-layer, 32-wide CLIP text tower over the tokenizer's vocabulary."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def build_tiny_pipeline(path: str | Path, seed: int = 0, image_size: int = 32) -> Path:
     """Save a tiny StableDiffusionPipeline (VAE factor 2, latent 4 x image_size/2) to ``path``."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -21,19 +36,7 @@ def build_tiny_pipeline(path: str | Path, seed: int = 0, image_size: int = 32) -
 
     tokenizer = build_clip_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=MAX_LENGTH,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(tokenizer)))
     vae = AutoencoderKL(
         block_out_channels=(8, 16),
         down_block_types=("DownEncoderBlock2D",) * 2,
@@ -79,17 +82,7 @@ def build_tiny_clip(path: str | Path, seed: int = 0, image_size: int = 32) -> Pa
     torch.manual_seed(seed)
     model = CLIPModel(
         CLIPConfig(
-            text_config=dict(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                max_position_embeddings=MAX_LENGTH,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            ),
+            text_config=_text_config(tokenizer),
             vision_config=dict(
                 image_size=image_size,
                 patch_size=8,
