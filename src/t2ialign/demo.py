@@ -17,7 +17,7 @@ from PIL import Image as PILImage
 from .cli import _tune_allocator
 from .cli import main as cli_main
 
-NOT_YET = ("label", "reward", "finetune", "sample", "evaluate")
+NOT_YET = ("reward", "finetune", "sample", "evaluate")
 
 
 def run_demo(run: Path) -> int:
@@ -89,6 +89,19 @@ def run_demo(run: Path) -> int:
             "\n== 6. the judge grades them (a small sample; `t2ialign evaluate-base` measures >= 100 prompts)"
         )
         print("  " + format_table(alignment_report(judge_stored(store, images, judge))).replace("\n", "\n  "))
+
+        print(
+            "\n== 7. label: 3 simulated labelers (judge + 5% flips + 5% skips) on fresh images of the same prompts"
+        )
+        from .labeling.simulate import simulate_labels
+        from .labeling.stats import format_table1
+
+        generate(GenerateConfig(images_per_prompt=6, role="human"), store, chosen)
+        sim = simulate_labels(store, n_labelers=3, noise=0.05, skip=0.05, judge=judge, progress=False)
+        print("  " + format_table1(sim["summary"]["table1"]).replace("\n", "\n  "))
+        print(
+            f"  Fleiss' kappa {sim['summary']['fleiss_kappa']}; `t2ialign label serve {run}` opens the web app"
+        )
 
     print(
         f"\nDone in {time.time() - t0:.0f} s: {sum(counts.values())} prompts in {run / 't2ialign.db'}, "
