@@ -1,0 +1,107 @@
+"""CLIP embeddings of images and texts, computed once in batches and cached as safetensors.
+
+The reward model reads frozen CLIP embeddings (paper Sec. 3.2, footnote 4), so every stage after
+labeling reuses one cache per CLIP: ``RUN/embeddings/<clip key>/{images,texts}.safetensors``, each a
+(N, D) float tensor with a JSON list of keys (image sha256 or text) beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+
+from ..fsutil import atomic_write
+
+
+def clip_fingerprint(model) -> str:
+    """Identifies a CLIP by its architecture and weights: embeddings of two CLIPs never mix."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().contiguous().numpy().tobytes()[:4096])  # a sample of each tensor
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def embed_images(model, processor, images: list, batch_size: int = 256) -> torch.Tensor:
+    """(N, D) L2-normalized image embeddings; images are PIL images or (H, W, 3) uint8 arrays."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        chunk = [
+            im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))
+            for im in images[i : i + batch_size]
+        ]
+        pixels = processor(images=chunk, return_tensors="pt")["pixel_values"]
+        feats = model.get_image_features(pixel_values=pixels)
+        feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+        out.append(F.normalize(feats.float(), dim=-1))
+    return torch.cat(out) if out else torch.empty(0, model.config.projection_dim)
+
+
+@torch.no_grad()
+def embed_texts(model, processor, texts: list[str], batch_size: int = 1024) -> torch.Tensor:
+    """(N, D) L2-normalized text embeddings."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = processor(text=texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True)
+        feats = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+        out.append(F.normalize(feats.float(), dim=-1))
+    return torch.cat(out) if out else torch.empty(0, model.config.projection_dim)
+
+
+class EmbeddingCache:
+    """A key -> embedding table on disk for one CLIP (images by sha256, texts by text)."""
+
+    def __init__(self, root: str | Path, fingerprint: str, kind: str):
+        if kind not in ("images", "texts"):
+            raise ValueError(f"kind must be images or texts, got {kind!r}")
+        self.dir = Path(root) / fingerprint
+        self.tensor_path, self.keys_path = self.dir / f"{kind}.safetensors", self.dir / f"{kind}.json"
+        self.keys: list[str] = []
+        self.table = torch.empty(0)
+        if self.tensor_path.is_file() and self.keys_path.is_file():
+            self.keys = json.loads(self.keys_path.read_text())
+            self.table = load_file(str(self.tensor_path))["embeddings"]
+            if len(self.table) < len(self.keys):
+                raise ValueError(
+                    f"embedding cache {self.dir} is corrupt ({len(self.keys)} keys, {len(self.table)} rows)"
+                )
+            self.table = self.table[: len(self.keys)]  # rows past the keys: a crash between the two writes
+        self.index = {k: i for i, k in enumerate(self.keys)}
+
+    def missing(self, keys: list[str]) -> list[str]:
+        return [k for k in dict.fromkeys(keys) if k not in self.index]
+
+    def add(self, keys: list[str], embeddings: torch.Tensor) -> None:
+        """Append new rows and rewrite the cache (tensor first, keys last: keys never name absent rows)."""
+        if len(keys) != len(embeddings):
+            raise ValueError(f"{len(keys)} keys but {len(embeddings)} embeddings")
+        if not keys:
+            return
+        self.table = (
+            embeddings.float() if not len(self.table) else torch.cat([self.table, embeddings.float()])
+        )
+        for k in keys:
+            self.index[k] = len(self.keys)
+            self.keys.append(k)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.tensor_path.with_suffix(".tmp")
+        save_file({"embeddings": self.table.contiguous()}, str(tmp))
+        tmp.replace(self.tensor_path)
+        atomic_write(self.keys_path, json.dumps(self.keys).encode())
+
+    def get(self, keys: list[str]) -> torch.Tensor:
+        missing = self.missing(keys)
+        if missing:
+            raise KeyError(
+                f"{len(missing)} keys are not embedded yet (e.g. {missing[0]!r}); run `t2ialign reward embed`"
+            )
+        return self.table[[self.index[k] for k in keys]]
