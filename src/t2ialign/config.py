@@ -204,6 +204,39 @@ class GenerateConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Stage 4, the reward model r_phi (``t2ialign reward train``; paper Sec. 3.2)."""
+
+    clip: str | None = None  # a local transformers CLIP folder; None = the shipped world CLIP
+    hidden: tuple[int, ...] = (512, 256)  # MLP widths on [x, z, x * z]
+    dropout: float = 0.1
+    pc_weight: float = 0.5  # lambda of Eq. 3; 0 switches the prompt-classification loss off
+    temperature: float = (
+        0.1  # T of Eq. 2; rewards live in about [0, 1], so a small T makes the softmax decisive
+    )
+    n_prompts: int = 8  # N of Eq. 2: the original prompt and N - 1 perturbations
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3  # AdamW
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.16  # held-out images of seen prompts (4.5k of 27.5k in the paper)
+    half_data: bool = False  # train on half the images per prompt (the paper's Fig. 4b ablation)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)
+        if self.pc_weight < 0 or self.temperature <= 0:
+            raise ConfigError("reward.pc_weight must be >= 0 and reward.temperature > 0")
+        if self.n_prompts < 2:
+            raise ConfigError(f"reward.n_prompts counts the original and must be >= 2, got {self.n_prompts}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"reward.val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"reward.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
 class Config:
     """The whole run's config: one table per stage."""
 
@@ -211,6 +244,7 @@ class Config:
     judge: JudgeTrainConfig = field(default_factory=JudgeTrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 def to_dict(cfg) -> dict:

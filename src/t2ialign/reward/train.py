@@ -1,0 +1,142 @@
+"""Training r_phi on D_human with Eq. 3 (MSE + lambda * prompt classification), and the paper's Fig. 4
+evaluation: pairwise accuracy against human preferences, for the reward and for CLIP score."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..config import RewardConfig, to_dict
+from ..store import Store
+from ..world.prompts import parse_prompt, perturb
+from .data import halve_per_prompt, labeled_images, split_train_val
+from .embed import EmbeddingCache, clip_fingerprint, embed_images, embed_texts
+from .losses import mse_loss, prompt_classification_loss, reward_loss
+from .model import RewardMLP, RewardModel
+
+
+class Embeddings:
+    """Image and text embeddings of one CLIP for one run, computed on demand and cached on disk."""
+
+    def __init__(self, store: Store, clip, processor):
+        self.store, self.clip, self.processor = store, clip, processor
+        root = store.run_dir / "embeddings"
+        fp = clip_fingerprint(clip)
+        self.images = EmbeddingCache(root, fp, "images")
+        self.texts = EmbeddingCache(root, fp, "texts")
+
+    def ensure(self, shas: list[str], texts: list[str], progress: bool = False) -> None:
+        missing = self.images.missing(shas)
+        for i in tqdm(range(0, len(missing), 1024), desc="embed images", disable=not progress):
+            chunk = missing[i : i + 1024]
+            pil = [Image.open(self.store.image_path(s)).convert("RGB") for s in chunk]
+            self.images.add(chunk, embed_images(self.clip, self.processor, pil))
+        missing = self.texts.missing(texts)
+        if missing:
+            self.texts.add(missing, embed_texts(self.clip, self.processor, missing))
+
+
+def candidate_prompts(prompt: str, n: int, seed: int, shapes: list[str]) -> list[str]:
+    """The original prompt first, then its N - 1 perturbations (Appendix E)."""
+    return [parse_prompt(prompt).text(), *perturb(prompt, n, seed=seed, shapes=shapes)]
+
+
+def train_reward(
+    store: Store, cfg: RewardConfig, clip, processor, clip_id: str, clip_path: str, progress: bool = True
+) -> tuple[RewardModel, dict]:
+    """Fit r_phi on the run's labeled seen-prompt images; returns the model and its training report."""
+    items = labeled_images(store)
+    train, val = split_train_val(items, cfg.val_fraction, cfg.seed)
+    if cfg.half_data:
+        train = halve_per_prompt(train, cfg.seed)
+    if len(train) < 2:
+        raise ValueError(
+            f"only {len(train)} labeled images of seen prompts: label more before training a reward"
+        )
+    seen_shapes = sorted({parse_prompt(r["prompt"]).shape for r in train})
+    cands = {
+        p: candidate_prompts(p, cfg.n_prompts, cfg.seed, seen_shapes) for p in {r["prompt"] for r in train}
+    }
+    emb = Embeddings(store, clip, processor)
+    emb.ensure(
+        [r["sha256"] for r in items],
+        sorted({t for c in cands.values() for t in c} | {r["prompt"] for r in items}),
+        progress,
+    )
+
+    x = emb.images.get([r["sha256"] for r in train])  # (M, D)
+    z = emb.texts.get([r["prompt"] for r in train])  # (M, D)
+    y = torch.tensor([r["y"] for r in train])  # (M,)
+    good = torch.tensor([r["y"] >= 0.5 for r in train])  # PC loss on images labeled good (Sec. 3.2)
+    zc = torch.stack([emb.texts.get(cands[r["prompt"]]) for r in train])  # (M, N, D), original first
+
+    torch.manual_seed(cfg.seed)
+    mlp = RewardMLP(x.shape[1], cfg.hidden, cfg.dropout)
+    opt = torch.optim.AdamW(mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    t0 = time.time()
+    for _epoch in tqdm(range(cfg.epochs), desc="reward", disable=not progress):
+        mlp.train()
+        order = torch.randperm(len(train), generator=gen)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            mse = mse_loss(mlp(x[idx], z[idx]), y[idx])
+            pc = None
+            g = idx[good[idx]]
+            if cfg.pc_weight > 0 and len(g):
+                n = zc.shape[1]
+                r_pc = mlp(x[g].repeat_interleave(n, 0), zc[g].reshape(-1, zc.shape[2])).view(len(g), n)
+                pc = prompt_classification_loss(r_pc, torch.zeros(len(g), dtype=torch.long), cfg.temperature)
+            loss = reward_loss(mse, pc, cfg.pc_weight)
+            if not torch.isfinite(loss):
+                raise FloatingPointError("non-finite reward loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        history.append(loss.item())
+    meta = {
+        "dim": x.shape[1],
+        "hidden": list(cfg.hidden),
+        "dropout": cfg.dropout,
+        "clip": {"model_id": clip_id, "path": clip_path, "fingerprint": clip_fingerprint(clip)},
+        "config": to_dict(cfg),
+        "n_train": len(train),
+        "n_val": len(val),
+        "seconds": round(time.time() - t0, 2),
+    }
+    model = RewardModel(mlp.eval(), meta, clip, processor)
+    return model, {
+        "n_train": len(train),
+        "n_val": len(val),
+        "loss_history": history,
+        "seconds": meta["seconds"],
+    }
+
+
+def pairwise_accuracy(scores: dict[str, float], pairs: list[tuple[dict, dict]]) -> float:
+    """Share of pairs where the preferred image scores higher (ties count half)."""
+    if not pairs:
+        return math.nan
+    hits = [
+        1.0
+        if scores[a["sha256"]] > scores[b["sha256"]]
+        else 0.5
+        if scores[a["sha256"]] == scores[b["sha256"]]
+        else 0.0
+        for a, b in pairs
+    ]
+    return float(np.mean(hits))
+
+
+def score_items(items: list[dict], emb: Embeddings, model: RewardModel | None) -> dict[str, float]:
+    """Reward of each image with its prompt, or CLIP score (cosine of the embeddings) when model is None."""
+    x = emb.images.get([r["sha256"] for r in items])
+    z = emb.texts.get([r["prompt"] for r in items])
+    s = model.score_embeddings(x, z) if model is not None else (x * z).sum(-1)
+    return {r["sha256"]: float(v) for r, v in zip(items, s, strict=True)}

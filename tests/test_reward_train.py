@@ -1,0 +1,101 @@
+"""Reward training (Eq. 3) end to end on a small labeled run, and the pairwise evaluation by hand."""
+
+import io
+
+import pytest
+import torch
+
+from t2ialign.config import RewardConfig
+from t2ialign.labeling.service import submit_label
+from t2ialign.models.load import load_clip
+from t2ialign.reward.data import halve_per_prompt, labeled_images, preference_pairs, split_train_val
+from t2ialign.reward.train import candidate_prompts, pairwise_accuracy, train_reward
+from t2ialign.store import Store
+from t2ialign.world.prompts import build_prompt_set, perturb
+from t2ialign.world.render import render
+
+
+def _png(text, seed):
+    buf = io.BytesIO()
+    render(text, seed).pil().save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def labeled_run(tmp_path):
+    """8 seen prompts x 6 images: even seeds show the prompt (labeled good by 2 labelers), odd seeds a
+    perturbation of it (labeled bad)."""
+    with Store.open(tmp_path / "run") as store:
+        prompts = build_prompt_set()
+        store.add_prompts(prompts)
+        chosen = [p.text for p in prompts if p.split == "seen"][::300][:8]
+        records, truth = [], {}
+        for text in chosen:
+            wrong = perturb(text, 2, seed=0)[0]
+            for seed in range(6):
+                sha = store.put_image_bytes(_png(text if seed % 2 == 0 else wrong, seed))
+                truth[sha] = "good" if seed % 2 == 0 else "bad"
+                records.append(
+                    dict(
+                        sha256=sha,
+                        prompt_text=text,
+                        model_id="test",
+                        seed=seed,
+                        sampler={},
+                        role="human",
+                        width=64,
+                        height=64,
+                    )
+                )
+        ids = store.add_images(records)
+        a, b = store.add_labeler("ann"), store.add_labeler("bob")
+        for image_id, r in zip(ids, records, strict=True):
+            submit_label(store, a, image_id, truth[r["sha256"]])
+            submit_label(store, b, image_id, truth[r["sha256"]] if image_id % 5 else "skip")
+        yield store
+
+
+def test_dataset_targets_splits_and_pairs(labeled_run):
+    items = labeled_images(labeled_run)
+    assert len(items) == 48 and {r["y"] for r in items} == {0.0, 1.0}
+    train, val = split_train_val(items, 0.25, seed=0)
+    assert len(val) == 12 and not {r["sha256"] for r in train} & {r["sha256"] for r in val}
+    assert len(halve_per_prompt(train, 0)) < len(train)
+    pairs = preference_pairs(items)
+    assert pairs and all(a["y"] > b["y"] and a["prompt"] == b["prompt"] for a, b in pairs)
+    assert len(pairs) == 8 * 3 * 3  # per prompt: 3 good x 3 bad
+
+
+def test_pairwise_accuracy_by_hand():
+    a, b, c = ({"sha256": s} for s in "abc")
+    scores = {"a": 0.9, "b": 0.1, "c": 0.9}
+    assert pairwise_accuracy(scores, [(a, b), (b, a), (a, c)]) == pytest.approx((1 + 0 + 0.5) / 3)
+
+
+def test_candidates_put_the_original_first():
+    c = candidate_prompts("Two red circles in the forest", 5, 0, ["circle", "square"])
+    assert c[0] == "Two red circles in the forest" and len(set(c)) == 5
+
+
+def test_training_fits_the_labels_and_round_trips(labeled_run, tiny_clip_path, tmp_path):
+    clip, proc, clip_id = load_clip(tiny_clip_path)
+    cfg = RewardConfig(hidden=(32,), epochs=60, batch_size=16, lr=3e-3, n_prompts=4, val_fraction=0.25)
+    model, report = train_reward(labeled_run, cfg, clip, proc, clip_id, str(tiny_clip_path), progress=False)
+    assert report["n_train"] == 36 and report["loss_history"][-1] < report["loss_history"][0]
+    assert (labeled_run.run_dir / "embeddings").is_dir(), "embeddings are cached in the run"
+    model.save(tmp_path / "rm")
+    from t2ialign.reward.model import RewardModel
+
+    again = RewardModel.load(tmp_path / "rm")
+    x = torch.randn(3, 16)
+    assert torch.equal(again.score_embeddings(x, x), model.score_embeddings(x, x))
+    half = RewardConfig(**{**cfg.__dict__, "half_data": True})
+    _, r2 = train_reward(labeled_run, half, clip, proc, clip_id, str(tiny_clip_path), progress=False)
+    assert r2["n_train"] < report["n_train"]
+
+
+def test_too_few_labels_is_a_clear_error(tmp_path, tiny_clip_path):
+    clip, proc, clip_id = load_clip(tiny_clip_path)
+    with Store.open(tmp_path / "empty") as store:
+        with pytest.raises(ValueError, match="label more"):
+            train_reward(store, RewardConfig(), clip, proc, clip_id, str(tiny_clip_path), progress=False)
