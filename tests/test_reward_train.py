@@ -99,3 +99,22 @@ def test_too_few_labels_is_a_clear_error(tmp_path, tiny_clip_path):
     with Store.open(tmp_path / "empty") as store:
         with pytest.raises(ValueError, match="label more"):
             train_reward(store, RewardConfig(), clip, proc, clip_id, str(tiny_clip_path), progress=False)
+
+
+def test_fig4_evaluation_structure_and_plot(labeled_run, tiny_clip_path, tmp_path):
+    from t2ialign.reward.evaluate import EVAL_SETS, evaluate_rewards, plot_fig4
+
+    clip, proc, clip_id = load_clip(tiny_clip_path)
+    cfg = RewardConfig(hidden=(16,), epochs=3, batch_size=16, n_prompts=3, val_fraction=0.25)
+    res = evaluate_rewards(
+        labeled_run, cfg, clip, proc, clip_id, str(tiny_clip_path), seeds=(0, 1), progress=False
+    )
+    assert set(res["scorers"]) == {"reward", "reward_no_pc", "reward_half_data", "clip_score"}
+    assert res["n_pairs"]["seen_prompts"] > 0 and res["n_pairs"]["unseen_prompts"] == 0
+    for name, by_set in res["scorers"].items():
+        assert set(by_set) == set(EVAL_SETS)
+        acc = by_set["seen_prompts"]["mean"]
+        assert acc is not None and 0.0 <= acc <= 1.0, name
+    assert len(res["scorers"]["reward"]["seen_prompts"]["per_seed"]) == 2
+    png = plot_fig4(res, tmp_path / "fig4.png")
+    assert png.stat().st_size > 1000
