@@ -118,3 +118,24 @@ def test_fig4_evaluation_structure_and_plot(labeled_run, tiny_clip_path, tmp_pat
     assert len(res["scorers"]["reward"]["seen_prompts"]["per_seed"]) == 2
     png = plot_fig4(res, tmp_path / "fig4.png")
     assert png.stat().st_size > 1000
+
+
+def test_reward_cli_train_score_eval(labeled_run, tiny_clip_path, tmp_path, capsys):
+    from t2ialign.cli import main
+
+    run = str(labeled_run.run_dir)
+    cfg = tmp_path / "r.toml"
+    cfg.write_text(
+        "[reward]\nhidden = [16]\nepochs = 2\nbatch_size = 16\nn_prompts = 3\nval_fraction = 0.25\n"
+    )
+    common = ["--clip", str(tiny_clip_path), "--config", str(cfg)]
+    assert main(["reward", "embed", run, *common]) == 0
+    assert main(["reward", "train", run, *common, "--out", str(tmp_path / "rm")]) == 0
+    img = tmp_path / "x.png"
+    render("Two red circles", 0).pil().save(img)
+    capsys.readouterr()
+    assert main(["reward", "score", str(tmp_path / "rm"), str(img), "--prompt", "Two red circles"]) == 0
+    assert capsys.readouterr().out.strip().endswith("x.png")
+    assert main(["reward", "eval", run, *common, "--seeds", "1"]) == 0
+    assert (labeled_run.run_dir / "reward_fig4.png").is_file()
+    assert main(["reward", "train", str(tmp_path / "nowhere"), *common]) == 2

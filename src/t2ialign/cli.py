@@ -284,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.add_commands(label_sub)
     cli_data.add_commands(label_sub)
 
+    reward = sub.add_parser("reward", help="stage 4: the reward model on CLIP embeddings (Eq. 1-3, Fig. 4)")
+    from .reward import cli as reward_cli
+
+    reward_cli.add_commands(reward.add_subparsers(dest="reward_command", required=True))
+
     world = sub.add_parser("world", help="the built-in shapes world: render, judge, perturb").add_subparsers(
         dest="world_command", required=True
     )

@@ -1,0 +1,139 @@
+"""``t2ialign reward embed | train | score | eval``: stage 4 on the command line. Thin: parse, load, call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..store import open_existing
+
+
+def _config(args):
+    from ..config import from_dict, load_config, to_dict
+
+    cfg = load_config(args.config).reward
+    overrides = {
+        k: getattr(args, k)
+        for k in ("clip", "pc_weight", "temperature", "epochs", "seed")
+        if getattr(args, k, None) is not None
+    }
+    return from_dict(type(cfg), to_dict(cfg) | overrides, "reward")
+
+
+def _clip(cfg):
+    from ..models.load import load_clip, resolve_clip_path
+
+    folder, _ = resolve_clip_path(cfg.clip)
+    clip, processor, clip_id = load_clip(cfg.clip)
+    return clip, processor, clip_id, str(folder)
+
+
+def cmd_embed(args) -> int:
+    from .data import labeled_images
+    from .train import Embeddings
+
+    cfg = _config(args)
+    clip, processor, clip_id, _ = _clip(cfg)
+    with open_existing(args.run, args.db_url) as store:
+        images = store.list_images()
+        emb = Embeddings(store, clip, processor)
+        emb.ensure(
+            [r["sha256"] for r in images], sorted({p["text"] for p in store.list_prompts()}), progress=True
+        )
+        n_labeled = len(labeled_images(store))
+    print(
+        f"{len(emb.images.keys)} image and {len(emb.texts.keys)} text embeddings of {clip_id} in {emb.images.dir}"
+        f" ({n_labeled} labeled images)"
+    )
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train_reward
+
+    cfg = _config(args)
+    clip, processor, clip_id, clip_path = _clip(cfg)
+    with open_existing(args.run, args.db_url) as store:
+        model, report = train_reward(store, cfg, clip, processor, clip_id, clip_path)
+        out = Path(args.out) if args.out else store.run_dir / "reward"
+        model.save(out)
+        store.update_metrics(reward_train={k: v for k, v in report.items() if k != "loss_history"})
+    print(f"reward model ({report['n_train']} training images, {report['seconds']} s) written to {out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from PIL import Image
+
+    from .model import RewardModel
+
+    model = RewardModel.load(args.model, clip_path=args.clip)
+    for p in args.images:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"no image at {p}")
+    images = [Image.open(p).convert("RGB") for p in args.images]
+    scores = model.score([args.prompt] * len(images), images)
+    for p, s in zip(args.images, scores.tolist(), strict=True):
+        print(f"{s:.4f}  {p}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_rewards, plot_fig4
+
+    cfg = _config(args)
+    clip, processor, clip_id, clip_path = _clip(cfg)
+    with open_existing(args.run, args.db_url) as store:
+        results = evaluate_rewards(
+            store, cfg, clip, processor, clip_id, clip_path, seeds=tuple(range(args.seeds))
+        )
+        png = plot_fig4(results, store.run_dir / "reward_fig4.png")
+        store.update_metrics(reward_eval=results)
+    print(json.dumps(results["scorers"], indent=1))
+    print(f"figure: {png}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``embed``, ``train``, ``score`` and ``eval`` on the ``reward`` subparsers."""
+
+    def common(sp):
+        sp.add_argument("run", metavar="RUN", help="run directory")
+        sp.add_argument(
+            "--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)"
+        )
+        sp.add_argument("--config", help="TOML or JSON config file (table [reward])")
+        sp.add_argument("--clip", help="local transformers CLIP folder (default: the shipped world CLIP)")
+
+    sp = sub.add_parser("embed", help="CLIP embeddings of every image and prompt of the run, cached")
+    common(sp)
+    sp.set_defaults(func=cmd_embed)
+
+    sp = sub.add_parser("train", help="train r_phi: MSE (Eq. 1) + lambda * prompt classification (Eq. 2)")
+    common(sp)
+    sp.add_argument("--out", help="output folder (default: RUN/reward)")
+    sp.add_argument("--pc-weight", dest="pc_weight", type=float, help="lambda of Eq. 3")
+    sp.add_argument("--temperature", type=float, help="T of Eq. 2")
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--seed", type=int)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("score", help="score images against a prompt with a trained reward model")
+    sp.add_argument("model", help="reward model folder")
+    sp.add_argument("images", nargs="+")
+    sp.add_argument("--prompt", required=True)
+    sp.add_argument(
+        "--clip", help="where its CLIP is, if not where it was trained (it must be the same CLIP)"
+    )
+    sp.set_defaults(func=cmd_score)
+
+    sp = sub.add_parser(
+        "eval", help="pairwise accuracy vs labelers (Fig. 4): reward, no PC, half data, CLIP score"
+    )
+    common(sp)
+    sp.add_argument("--seeds", type=int, default=3, help="number of seeds per trained variant")
+    sp.add_argument("--pc-weight", dest="pc_weight", type=float)
+    sp.add_argument("--temperature", type=float)
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--seed", type=int)
+    sp.set_defaults(func=cmd_eval)
