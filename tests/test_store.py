@@ -337,6 +337,22 @@ def test_bad_labels_write_nothing(store, prompt_set):
     assert count_rows(store, LabelRow) == 0
 
 
+def test_bulk_labels_are_all_or_nothing(store, prompt_set):
+    store.add_prompts(prompt_set[:1])
+    a = add_one_image(store, prompt_set[0].text, color=(255, 0, 0))
+    b = add_one_image(store, prompt_set[0].text, color=(0, 255, 0))
+    ann = store.add_labeler("ann")
+    with pytest.raises(ValueError, match="unknown image id"):
+        store.set_labels([(a, ann, "good"), (b + 7, ann, "bad")])
+    with pytest.raises(ValueError, match="given twice"):
+        store.set_labels([(a, ann, "good"), (a, ann, "bad")])
+    assert count_rows(store, LabelRow) == 0
+    store.set_labels([(a, ann, "good"), (b, ann, "bad")])
+    store.set_labels([(a, ann, "skip")])
+    with store.session() as s:
+        assert dict(s.execute(sa.select(LabelRow.image_id, LabelRow.value)).all()) == {a: "skip", b: "bad"}
+
+
 def test_concurrent_labelers_lose_nothing(tmp_path, prompt_set):
     # Two stores (as two web-app workers would) write labels at once; every label lands, none twice.
     with Store.open(tmp_path / "run") as store:

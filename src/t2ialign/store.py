@@ -465,24 +465,46 @@ class Store:
         One statement (INSERT ... ON CONFLICT DO UPDATE), so a resend or two concurrent requests cannot
         create a second label; committed when this returns.
         """
-        _check_one_of("label value", value, LABEL_VALUES)
-        _check_int("image_id", image_id, 1, _INT64[1])
-        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        self.set_labels([(image_id, labeler_id, value)])
+
+    def set_labels(self, labels: list[tuple[int, int, str]]) -> None:
+        """:meth:`set_label` for many (image_id, labeler_id, value) in one transaction: all or nothing.
+
+        Every label is validated (values, and that each image and labeler exists) before anything is
+        written. One commit for the lot is what makes bulk labeling fast (a commit is an fsync).
+        """
+        for image_id, labeler_id, value in labels:
+            _check_one_of("label value", value, LABEL_VALUES)
+            _check_int("image_id", image_id, 1, _INT64[1])
+            _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        if len({(i, lab) for i, lab, _ in labels}) != len(labels):
+            raise ValueError("the same (image, labeler) is given twice")
+        if not labels:
+            return
         insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[self.engine.dialect.name]
         with self.session() as s:
-            if s.get(ImageRow, image_id) is None:
-                raise ValueError(f"unknown image id {image_id}")
-            if s.get(LabelerRow, labeler_id) is None:
-                raise ValueError(f"unknown labeler id {labeler_id}")
+            for ids, row, what in (
+                ({i for i, _, _ in labels}, ImageRow, "image"),
+                ({lab for _, lab, _ in labels}, LabelerRow, "labeler"),
+            ):
+                for chunk in _chunks(sorted(ids), 500):
+                    found = set(s.scalars(select(row.id).where(row.id.in_(chunk))))
+                    unknown = sorted(set(chunk) - found)
+                    if unknown:
+                        raise ValueError(f"unknown {what} id {unknown[0]}")
             now = _utcnow()
-            stmt = insert(LabelRow).values(
-                image_id=image_id, labeler_id=labeler_id, value=value, created_at=now, updated_at=now
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["image_id", "labeler_id"],
-                set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-            )
-            s.execute(stmt)
+            for chunk in _chunks(labels, 500):
+                stmt = insert(LabelRow).values(
+                    [
+                        dict(image_id=i, labeler_id=lab, value=v, created_at=now, updated_at=now)
+                        for i, lab, v in chunk
+                    ]
+                )
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["image_id", "labeler_id"],
+                    set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+                )
+                s.execute(stmt)
 
     def delete_label(self, image_id: int, labeler_id: int) -> bool:
         """Remove one labeler's label of one image (undo); True if there was one."""
@@ -849,3 +871,8 @@ def open_existing(run_dir: str | Path, db_url: str | None = None) -> Store:
             f"no run at {run_dir} (no {DB_FILENAME}); run `t2ialign prompts --run {run_dir}` first"
         )
     return Store.open(run_dir, db_url=db_url)
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]

@@ -1,5 +1,5 @@
 """Simulated labelers: the world judge answers good / bad / skip for every image, as the paper's labelers
-did (Sec. 3.1), with configurable flip noise and skip rate; labels go through ``service.submit_label``,
+did (Sec. 3.1), with configurable flip noise and skip rate; labels go through ``service.submit_labels``,
 the code path of people's labels, so the rest of the loop cannot tell them apart.
 
 Each simulated labeler ``sim-i`` sees the judge's verdict of an image, flips good <-> bad with probability
@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 from ..evaluate.alignment import judge_stored
 from ..store import ROLES, LabelerRow, LabelRow, Store
 from ..world.judge import Judge
-from .service import submit_label
+from .service import submit_labels
 from .stats import label_summary
 
 FLIP = {"good": "bad", "bad": "good", "skip": "skip"}
+WRITE_CHUNK = 1000  # labels per transaction
 JUDGE_CHUNK = 1024  # images read and judged per step (judge_stored batches within it)
 
 
@@ -79,8 +80,8 @@ def simulate_labels(
     """Label every image of ``role`` by ``n_labelers`` simulated labelers (paper Sec. 3.1, Table 1).
 
     Judges each image once against its prompt with the world judge (``Judge.load()`` by default), derives
-    each labeler's answer with :func:`simulated_answer`, and writes it with ``service.submit_label``, one
-    call per label, skipping labels already stored with the same value (so a rerun with the same
+    each labeler's answer with :func:`simulated_answer`, and writes them with ``service.submit_labels`` (the
+    web app's path, a thousand labels per transaction), skipping labels already stored with the same value (so a rerun with the same
     settings changes nothing, ``updated_at`` included). Returns the settings, counts of the judge's
     verdicts and of written / replaced / unchanged labels, the write speed, and ``label_summary``.
     """
@@ -117,15 +118,19 @@ def simulate_labels(
     start = time.perf_counter()
     bar = tqdm(total=len(images) * len(labelers), desc="label", unit="label", disable=not progress)
     for name, labeler_id in labelers.items():
+        pending = []
         for r in images:
             value = simulated_answer(verdicts[r["id"]], noise, skip, seed, name, r["sha256"])
             old = stored.get((r["id"], labeler_id))
             if old == value:
                 counts["unchanged"] += 1
             else:
-                submit_label(store, labeler_id, r["id"], value)
+                pending.append((labeler_id, r["id"], value))
                 counts["new" if old is None else "replaced"] += 1
-            bar.update()
+        for i in range(0, len(pending), WRITE_CHUNK):  # a crash loses at most the chunk being written
+            submit_labels(store, pending[i : i + WRITE_CHUNK])
+            bar.update(len(pending[i : i + WRITE_CHUNK]))
+        bar.update(len(images) - len(pending))
     bar.close()
     seconds = time.perf_counter() - start
     written = counts["new"] + counts["replaced"]
