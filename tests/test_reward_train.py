@@ -101,9 +101,17 @@ def test_too_few_labels_is_a_clear_error(tmp_path, tiny_clip_path):
             train_reward(store, RewardConfig(), clip, proc, clip_id, str(tiny_clip_path), progress=False)
 
 
-def test_fig4_evaluation_structure_and_plot(labeled_run, tiny_clip_path, tmp_path):
+def test_fig4_evaluation_structure_and_plot(labeled_run, tiny_clip_path, tmp_path, monkeypatch):
+    import t2ialign.reward.train as train_module
     from t2ialign.reward.evaluate import EVAL_SETS, evaluate_rewards, plot_fig4
 
+    split_seeds = []
+
+    def spy(items, fraction, seed):
+        split_seeds.append(seed)
+        return split_train_val(items, fraction, seed)
+
+    monkeypatch.setattr(train_module, "split_train_val", spy)
     clip, proc, clip_id = load_clip(tiny_clip_path)
     cfg = RewardConfig(hidden=(16,), epochs=3, batch_size=16, n_prompts=3, val_fraction=0.25)
     res = evaluate_rewards(
@@ -116,6 +124,10 @@ def test_fig4_evaluation_structure_and_plot(labeled_run, tiny_clip_path, tmp_pat
         acc = by_set["seen_prompts"]["mean"]
         assert acc is not None and 0.0 <= acc <= 1.0, name
     assert len(res["scorers"]["reward"]["seen_prompts"]["per_seed"]) == 2
+    assert res["scorers"]["reward"]["unseen_prompts"] == {"mean": None, "std": None, "per_seed": [None, None]}
+    assert split_seeds and set(split_seeds) == {0}, (
+        "every variant and seed trains off the same held-out images"
+    )
     png = plot_fig4(res, tmp_path / "fig4.png")
     assert png.stat().st_size > 1000
 

@@ -59,32 +59,15 @@ def evaluate_rewards(
     for name, make in variants.items():
         per_seed = {k: [] for k in EVAL_SETS}
         for s in seeds:
-            # the validation split stays that of cfg.seed, so every variant is scored on the same pairs
+            # the validation split stays that of cfg.seed, so no variant trains on the pairs it is scored on
             model, _ = train_reward(
-                store,
-                replace(make(s), val_fraction=cfg.val_fraction),
-                clip,
-                processor,
-                clip_id,
-                clip_path,
-                progress=progress,
+                store, make(s), clip, processor, clip_id, clip_path, progress=progress, split_seed=cfg.seed
             )
             for k in EVAL_SETS:
                 per_seed[k].append(
                     pairwise_accuracy(score_items(sets[k], emb, model), pairs[k]) if pairs[k] else np.nan
                 )
-        results["scorers"][name] = {
-            k: {
-                "mean": _round(np.nanmean(v)),
-                "std": _round(np.nanstd(v)),
-                "per_seed": [_round(x) for x in v],
-            }
-            for k, v in per_seed.items()
-        }
-    emb.ensure(
-        [r["sha256"] for v in sets.values() for r in v],
-        sorted({r["prompt"] for v in sets.values() for r in v}),
-    )
+        results["scorers"][name] = {k: _summary(v) for k, v in per_seed.items()}
     results["scorers"]["clip_score"] = {
         k: {
             "mean": _round(pairwise_accuracy(score_items(sets[k], emb, None), pairs[k]))
@@ -96,6 +79,18 @@ def evaluate_rewards(
         for k in EVAL_SETS
     }
     return results
+
+
+def _summary(values: list[float]) -> dict:
+    """Mean and spread over seeds (None where the set has no pairs)."""
+    finite = [v for v in values if not np.isnan(v)]
+    if not finite:
+        return {"mean": None, "std": None, "per_seed": [None] * len(values)}
+    return {
+        "mean": _round(np.mean(finite)),
+        "std": _round(np.std(finite)),
+        "per_seed": [_round(x) for x in values],
+    }
 
 
 def _round(x) -> float | None:

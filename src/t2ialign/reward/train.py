@@ -47,11 +47,22 @@ def candidate_prompts(prompt: str, n: int, seed: int, shapes: list[str]) -> list
 
 
 def train_reward(
-    store: Store, cfg: RewardConfig, clip, processor, clip_id: str, clip_path: str, progress: bool = True
+    store: Store,
+    cfg: RewardConfig,
+    clip,
+    processor,
+    clip_id: str,
+    clip_path: str,
+    progress: bool = True,
+    split_seed: int | None = None,
 ) -> tuple[RewardModel, dict]:
-    """Fit r_phi on the run's labeled seen-prompt images; returns the model and its training report."""
+    """Fit r_phi on the run's labeled seen-prompt images; returns the model and its training report.
+
+    ``split_seed`` fixes the train / validation split (default: ``cfg.seed``), so that models of several
+    seeds can be scored on the same held-out images.
+    """
     items = labeled_images(store)
-    train, val = split_train_val(items, cfg.val_fraction, cfg.seed)
+    train, val = split_train_val(items, cfg.val_fraction, cfg.seed if split_seed is None else split_seed)
     if cfg.half_data:
         train = halve_per_prompt(train, cfg.seed)
     if len(train) < 2:
