@@ -17,7 +17,12 @@ from PIL import Image as PILImage
 from .cli import _tune_allocator
 from .cli import main as cli_main
 
-NOT_YET = ("reward", "finetune", "sample", "evaluate")
+NOT_YET = (
+    "reward (built: `t2ialign reward embed|train|eval`, not yet in the demo)",
+    "finetune",
+    "sample",
+    "evaluate",
+)
 
 
 def run_demo(run: Path) -> int:
@@ -107,7 +112,7 @@ def run_demo(run: Path) -> int:
         f"\nDone in {time.time() - t0:.0f} s: {sum(counts.values())} prompts in {run / 't2ialign.db'}, "
         f"samples in {samples}, metrics in {run / 'metrics.json'}."
     )
-    print(f"Stages not built yet (see the issues): {', '.join(NOT_YET)}.")
+    print(f"Not in the demo yet (see the issues): {'; '.join(NOT_YET)}.")
     return 0
 
 
