@@ -46,6 +46,44 @@ def candidate_prompts(prompt: str, n: int, seed: int, shapes: list[str]) -> list
     return [parse_prompt(prompt).text(), *perturb(prompt, n, seed=seed, shapes=shapes)]
 
 
+def fit_reward(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    good: torch.Tensor,
+    zc: torch.Tensor,
+    cfg: RewardConfig,
+    progress: bool = False,
+) -> tuple[RewardMLP, list[float]]:
+    """The training loop of Eq. 3 on embeddings: x, z (M, D) image and prompt embeddings, y (M,) targets,
+    good (M,) bool (which images the PC loss uses), zc (M, N, D) candidate prompts, the original first."""
+    torch.manual_seed(cfg.seed)
+    mlp = RewardMLP(x.shape[1], cfg.hidden, cfg.dropout)
+    opt = torch.optim.AdamW(mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    for _epoch in tqdm(range(cfg.epochs), desc="reward", disable=not progress):
+        mlp.train()
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            mse = mse_loss(mlp(x[idx], z[idx]), y[idx])
+            pc = None
+            g = idx[good[idx]]
+            if cfg.pc_weight > 0 and len(g):
+                n = zc.shape[1]
+                r_pc = mlp(x[g].repeat_interleave(n, 0), zc[g].reshape(-1, zc.shape[2])).view(len(g), n)
+                pc = prompt_classification_loss(r_pc, torch.zeros(len(g), dtype=torch.long), cfg.temperature)
+            loss = reward_loss(mse, pc, cfg.pc_weight)
+            if not torch.isfinite(loss):
+                raise FloatingPointError("non-finite reward loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        history.append(loss.item())
+    return mlp.eval(), history
+
+
 def train_reward(
     store: Store,
     cfg: RewardConfig,
@@ -86,31 +124,8 @@ def train_reward(
     good = torch.tensor([r["y"] >= 0.5 for r in train])  # PC loss on images labeled good (Sec. 3.2)
     zc = torch.stack([emb.texts.get(cands[r["prompt"]]) for r in train])  # (M, N, D), original first
 
-    torch.manual_seed(cfg.seed)
-    mlp = RewardMLP(x.shape[1], cfg.hidden, cfg.dropout)
-    opt = torch.optim.AdamW(mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history = []
     t0 = time.time()
-    for _epoch in tqdm(range(cfg.epochs), desc="reward", disable=not progress):
-        mlp.train()
-        order = torch.randperm(len(train), generator=gen)
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            mse = mse_loss(mlp(x[idx], z[idx]), y[idx])
-            pc = None
-            g = idx[good[idx]]
-            if cfg.pc_weight > 0 and len(g):
-                n = zc.shape[1]
-                r_pc = mlp(x[g].repeat_interleave(n, 0), zc[g].reshape(-1, zc.shape[2])).view(len(g), n)
-                pc = prompt_classification_loss(r_pc, torch.zeros(len(g), dtype=torch.long), cfg.temperature)
-            loss = reward_loss(mse, pc, cfg.pc_weight)
-            if not torch.isfinite(loss):
-                raise FloatingPointError("non-finite reward loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        history.append(loss.item())
+    mlp, history = fit_reward(x, z, y, good, zc, cfg, progress)
     meta = {
         "dim": x.shape[1],
         "hidden": list(cfg.hidden),
@@ -121,7 +136,7 @@ def train_reward(
         "n_val": len(val),
         "seconds": round(time.time() - t0, 2),
     }
-    model = RewardModel(mlp.eval(), meta, clip, processor)
+    model = RewardModel(mlp, meta, clip, processor)
     return model, {
         "n_train": len(train),
         "n_val": len(val),
