@@ -64,3 +64,16 @@ def test_save_load_score_and_refuse_another_clip(tmp_path, tiny_clip_path):
         rm.score(["a", "b"], imgs[:1])
     with pytest.raises(FileNotFoundError):
         RewardModel.load(tmp_path / "missing")
+
+
+def test_fast_pixel_path_matches_the_processor(tiny_clip_path):
+    from t2ialign.reward.embed import _fast_pixels
+
+    _, proc, _ = load_clip(tiny_clip_path)  # a 32x32 CLIP
+    imgs = [render("Two red circles", seed=s, size=32).pil() for s in range(3)]
+    fast = _fast_pixels(proc, imgs)
+    slow = proc(images=imgs, return_tensors="pt")["pixel_values"]
+    assert fast is not None and torch.allclose(fast, slow, atol=1e-5)
+    assert (
+        _fast_pixels(proc, [render("Two red circles", seed=0).pil()]) is None
+    )  # 64x64: the processor resizes

@@ -29,16 +29,38 @@ def clip_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
+def _fast_pixels(processor, images: list) -> torch.Tensor | None:
+    """Pixel values without the processor's per-image PIL pipeline, when that pipeline would only rescale
+    and normalize: RGB images already at the CLIP's crop size (the world's 64x64 images). Else None."""
+    ip = getattr(processor, "image_processor", processor)
+    crop = getattr(ip, "crop_size", None)
+    try:
+        h, w = (crop["height"], crop["width"]) if crop is not None else (None, None)
+    except (KeyError, TypeError):
+        return None
+    arrays = [np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im) for im in images]
+    if h is None or any(a.shape != (h, w, 3) or a.dtype != np.uint8 for a in arrays):
+        return None
+    if not (getattr(ip, "do_rescale", False) and getattr(ip, "do_normalize", False)):
+        return None
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() * float(
+        ip.rescale_factor
+    )  # (B, 3, H, W)
+    mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 @torch.no_grad()
 def embed_images(model, processor, images: list, batch_size: int = 256) -> torch.Tensor:
     """(N, D) L2-normalized image embeddings; images are PIL images or (H, W, 3) uint8 arrays."""
     out = []
     for i in range(0, len(images), batch_size):
-        chunk = [
-            im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im))
-            for im in images[i : i + batch_size]
-        ]
-        pixels = processor(images=chunk, return_tensors="pt")["pixel_values"]
+        chunk = images[i : i + batch_size]
+        pixels = _fast_pixels(processor, chunk)
+        if pixels is None:  # other sizes: the processor resizes and crops as the CLIP expects
+            pil = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in chunk]
+            pixels = processor(images=pil, return_tensors="pt")["pixel_values"]
         feats = model.get_image_features(pixel_values=pixels)
         feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
         out.append(F.normalize(feats.float(), dim=-1))
