@@ -42,6 +42,7 @@ from ..checkpoint import (
 )
 from ..config import PretrainConfig, to_dict
 from ..fsutil import atomic_write
+from ..reward.embed import clip_features
 from ..world import vocab
 from ..world.dataset import caption_for
 from ..world.prompts import PromptSpec
@@ -307,7 +308,7 @@ def clip_zero_shot(model, tokenizer, n: int = 500, seed: int = 0) -> dict[str, f
             )
             image = render(scene, seed=stable_seed("clip-zero-shot-image", seed, i)).image
             img_emb = F.normalize(
-                _features(model.get_image_features(pixel_values=clip_pixels(image[None]))), dim=-1
+                clip_features(model.get_image_features(pixel_values=clip_pixels(image[None]))), dim=-1
             )
             for kind in vocab.ATTRIBUTES:
                 values = vocab.values(kind)
@@ -317,15 +318,10 @@ def clip_zero_shot(model, tokenizer, n: int = 500, seed: int = 0) -> dict[str, f
                     texts = [PromptSpec(scene.shape, **{kind: v}).text() for v in values]
                 ids, mask = tokens(texts)
                 txt = F.normalize(
-                    _features(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1
+                    clip_features(model.get_text_features(input_ids=ids, attention_mask=mask)), dim=-1
                 )
                 hits[kind] += int(values[int((img_emb @ txt.t()).argmax())] == getattr(scene, kind))
     return {k: round(v / n, 4) for k, v in hits.items()}
-
-
-def _features(out) -> torch.Tensor:
-    """transformers 5 returns a ModelOutput from get_*_features; 4.x a tensor."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 # --- VAE and UNet ----------------------------------------------------------------------------------------

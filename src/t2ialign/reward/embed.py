@@ -20,6 +20,12 @@ from torch.nn import functional as F
 from ..fsutil import atomic_write
 
 
+def clip_features(out) -> torch.Tensor:
+    """The projected embedding from ``get_image_features`` / ``get_text_features``: transformers 5 returns
+    a ModelOutput (its ``pooler_output``), 4.x a tensor."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 def clip_fingerprint(model) -> str:
     """Identifies a CLIP by its architecture and weights: embeddings of two CLIPs never mix."""
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
@@ -61,8 +67,7 @@ def embed_images(model, processor, images: list, batch_size: int = 256) -> torch
         if pixels is None:  # other sizes: the processor resizes and crops as the CLIP expects
             pil = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in chunk]
             pixels = processor(images=pil, return_tensors="pt")["pixel_values"]
-        feats = model.get_image_features(pixel_values=pixels)
-        feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+        feats = clip_features(model.get_image_features(pixel_values=pixels))
         out.append(F.normalize(feats.float(), dim=-1))
     return torch.cat(out) if out else torch.empty(0, model.config.projection_dim)
 
@@ -73,8 +78,9 @@ def embed_texts(model, processor, texts: list[str], batch_size: int = 1024) -> t
     out = []
     for i in range(0, len(texts), batch_size):
         enc = processor(text=texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True)
-        feats = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-        feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+        feats = clip_features(
+            model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        )
         out.append(F.normalize(feats.float(), dim=-1))
     return torch.cat(out) if out else torch.empty(0, model.config.projection_dim)
 
