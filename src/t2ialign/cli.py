@@ -289,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     reward_cli.add_commands(reward.add_subparsers(dest="reward_command", required=True))
 
+    from .finetune import cli as finetune_cli
+
+    finetune_cli.add_command(sub)
+
+    from . import sample
+
+    sample.add_command(sub)
+
     world = sub.add_parser("world", help="the built-in shapes world: render, judge, perturb").add_subparsers(
         dest="world_command", required=True
     )

@@ -119,7 +119,8 @@ def generate(
             f"{len(unknown)} prompts are not in the run (e.g. {unknown[0]!r}); run `t2ialign prompts` first"
         )
     stored = store.list_images(model_id=model_id)
-    have = {(r["prompt"], r["seed"]) for r in stored}
+    # an image made by an older version of the model in the same folder is not this model's image
+    have = {(r["prompt"], r["seed"]) for r in stored if r["model_revision"] == model_revision}
     shas = {r["sha256"] for r in stored}
     todo = [
         (p, s)

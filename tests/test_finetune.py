@@ -1,0 +1,442 @@
+"""Stage 5, reward-weighted fine-tuning (Eq. 4): the loss by hand, the data, and the reliability rules
+(SIGKILL + resume equals an uninterrupted run bitwise, crash while checkpointing, refusals, no NaN in a
+checkpoint, 2 processes == 1 process with the same global batch), on tiny models built from config."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from t2ialign.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
+from t2ialign.config import ConfigError, FinetuneConfig, GenerateConfig, RewardConfig
+from t2ialign.finetune import data as ft_data
+from t2ialign.finetune import train as ft_train
+from t2ialign.finetune.losses import (
+    clamp_rewards,
+    denoising_target,
+    eq4_loss,
+    lr_at,
+    per_sample_mse,
+    reward_weighted_loss,
+)
+from t2ialign.finetune.train import batch_indices, finetune
+from t2ialign.generate import generate
+from t2ialign.labeling.service import submit_label
+from t2ialign.models.load import load_clip
+from t2ialign.reward.train import train_reward
+from t2ialign.store import Store
+from t2ialign.world.prompts import build_prompt_set
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+# --- the loss, by hand ---------------------------------------------------------------------------------
+
+
+def test_eq4_terms_by_hand():
+    pred = torch.tensor([[1.0, 3.0], [0.0, 0.0]]).view(2, 2, 1, 1)
+    target = torch.tensor([[0.0, 1.0], [2.0, 0.0]]).view(2, 2, 1, 1)
+    per = per_sample_mse(pred, target)  # [(1 + 4) / 2, (4 + 0) / 2]
+    assert per.tolist() == [2.5, 2.0]
+    w = torch.tensor([1.0, 0.25])
+    assert reward_weighted_loss(per, w).item() == pytest.approx((2.5 * 1 + 2.0 * 0.25) / 2)
+    loss, parts = eq4_loss(per, w, torch.tensor([1.0, 3.0]), beta=0.5)
+    assert loss.item() == pytest.approx(1.5 + 0.5 * 2.0)
+    assert parts["model"].item() == pytest.approx(1.5) and parts["pretrain"].item() == pytest.approx(2.0)
+    alone, _ = eq4_loss(per, w, None, beta=0.0)
+    assert alone.item() == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="D_pre"):
+        eq4_loss(per, w, None, beta=1.0)
+    with pytest.raises(ValueError):
+        per_sample_mse(pred, target[:1])
+
+
+def test_targets_rewards_and_learning_rate():
+    from diffusers import DDPMScheduler
+
+    x0, noise, t = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2), torch.tensor([0, 500, 999])
+    eps = DDPMScheduler(prediction_type="epsilon")
+    assert torch.equal(denoising_target(eps, x0, noise, t), noise)
+    v = DDPMScheduler(prediction_type="v_prediction")
+    a = v.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(
+        denoising_target(v, x0, noise, t), a.sqrt() * noise - (1 - a).sqrt() * x0, atol=1e-6
+    )
+    assert clamp_rewards(torch.tensor([-0.5, 0.3, 1.7]), 0.0, 1.0).tolist() == pytest.approx([0.0, 0.3, 1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        clamp_rewards(torch.tensor([0.1, float("nan")]), 0.0, 1.0)
+    assert [lr_at(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_at(0, 0.1, 0) == 0.1
+
+
+def test_batches_cover_every_example_once_per_epoch():
+    n, g = 10, 4
+    ids = np.concatenate([batch_indices(n, g, s, seed=0, stream="model") for s in range(5)])  # 2 epochs
+    assert sorted(ids[:10]) == list(range(10)) and sorted(ids[10:]) == list(range(10))
+    assert not np.array_equal(ids[:10], ids[10:])  # a new permutation each epoch
+    assert np.array_equal(batch_indices(n, g, 3, 0, "model"), ids[12:16])  # any step alone, same ids
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="use_unlabeled"):
+        FinetuneConfig(weights="labels")
+    with pytest.raises(ConfigError, match="reward_range"):
+        FinetuneConfig(reward_range=(1.0, 0.0))
+    with pytest.raises(ConfigError, match="beta"):
+        FinetuneConfig(beta=-1)
+
+
+# --- a small run: tiny SD + tiny CLIP, labeled images, a reward model ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ft_run(tmp_path_factory, tiny_pipeline_path, tiny_clip_path):
+    root = tmp_path_factory.mktemp("ft")
+    with Store.open(root / "run") as store:
+        prompts = build_prompt_set()
+        store.add_prompts(prompts)
+        chosen = [p.text for p in prompts if p.split == "seen"][::400][:4]
+        gen = dict(model=str(tiny_pipeline_path), mixed_precision="no")
+        generate(GenerateConfig(images_per_prompt=4, role="human", **gen), store, chosen, progress=False)
+        generate(GenerateConfig(images_per_prompt=2, role="unlabeled", **gen), store, chosen, progress=False)
+        a = store.add_labeler("a")
+        for i, r in enumerate(store.list_images(role="human")):
+            submit_label(store, a, r["id"], "good" if i % 2 else "bad")
+        clip, proc, cid = load_clip(tiny_clip_path)
+        model, _ = train_reward(
+            store,
+            RewardConfig(epochs=2, clip=str(tiny_clip_path)),
+            clip,
+            proc,
+            cid,
+            str(tiny_clip_path),
+            False,
+        )
+        model.save(store.run_dir / "reward")
+    return root / "run"
+
+
+def small(tiny_pipeline_path, **kw) -> FinetuneConfig:
+    base = dict(
+        pretrained_model_name_or_path=str(tiny_pipeline_path),
+        train_batch_size=4,
+        pretrain_batch_size=4,
+        pretrain_images=12,
+        max_train_steps=6,
+        checkpointing_steps=2,
+        learning_rate=1e-3,
+        lr_warmup_steps=2,
+    )
+    return FinetuneConfig(**(base | kw))
+
+
+def unet_weights(run: Path, name: str) -> dict:
+    return load_file(
+        str(run / "finetune" / name / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    )
+
+
+def test_finetune_changes_the_unet_and_ships_a_stock_pipeline(ft_run, tiny_pipeline_path):
+    from diffusers import StableDiffusionPipeline
+
+    with Store.open(ft_run) as store:
+        report = finetune(small(tiny_pipeline_path), store, name="plain", progress=False)
+        finetune(small(tiny_pipeline_path), store, name="plain-again", progress=False)
+        metrics = store.read_metrics()["finetune"]
+    assert report["n_model"] == 24 and report["n_pretrain"] == 12  # 16 human + 8 unlabeled
+    assert 0.0 <= report["mean_weight"] <= 1.0 and metrics["plain"]["steps"] == 6
+    before = load_file(str(tiny_pipeline_path / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = unet_weights(ft_run, "plain")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # parameters changed
+    same = unet_weights(ft_run, "plain-again")
+    assert all(torch.equal(after[k], same[k]) for k in after)  # same seed, same weights
+    logs = [(ft_run / "finetune" / n / "batches.jsonl").read_text() for n in ("plain", "plain-again")]
+    assert logs[0] == logs[1] and len(logs[0].splitlines()) == 6
+    out = ft_run / "finetune" / "plain" / "pipeline"
+    stamp = json.loads((out / "t2ialign_finetune.json").read_text())
+    assert stamp["seed"] == 0 and stamp["config"]["max_train_steps"] == 6
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    image = pipe("Two red circles", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (32, 32, 3) and np.isfinite(image).all()
+
+
+def test_latents_and_text_states_are_cached(ft_run, tiny_pipeline_path, monkeypatch):
+    from t2ialign.models.load import load_pipeline
+    from t2ialign.reward.model import RewardModel
+
+    cfg = small(tiny_pipeline_path)
+    pipe, _, _ = load_pipeline(cfg.pretrained_model_name_or_path)
+    with Store.open(ft_run) as store:
+        items = ft_data.model_examples(store, cfg, RewardModel.load(store.run_dir / "reward"))
+        first = ft_data.build_model_set(store, pipe, items)
+        calls = []
+        monkeypatch.setattr(ft_data, "encode_images", lambda *a, **k: calls.append(1))
+        second = ft_data.build_model_set(store, pipe, items)
+        assert not calls and torch.equal(first.mean, second.mean) and second.keys == first.keys
+        # the cache holds what the VAE gives for the stored image
+        from PIL import Image
+
+        img = np.asarray(Image.open(store.image_path(first.keys[0])).convert("RGB"))
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            assert torch.allclose(pipe.vae.encode(x).latent_dist.mean, first.mean[:1], atol=1e-5)
+        changed = [dict(items[0], weight=0.123), *items[1:]]  # other weights: another cache entry
+        monkeypatch.setattr(
+            ft_data, "encode_images", lambda *a, **k: calls.append(1) or (first.mean, first.std)
+        )
+        ft_data.build_model_set(store, pipe, changed)
+        assert calls == [1]
+
+
+def test_label_weights_use_only_labeled_human_images(ft_run, tiny_pipeline_path):
+    cfg = small(tiny_pipeline_path, weights="labels", use_unlabeled=False)
+    with Store.open(ft_run) as store:
+        items = ft_data.model_examples(store, cfg)
+    assert len(items) == 16 and sorted({r["weight"] for r in items}) == [0.0, 1.0]
+
+
+def test_resume_refuses_what_it_cannot_continue(ft_run, tiny_pipeline_path):
+    cfg = small(tiny_pipeline_path, max_train_steps=2)
+    with Store.open(ft_run) as store:
+        finetune(cfg, store, name="refuse", progress=False)
+        with pytest.raises(CheckpointError, match="already holds checkpoints"):
+            finetune(cfg, store, name="refuse", progress=False)
+        with pytest.raises(CheckpointError, match="another config"):
+            finetune(
+                small(tiny_pipeline_path, learning_rate=5e-4),
+                store,
+                name="refuse",
+                resume_from_checkpoint="latest",
+            )
+        with pytest.raises(CheckpointError, match="no checkpoint at"):
+            finetune(cfg, store, name="refuse", resume_from_checkpoint=str(ft_run / "nowhere"))
+        # more steps with the same config continue the run
+        report = finetune(
+            small(tiny_pipeline_path, max_train_steps=4),
+            store,
+            name="refuse",
+            resume_from_checkpoint="latest",
+            progress=False,
+        )
+    assert report["steps_this_call"] == 2
+
+
+def test_crash_while_checkpointing_keeps_the_previous_one(ft_run, tiny_pipeline_path, monkeypatch):
+    import t2ialign.checkpoint as ck
+
+    real = ck.save_file
+
+    def dies_at_step_4(tensors, path):
+        if "00000004" in path:
+            Path(path).write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt("power cut")
+        return real(tensors, path)
+
+    monkeypatch.setattr(ck, "save_file", dies_at_step_4)
+    with Store.open(ft_run) as store:
+        with pytest.raises(KeyboardInterrupt):
+            finetune(small(tiny_pipeline_path), store, name="crash", progress=False)
+        root = ft_run / "finetune" / "crash" / "checkpoints"
+        assert latest_checkpoint(root).name == "checkpoint-00000002"
+        monkeypatch.setattr(ck, "save_file", real)
+        finetune(
+            small(tiny_pipeline_path), store, name="crash", resume_from_checkpoint="latest", progress=False
+        )
+        assert [p.name for p in list_checkpoints(root)] == ["checkpoint-00000004", "checkpoint-00000006"]
+
+
+def test_non_finite_loss_never_reaches_a_checkpoint(ft_run, tiny_pipeline_path, monkeypatch):
+    real, calls = ft_train.eq4_loss, []
+
+    def nan_at_step_3(*a, **k):
+        calls.append(1)
+        loss, parts = real(*a, **k)
+        return (loss * float("nan"), parts) if len(calls) == 4 else (loss, parts)
+
+    monkeypatch.setattr(ft_train, "eq4_loss", nan_at_step_3)
+    with Store.open(ft_run) as store, pytest.raises(FloatingPointError, match="step 3"):
+        finetune(small(tiny_pipeline_path, checkpointing_steps=1), store, name="nan", progress=False)
+    root = ft_run / "finetune" / "nan" / "checkpoints"
+    assert latest_checkpoint(root).name == "checkpoint-00000003"
+    tensors = load_file(str(latest_checkpoint(root) / "tensors.safetensors"))
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+
+
+def test_lora_trains_adapters_that_stock_diffusers_loads(ft_run, tiny_pipeline_path):
+    from diffusers import StableDiffusionPipeline
+
+    with Store.open(ft_run) as store:
+        finetune(
+            small(tiny_pipeline_path, lora_rank=2, max_train_steps=4), store, name="lora", progress=False
+        )
+    out = ft_run / "finetune" / "lora"
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_path, local_files_only=True)
+    pipe.load_lora_weights(out / "lora")  # the documented one-line load
+    g = torch.Generator().manual_seed(0)
+    with_lora = pipe("A red circle", num_inference_steps=2, generator=g, output_type="np").images[0]
+    merged = StableDiffusionPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    g = torch.Generator().manual_seed(0)
+    fused = merged("A red circle", num_inference_steps=2, generator=g, output_type="np").images[0]
+    assert np.allclose(with_lora, fused, atol=1e-3)
+    base = load_file(str(tiny_pipeline_path / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(base[k], v) for k, v in unet_weights(ft_run, "lora").items())
+
+
+def test_pretrain_data_from_a_folder_and_a_parquet_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder = tmp_path / "pre"
+    folder.mkdir()
+    rows = []
+    for i in range(3):
+        Image.new("RGB", (48, 40), (80 * i, 0, 0)).save(folder / f"{i}.png")
+        rows.append(json.dumps({"file": f"{i}.png", "text": f"caption {i}"}))
+    (folder / "captions.jsonl").write_text("\n".join(rows))
+    pairs = ft_data.pretrain_pairs(str(folder), 2, 32, 0)
+    assert [p[2] for p in pairs] == ["caption 0", "caption 1"] and pairs[1][1].shape == (32, 32, 3)
+    pq.write_table(
+        pa.table({"image": [(folder / "2.png").read_bytes()], "text": ["from parquet"]}),
+        tmp_path / "d.parquet",
+    )
+    ((key, image, text),) = ft_data.pretrain_pairs(str(tmp_path / "d.parquet"), 10, 32, 0)
+    assert text == "from parquet" and image[0, 0, 0] == 160
+    with pytest.raises(FileNotFoundError):
+        ft_data.pretrain_pairs(str(tmp_path / "missing"), 1, 32, 0)
+    with pytest.raises(ValueError, match="captions.jsonl"):
+        ft_data.pretrain_pairs(str(tmp_path), 1, 32, 0)
+
+
+# --- separate processes: SIGKILL + resume, and 2 processes vs 1 -------------------------------------------
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC, HF_HUB_OFFLINE="1")
+
+
+def _cli(run, name, cfg_path, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "t2ialign",
+        "finetune",
+        str(run),
+        "--name",
+        name,
+        "--config",
+        str(cfg_path),
+        *extra,
+    ]
+
+
+def _write_cfg(path: Path, tiny_pipeline_path, **kw) -> Path:
+    cfg = (
+        dict(
+            pretrained_model_name_or_path=str(tiny_pipeline_path),
+            train_batch_size=4,
+            pretrain_batch_size=4,
+            pretrain_images=12,
+            max_train_steps=12,
+            checkpointing_steps=3,
+            learning_rate=1e-3,
+        )
+        | kw
+    )
+    lines = ["[finetune]"] + [f"{k} = {json.dumps(v)}" for k, v in cfg.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _kill_when(cmd, ready, timeout=120):
+    """Start cmd, SIGKILL it as soon as ready() is true; the run must not have finished by then."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, (
+            f"the run ended before the kill point: {proc.stderr.read().decode()[-2000:]}"
+        )
+        assert time.time() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_three_times_then_resume_equals_an_uninterrupted_run(ft_run, tiny_pipeline_path, tmp_path):
+    cfg = _write_cfg(tmp_path / "ft.toml", tiny_pipeline_path)
+    subprocess.run(_cli(ft_run, "straight", cfg), env=_env(), check=True, capture_output=True)
+    out = ft_run / "finetune" / "killed"
+    log = out / "batches.jsonl"
+
+    def logged(n):
+        return lambda: log.exists() and len(log.read_text().splitlines()) >= n
+
+    def checkpoint_at(step):
+        return lambda: (out / "checkpoints" / f"checkpoint-{step:08d}" / "manifest.json").exists()
+
+    resume = ("--resume_from_checkpoint", "latest")
+    _kill_when(_cli(ft_run, "killed", cfg), logged(2))  # before the first checkpoint
+    _kill_when(_cli(ft_run, "killed", cfg, *resume), checkpoint_at(6))  # right after a checkpoint
+    _kill_when(_cli(ft_run, "killed", cfg, *resume), logged(11))  # between checkpoints, near the end
+    subprocess.run(_cli(ft_run, "killed", cfg, *resume), env=_env(), check=True, capture_output=True)
+
+    a, b = unet_weights(ft_run, "straight"), unet_weights(ft_run, "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise
+    steps = [json.loads(ln) for ln in log.read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(12))  # nothing repeated or skipped
+    assert log.read_text() == (ft_run / "finetune" / "straight" / "batches.jsonl").read_text()
+
+
+def test_two_processes_match_one_with_the_same_global_batch(ft_run, tiny_pipeline_path, tmp_path):
+    one = _write_cfg(
+        tmp_path / "one.toml",
+        tiny_pipeline_path,
+        train_batch_size=2,
+        pretrain_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_train_steps=4,
+    )
+    two = _write_cfg(
+        tmp_path / "two.toml",
+        tiny_pipeline_path,
+        train_batch_size=2,
+        pretrain_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_train_steps=4,
+    )
+    subprocess.run(_cli(ft_run, "one-proc", one), env=_env(), check=True, capture_output=True)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
+    r = subprocess.run(
+        [*torchrun, "-m", "t2ialign", "finetune", str(ft_run), "--name", "two-proc", "--config", str(two)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((ft_run / "finetune" / "two-proc" / "report.json").read_text())
+    assert report["num_processes"] == 2 and report["global_batch"]["model"] == 4
+    a, b = unet_weights(ft_run, "one-proc"), unet_weights(ft_run, "two-proc")
+    base = load_file(str(tiny_pipeline_path / "unet" / "diffusion_pytorch_model.safetensors"))
+    moved = max((a[k] - base[k]).abs().max().item() for k in a)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert moved > 1e-4 and diff < 1e-5 * max(1.0, moved * 100)
+    logs = [(ft_run / "finetune" / n / "batches.jsonl").read_text() for n in ("one-proc", "two-proc")]
+    assert logs[0] == logs[1]
