@@ -180,6 +180,14 @@ def cmd_generate(args) -> int:
     cfg = _generate_config(args)
     with Store.open(args.run, db_url=args.db_url) as store:
         rows = store.list_prompts(split=args.split, category=args.category)
+        if cfg.role in ("human", "unlabeled") and args.split == "seen":
+            # feedback never touches the evaluation prompts (`t2ialign evaluate` checks it)
+            from .config import load_config
+            from .evaluate.models import feedback_prompts
+
+            ev = load_config(args.config).evaluate
+            open_to_feedback = {r["text"] for r in feedback_prompts(store, ev.n_seen, ev.seed)}
+            rows = [r for r in rows if r["text"] in open_to_feedback]
         if not rows:
             raise ValueError(
                 f"no prompts in {args.run} (split={args.split}, category={args.category}); run `t2ialign prompts`"
@@ -204,6 +212,37 @@ def cmd_evaluate_base(args) -> int:
     print(
         f"\nmodel {report['model_id']} @ {report['model_revision']}; written to {Path(args.run) / 'metrics.json'}"
     )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .config import from_dict, load_config, to_dict
+    from .evaluate.models import evaluate_models, format_report, parse_models
+    from .store import open_existing
+
+    cfg = load_config(args.config).evaluate
+    overrides = {
+        k: getattr(args, k)
+        for k in ("n_seen", "n_unseen", "images_per_prompt", "best_of", "reward", "inception")
+        if getattr(args, k) is not None
+    }
+    cfg = from_dict(type(cfg), to_dict(cfg) | overrides, "evaluate")
+    with open_existing(args.run, args.db_url) as store:
+        report = evaluate_models(store, parse_models(args.models, store.run_dir), cfg)
+    print(format_report(report))
+    print(
+        f"\nwritten to {Path(args.run) / 'metrics.json'} (section evaluate); `t2ialign report {args.run}` renders it"
+    )
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .evaluate.report import write_report
+    from .store import open_existing
+
+    with open_existing(args.run, args.db_url) as store:
+        path = write_report(store, args.out)
+    print(f"report: {path}")
     return 0
 
 
@@ -274,6 +313,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_args(sp, role_default="eval")
     sp.add_argument("--prompts-per-category", dest="prompts_per_category", type=int, default=100)
     sp.set_defaults(func=cmd_evaluate_base)
+
+    sp = sub.add_parser(
+        "evaluate",
+        help="stage 7: alignment per category (seen / unseen), reward, CLIP score and fidelity of several models",
+    )
+    sp.add_argument("run", help="run directory")
+    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
+    sp.add_argument("--config", help="TOML or JSON config file (table [evaluate])")
+    sp.add_argument(
+        "--models",
+        default="base,finetuned,rejection",
+        help="comma-separated: base, finetuned[:NAME], rejection[:MODEL], LABEL=PATH (default: %(default)s)",
+    )
+    sp.add_argument("--n-seen", dest="n_seen", type=int, help="seen evaluation prompts (default 60)")
+    sp.add_argument("--n-unseen", dest="n_unseen", type=int, help="unseen evaluation prompts (default 60)")
+    sp.add_argument("--images-per-prompt", dest="images_per_prompt", type=int)
+    sp.add_argument(
+        "--best-of", dest="best_of", type=int, help="candidates per prompt for rejection sampling"
+    )
+    sp.add_argument("--reward", help="reward model folder (default: RUN/reward)")
+    sp.add_argument("--inception", help="local Inception-v3 FID weights: adds true FID")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("report", help="write RUN/report.html: the paper's tables and figures from this run")
+    sp.add_argument("run", help="run directory")
+    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
+    sp.add_argument("--out", help="output file (default: RUN/report.html)")
+    sp.set_defaults(func=cmd_report)
 
     label = sub.add_parser(
         "label", help="stage 3: feedback from labelers (web app), simulated labelers, export"

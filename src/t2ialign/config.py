@@ -329,6 +329,28 @@ class FinetuneConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Stage 7, evaluation (``t2ialign evaluate``; paper Sec. 4.2, Fig. 3, Table 2)."""
+
+    n_seen: int = 60  # evaluation prompts of seen objects and templates, never given feedback
+    n_unseen: int = 60  # half unseen prompts of seen objects, half prompts of unseen objects
+    images_per_prompt: int = 4  # the paper compares sets of 4 images (rejection sampling keeps 4 of 16)
+    best_of: int = 16  # candidates per prompt for the "rejection" model
+    reward: str | None = None  # reward model folder; None = RUN/reward
+    inception: str | None = None  # local Inception-v3 FID weights (.pth / .safetensors) for true FID
+    # sampling of every model: steps, guidance, scheduler, batch size, precision, seed (role is always eval)
+    generate: GenerateConfig = field(default_factory=lambda: GenerateConfig(role="eval"))
+    seed: int = 0  # which prompts are the evaluation prompts
+
+    def __post_init__(self):
+        for name in ("n_seen", "n_unseen", "images_per_prompt", "best_of"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evaluate.{name} must be >= 1, got {getattr(self, name)}")
+        if self.best_of < self.images_per_prompt:
+            raise ConfigError("evaluate.best_of must be >= evaluate.images_per_prompt")
+
+
+@dataclass
 class Config:
     """The whole run's config: one table per stage."""
 
@@ -338,6 +360,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def to_dict(cfg) -> dict:
