@@ -440,3 +440,16 @@ def test_two_processes_match_one_with_the_same_global_batch(ft_run, tiny_pipelin
     assert moved > 1e-4 and diff < 1e-5 * max(1.0, moved * 100)
     logs = [(ft_run / "finetune" / n / "batches.jsonl").read_text() for n in ("one-proc", "two-proc")]
     assert logs[0] == logs[1]
+
+
+def test_table2_configs_match_the_ablation_table():
+    from t2ialign.config import load_config, to_dict
+    from t2ialign.finetune import TABLE2
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "table2"
+    found = {p.stem: load_config(p).finetune for p in sorted(root.glob("*.toml"))}
+    assert set(found) == set(TABLE2)
+    default = to_dict(FinetuneConfig())
+    for name, cfg in found.items():
+        changed = {k: v for k, v in to_dict(cfg).items() if v != default[k]}
+        assert {k: v for k, v in TABLE2[name].items() if v != default[k]} == changed

@@ -163,3 +163,120 @@ class ImageState:
     n_labels: int
     n_leased: int
     mine: str | None
+
+
+# --- side-by-side human evaluation (paper Sec. 4.2, Fig. 3) -----------------------------------------------
+
+# Which model's set a vote prefers. "first" is the model named first in "<first> vs <second>" (e.g. the
+# fine-tuned model in "fine-tuned vs original"); a vote for it is what Fig. 3 counts as positive.
+VOTE_CHOICES: tuple[str, ...] = ("first", "second", "tie")
+# The anonymous names under which raters see the two sets, and the answers they give.
+SHOWN_SIDES: tuple[str, ...] = ("A", "B")
+COMPARISON_MODELS: tuple[str, ...] = ("first", "second")
+
+
+class ComparisonRow(Base):
+    """A side-by-side evaluation of two models ("<first_model> vs <second_model>"): one query per prompt."""
+
+    __tablename__ = "comparisons"
+    __table_args__ = (CheckConstraint("raters_per_query >= 1", name="raters_per_query"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    first_model: Mapped[str] = mapped_column(String)  # a label for reports, e.g. "fine-tuned"
+    second_model: Mapped[str] = mapped_column(String)  # e.g. "original"
+    raters_per_query: Mapped[int]  # votes wanted per query, from distinct raters (9 in the paper)
+    seed: Mapped[int] = mapped_column(BigInteger)  # of the A/B order and of the query order
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+class ComparisonQueryRow(Base):
+    """One prompt of a comparison: two sets of its images, shown as A and B in a recorded random order.
+
+    ``first_shown_as``: "A" if the first model's set is shown as A (the second's as B), else "B". Raters
+    never see which model made which set.
+    """
+
+    __tablename__ = "comparison_queries"
+    __table_args__ = (
+        UniqueConstraint("comparison_id", "prompt_id"),
+        CheckConstraint(_one_of("first_shown_as", SHOWN_SIDES), name="first_shown_as"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id"))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    first_shown_as: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+class ComparisonImageRow(Base):
+    """An image of one of a query's two sets; ``model`` says which set, ``position`` its place in it.
+
+    An image may be in both sets of a query (rejection sampling's best 4 of 16 can include some of the
+    first 4, the random baseline), never twice in one set.
+    """
+
+    __tablename__ = "comparison_images"
+    __table_args__ = (
+        UniqueConstraint("query_id", "model", "image_id"),
+        CheckConstraint(_one_of("model", COMPARISON_MODELS), name="model"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("comparison_queries.id"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    model: Mapped[str] = mapped_column(String)
+    position: Mapped[int]
+
+
+class ComparisonVoteRow(Base):
+    """One rater's answer to one query: which model's set is better for alignment and for fidelity.
+
+    Stored in model terms (first / second / tie), translated from the A / B / tie the rater clicked by the
+    query's recorded order in the transaction that writes it. At most one per (query, rater), final.
+    """
+
+    __tablename__ = "comparison_votes"
+    __table_args__ = (
+        UniqueConstraint("query_id", "labeler_id"),
+        CheckConstraint(_one_of("alignment", VOTE_CHOICES), name="alignment"),
+        CheckConstraint(_one_of("fidelity", VOTE_CHOICES), name="fidelity"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("comparison_queries.id"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"))
+    alignment: Mapped[str] = mapped_column(String)
+    fidelity: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+class ComparisonLeaseRow(Base):
+    """A query handed to a rater until ``expires_at`` (as :class:`LeaseRow` for images): while it lasts the
+    query counts as taken, so no more raters are sent to it than it needs votes."""
+
+    __tablename__ = "comparison_leases"
+    __table_args__ = (UniqueConstraint("query_id", "labeler_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("comparison_queries.id"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"))
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+@dataclass(frozen=True)
+class QueryState:
+    """How far one comparison query is, as seen by one rater; see :meth:`Store.assign_query`.
+
+    ``n_votes``: votes by other raters; ``n_leased``: active leases of other raters who have not voted on
+    it; ``wanted``: the comparison's raters_per_query; ``mine``: "voted", "leased" or None.
+    """
+
+    query_id: int
+    comparison_id: int
+    n_votes: int
+    n_leased: int
+    wanted: int
+    mine: str | None

@@ -33,7 +33,7 @@ from .alignment import judge_stored, summarize
 GROUPS = {"seen": "seen", "unseen_prompt": "unseen_prompt", "unseen_object": "unseen_object"}
 
 
-def _balanced(rows: list[dict], n: int, seed: str) -> list[str]:
+def balanced_sample(rows: list[dict], n: int, seed: str) -> list[str]:
     """n prompt texts spread evenly over the categories (seeded); a category that runs out (the unseen
     prompt split has few count prompts) leaves its share to the others."""
     by_cat = {c: sorted(r["text"] for r in rows if r["category"] == c) for c in CATEGORIES}
@@ -55,11 +55,11 @@ def evaluation_prompts(
     if not rows:
         raise ValueError(f"no prompts in {store.run_dir}; run `t2ialign prompts` first")
     return {
-        "seen": _balanced([r for r in rows if r["split"] == "seen"], n_seen, f"eval:{seed}:seen"),
-        "unseen_prompt": _balanced(
+        "seen": balanced_sample([r for r in rows if r["split"] == "seen"], n_seen, f"eval:{seed}:seen"),
+        "unseen_prompt": balanced_sample(
             [r for r in rows if r["split"] == "unseen_prompt"], n_unseen // 2, f"eval:{seed}:unseen_prompt"
         ),
-        "unseen_object": _balanced(
+        "unseen_object": balanced_sample(
             [r for r in rows if r["split"] == "unseen_object"],
             n_unseen - n_unseen // 2,
             f"eval:{seed}:unseen_object",

@@ -11,6 +11,13 @@ JSON, authenticated by ``Authorization: Bearer TOKEN`` or the cookie that ``/api
     GET  /api/admin/stats              label_summary (admin)        GET  /api/admin/export.jsonl (admin)
     POST /api/admin/labelers {name}    new account, its token once (admin)
 
+Side-by-side evaluation (paper Fig. 3; ``sidebyside``): the page ``/compare`` shows one query (a prompt,
+two anonymous sets A and B) and asks for A / B / tie on alignment and on fidelity; ``/admin/compare``
+shows the tallies.
+
+    GET  /api/compare/next             lease my next query          GET  /api/admin/compare  tallies (admin)
+    POST /api/compare/votes {query_id, alignment, fidelity}    my vote on a query; final, a resend is a no-op
+
 Every label goes through ``service.submit_label``, the code path of the simulated labelers too, and is
 committed before the answer is sent. Input is validated before anything is written; errors are 4xx with a
 ``detail`` message.
@@ -32,8 +39,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..store import Store
-from . import assignment, auth, pages
+from ..store import Store, VoteConflict
+from . import assignment, auth, pages, sidebyside
 from .service import submit_label
 
 COOKIE = "t2ialign_token"
@@ -60,6 +67,12 @@ class LoginIn(_Body):
 
 class LabelerIn(_Body):
     name: str = Field(min_length=1, max_length=64)
+
+
+class VoteIn(_Body):
+    query_id: int = Field(ge=1, le=_INT64_MAX)
+    alignment: Literal["A", "B", "tie"]
+    fidelity: Literal["A", "B", "tie"]
 
 
 # --- the body size limit -----------------------------------------------------------------------------------
@@ -336,5 +349,53 @@ def create_app(
 
         headers = {"Content-Disposition": 'attachment; filename="labels.jsonl"'}
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+
+    # --- side-by-side evaluation (paper Fig. 3) --------------------------------------------------------
+
+    @app.get("/compare", response_class=HTMLResponse)
+    def compare_view(request: Request):
+        acc = account_or_none(request)
+        if acc is None:
+            return _html(pages.login_page)
+        query = sidebyside.next_query(store, acc.id, lease_seconds, now=clock())
+        progress = store.comparison_progress(acc.id)
+        return _html(lambda nonce: pages.compare_page(acc, query, progress, nonce))
+
+    @app.get("/admin/compare", response_class=HTMLResponse)
+    def compare_admin_view(request: Request):
+        acc = account_or_none(request)
+        if acc is None:
+            return _html(pages.login_page, status_code=401)
+        if not acc.is_admin:
+            raise HTTPException(403, "only the admin may see this page")
+        tallies = _tallies()
+        return _html(lambda nonce: pages.compare_admin_page(acc, tallies, nonce))
+
+    @app.get("/api/compare/next")
+    def compare_next(acc: Me):
+        query = sidebyside.next_query(store, acc.id, lease_seconds, now=clock())
+        return {"query": query, "progress": store.comparison_progress(acc.id)}
+
+    @app.post("/api/compare/votes")
+    def post_vote(body: VoteIn, acc: Me):
+        if not store.comparison_queries(query_ids=[body.query_id]):
+            raise HTTPException(404, f"unknown query id {body.query_id}")
+        try:  # committed when it returns
+            status = sidebyside.submit_vote(store, acc.id, body.query_id, body.alignment, body.fidelity)
+        except VoteConflict as e:
+            raise HTTPException(409, str(e)) from None
+        return {
+            "query_id": body.query_id,
+            "alignment": body.alignment,
+            "fidelity": body.fidelity,
+            "status": status,
+        }
+
+    def _tallies() -> list[dict[str, Any]]:
+        return [sidebyside.tally(store, c["name"]) for c in store.list_comparisons()]
+
+    @app.get("/api/admin/compare")
+    def compare_tallies(acc: Admin):
+        return {"comparisons": _tallies()}
 
     return app

@@ -1,4 +1,4 @@
-"""``t2ialign label simulate | export | import | stats``: the data side of stage 3 on the command line.
+"""``t2ialign label simulate | export | import | stats | compare``: the data side of stage 3 on the command line.
 
 Thin: parse, open the run, call the library function, print. ``add_commands(label_subparsers)`` registers
 the commands on the ``label`` subparsers of the main CLI; each sets ``func`` to a function of ``args`` that
@@ -93,8 +93,147 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def _read_sets(path: str) -> dict[str, tuple[list[str], list[str]]]:
+    """A sets file for ``compare create --sets``: a JSON object, prompt -> [[first's sha256s], [second's]]."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"cannot read --sets {path}: {e.strerror}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--sets {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict) or not data:
+        raise ValueError(
+            f"--sets {path} must hold a non-empty JSON object: prompt -> [[sha256, ...], [sha256, ...]]"
+        )
+    sets = {}
+    for prompt, pair in data.items():
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(side, list) and all(isinstance(x, str) for x in side) for side in pair)
+        ):
+            raise ValueError(f"--sets {path}: {prompt!r} must map to [[sha256, ...], [sha256, ...]]")
+        sets[prompt] = (pair[0], pair[1])
+    return sets
+
+
+def cmd_compare_create(args) -> int:
+    from .sidebyside import create_comparison, sets_from_evaluate
+
+    sets = _read_sets(args.sets) if args.sets is not None else None  # read before the run is touched
+    with open_existing(args.run, args.db_url) as store:
+        if sets is None:
+            sets = sets_from_evaluate(store.run_dir / "evaluate" / "images.json", args.first, args.second)
+        create_comparison(
+            store, args.name, args.first, args.second, sets, raters_per_query=args.raters, seed=args.seed
+        )
+    print(
+        f"comparison {args.name}: {args.first} vs {args.second}, {len(sets)} queries, {args.raters} raters "
+        "each; raters answer at /compare"
+    )
+    return 0
+
+
+def cmd_compare_simulate(args) -> int:
+    from .sidebyside import simulate_votes
+
+    with open_existing(args.run, args.db_url) as store:
+        report = simulate_votes(
+            store,
+            args.name,
+            n_raters=args.raters,
+            noise=args.noise,
+            fidelity_noise=args.fidelity_noise,
+            tie_margin=args.tie_margin,
+            seed=args.seed,
+        )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_compare_tally(args) -> int:
+    from .sidebyside import format_tally, plot_fig3, tally
+
+    with open_existing(args.run, args.db_url) as store:
+        result = tally(store, args.name)
+        sections = store.read_metrics().get("side_by_side", {})
+        store.update_metrics(side_by_side={**sections, args.name: result})
+        plot = plot_fig3(result, args.plot or Path(args.run) / f"fig3_{args.name}.png")
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(format_tally(result))
+    print(f"\nwritten to {Path(args.run) / 'metrics.json'} (side_by_side.{args.name}); plot {plot}")
+    return 0
+
+
+def cmd_compare_list(args) -> int:
+    with open_existing(args.run, args.db_url) as store:
+        comparisons = store.list_comparisons()
+    if not comparisons:
+        print("no comparisons")
+    for c in comparisons:
+        print(
+            f"{c['name']}: {c['first_model']} vs {c['second_model']}, {c['queries']} queries, "
+            f"{c['votes']} votes of {c['queries'] * c['raters_per_query']} wanted"
+        )
+    return 0
+
+
+def _add_compare_commands(label_subparsers) -> None:
+    compare = label_subparsers.add_parser(
+        "compare", help="side-by-side human evaluation of two models (paper Fig. 3)"
+    ).add_subparsers(dest="compare_command", required=True)
+
+    sp = compare.add_parser("create", help="a comparison: one query per prompt, two anonymous sets A and B")
+    _add_run_args(sp)
+    sp.add_argument("name", metavar="NAME", help="comparison name: letters, digits, . _ @ -")
+    sp.add_argument(
+        "--first",
+        required=True,
+        help="the model whose votes count as positive: a model name of `t2ialign evaluate` (e.g. finetuned), "
+        "or with --sets any label",
+    )
+    sp.add_argument("--second", required=True, help="the other model (e.g. base)")
+    sp.add_argument(
+        "--sets",
+        help="JSON file: prompt -> [[first model's sha256s], [second model's sha256s]] "
+        "(default: the two models' images in RUN/evaluate/images.json)",
+    )
+    sp.add_argument("--raters", type=int, default=9, help="votes wanted per query, from distinct raters")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the A/B order and of the query order")
+    sp.set_defaults(func=cmd_compare_create)
+
+    sp = compare.add_parser("simulate", help="simulated raters vote from the world judge")
+    _add_run_args(sp)
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument("--raters", type=int, help="simulated raters sim-1..sim-N (default: the comparison's)")
+    sp.add_argument(
+        "--noise", type=float, default=0.1, help="alignment: chance of misjudging an image, 0-0.5"
+    )
+    sp.add_argument(
+        "--fidelity-noise", type=float, default=0.25, help="fidelity: sd of a rater's error on log distance"
+    )
+    sp.add_argument(
+        "--tie-margin", type=float, default=0.15, help="fidelity: mean log distances closer than this tie"
+    )
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_compare_simulate)
+
+    sp = compare.add_parser("tally", help="Fig. 3: vote histograms, to metrics.json and a PNG")
+    _add_run_args(sp)
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument("--plot", help="PNG path (default: RUN/fig3_NAME.png)")
+    sp.add_argument("--json", action="store_true", help="print the tally as JSON")
+    sp.set_defaults(func=cmd_compare_tally)
+
+    sp = compare.add_parser("list", help="the run's comparisons and their progress")
+    _add_run_args(sp)
+    sp.set_defaults(func=cmd_compare_list)
+
+
 def add_commands(label_subparsers) -> None:
-    """Register simulate, export, import and stats on the ``t2ialign label`` subparsers."""
+    """Register simulate, export, import, stats and compare on the ``t2ialign label`` subparsers."""
     sp = label_subparsers.add_parser(
         "simulate", help="label every image by simulated labelers (the world judge with noise and skips)"
     )
@@ -120,3 +259,5 @@ def add_commands(label_subparsers) -> None:
     _add_run_args(sp)
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.set_defaults(func=cmd_stats)
+
+    _add_compare_commands(label_subparsers)

@@ -254,3 +254,153 @@ distinct labelers; {_format(progress.get("labels"))} labels in all.</p>
 <h2>Export</h2>
 <p><a href="/api/admin/export.jsonl" download>all labels as JSON lines</a></p>"""
     return _page("Admin · t2ialign", _header(account), body, _ADMIN_JS, nonce)
+
+
+# --- side-by-side evaluation (paper Fig. 3) -------------------------------------------------------------------
+
+_COMPARE_CSS = """
+.set { display: flex; gap: .8em; align-items: center; margin: .6em 0; flex-wrap: wrap; }
+.set .name { font-size: 2em; font-weight: bold; width: 1.6em; text-align: center; }
+.set img { width: 200px; height: 200px; image-rendering: pixelated; background: #eee; border-radius: 4px; }
+.question { background: #fff; border: 3px solid #ddd; border-radius: 8px; padding: .6em .9em; margin: .8em 0; }
+.question.selected { border-color: #3a7bd5; }
+.question button { min-width: 6em; padding: .4em; margin-right: .4em; cursor: pointer; }
+.question button.chosen { background: #3a7bd5; color: #fff; }
+#submit { padding: .5em 1.5em; font-size: 1.05em; }
+.bar { display: inline-block; height: .9em; background: #9dbbe0; vertical-align: middle; }
+.bar.top { background: #2e6fb8; }
+"""
+
+_COMPARE_JS = """
+const form = document.getElementById("vote");
+if (form) {
+  const questions = Array.from(document.querySelectorAll(".question"));
+  const submitButton = document.getElementById("submit");
+  const answers = {};
+  let current = 0;
+  let sending = false;
+  function show() {
+    questions.forEach((q, i) => {
+      q.classList.toggle("selected", i === current);
+      q.querySelectorAll("button").forEach((b) =>
+        b.classList.toggle("chosen", b.dataset.value === answers[q.dataset.question]));
+    });
+    submitButton.disabled = sending || !(answers.alignment && answers.fidelity);
+  }
+  function answer(i, value) {
+    answers[questions[i].dataset.question] = value;
+    current = Math.min(i + 1, questions.length - 1);
+    show();
+  }
+  function submit() {
+    if (sending || !answers.alignment || !answers.fidelity) return;
+    sending = true;
+    show();
+    const body = {query_id: Number(form.dataset.queryId), alignment: answers.alignment, fidelity: answers.fidelity};
+    // a resend of the same vote is harmless: the server answers "unchanged"
+    post("/api/compare/votes", body).then(() => location.reload(), (e) => { sending = false; show(); showError(e); });
+  }
+  questions.forEach((q, i) => {
+    q.addEventListener("click", () => { current = i; show(); });
+    q.querySelectorAll("button").forEach((b) => b.addEventListener("click", (ev) => {
+      ev.stopPropagation(); answer(i, b.dataset.value);
+    }));
+  });
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); submit(); });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const values = {a: "A", b: "B", t: "tie"};
+    if (values[ev.key]) answer(current, values[ev.key]);
+    else if (ev.key === "1" || ev.key === "2") { current = Number(ev.key) - 1; show(); }
+    else if (ev.key === "Enter") submit();
+    else return;
+    ev.preventDefault();
+  });
+  show();
+}
+"""
+
+_QUESTION_TEXT = {
+    "alignment": "Which set matches the prompt better?",
+    "fidelity": "Which set has better image quality (sharp, clean, free of artifacts), whatever it shows?",
+}
+
+
+def compare_page(account: Account, query: dict[str, Any] | None, progress: dict[str, int], nonce: str) -> str:
+    """One side-by-side query: the prompt, sets A and B, and the two questions with A / B / tie.
+
+    ``query`` is ``sidebyside.next_query``'s: it names no model, and neither does this page.
+    """
+    line = (
+        f"you: {progress['mine']} votes · run: {progress['complete']} of {progress['queries']} "
+        "queries have all their votes"
+    )
+    help_ = (
+        '<p class="help">Keys: <b>a</b> / <b>b</b> / <b>t</b> answer the highlighted question (A, B, tie) and '
+        "move on · <b>1</b> <b>2</b> pick a question · <b>Enter</b> sends both answers. Say <i>tie</i> when "
+        "the two sets are about as good. A vote is final once sent.</p>"
+    )
+    css = f"<style>{_COMPARE_CSS}</style>"
+    if query is None:
+        body = f"{css}<h1>Nothing left for you to compare. Thank you!</h1>{help_}"
+        return _page("Done · t2ialign", _header(account, e(line)), body, _COMPARE_JS, nonce)
+    rows = []
+    for side in ("A", "B"):
+        images = "".join(
+            f'<img src="{e(url)}" alt="set {side}, image {n}" width="200" height="200">'
+            for n, url in enumerate(query[side], start=1)
+        )
+        rows.append(f'<div class="set" data-side="{side}"><span class="name">{side}</span>{images}</div>')
+    questions = []
+    for n, question in enumerate(("alignment", "fidelity"), start=1):
+        buttons = "".join(
+            f'<button type="button" data-value="{v}">{label}</button>'
+            for v, label in (("A", "A (a)"), ("B", "B (b)"), ("tie", "tie (t)"))
+        )
+        questions.append(
+            f'<div class="question" data-question="{question}"><p><b>{n}. {question}</b>: '
+            f"{e(_QUESTION_TEXT[question])}</p>{buttons}</div>"
+        )
+    body = (
+        f'{css}<h1 id="prompt">{e(query["prompt"])}</h1>{"".join(rows)}'
+        f'<form id="vote" data-query-id="{int(query["id"])}">{"".join(questions)}'
+        '<button id="submit" type="submit" disabled>send (Enter)</button></form>'
+        f"{help_}"
+    )
+    return _page("Compare · t2ialign", _header(account, e(line)), body, _COMPARE_JS, nonce)
+
+
+def _histogram_table(t: dict[str, Any], first_model: str) -> str:
+    if t["percent"] is None:
+        return f"<p>No query has all its votes yet ({_format(t['incomplete'])} waiting).</p>"
+    rows = "".join(
+        f'<tr><td>{v}</td><td>{_format(h)}</td><td>{p:.1f}%</td><td style="text-align:left">'
+        f'<span class="bar{" top" if v >= t["threshold"] else ""}" style="width:{2 * p:.0f}px"></span></td></tr>'
+        for v, (h, p) in enumerate(zip(t["histogram"], t["percent"], strict=True))
+    )
+    return (
+        f"<p><b>{100 * t['share_ge_threshold']:.1f}%</b> of {t['queries']} queries got at least "
+        f"{t['threshold']} votes for {e(first_model)} (the other model: "
+        f"{100 * t['share_second_ge_threshold']:.1f}%); ties: {100 * t['tie_share']:.1f}% of votes; "
+        f"{_format(t['incomplete'])} queries still short of votes are left out.</p>"
+        f"<table><tr><th>votes for {e(first_model)}</th><th>queries</th><th>%</th><th></th></tr>{rows}</table>"
+    )
+
+
+def compare_admin_page(account: Account, tallies: list[dict[str, Any]], nonce: str) -> str:
+    """Every comparison's tally (``sidebyside.tally``): Fig. 3's histograms as tables with bars."""
+    parts = [f"<style>{_COMPARE_CSS}</style><h1>Side-by-side evaluation (paper Fig. 3)</h1>"]
+    if not tallies:
+        parts.append(
+            "<p>No comparison yet: <code>t2ialign label compare create RUN NAME ...</code> makes one.</p>"
+        )
+    for t in tallies:
+        c = t["comparison"]
+        parts.append(
+            f"<h2>{e(c['first_model'])} vs {e(c['second_model'])} <small>({e(c['name'])}, "
+            f"{_format(c['queries'])} queries, {_format(c['raters_per_query'])} raters each)</small></h2>"
+        )
+        for question in ("alignment", "fidelity"):
+            parts.append(f"<h3>{question}</h3>{_histogram_table(t[question], c['first_model'])}")
+    parts.append('<p><a href="/api/admin/compare">all tallies as JSON</a> · <a href="/admin">admin</a></p>')
+    return _page("Side by side · t2ialign", _header(account), "".join(parts), "", nonce)
