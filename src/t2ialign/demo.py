@@ -1,134 +1,287 @@
-"""``make demo``: the loop on the shapes world, as far as it is built, saying what each step did.
+"""``make demo``: the whole loop of the paper on the shapes world, from prompts to report.html.
 
-Built so far: the prompt set (stage 1), the world's renderer (D_pre) and judge (the simulated labeler),
-the world's base models and the generate stage (stage 2), labeling (3) and the reward model (4).
+prompts -> D_pre and the judge -> feedback images (human + unlabeled) -> simulated labelers (Table 1) ->
+reward model (Eq. 1-3) and its evaluation against CLIP score (Fig. 4) -> fine-tuning (Eq. 4) with the
+Table 2 ablation -> rejection sampling -> evaluation on 60 seen + 60 unseen prompts -> side-by-side
+votes (Fig. 3) -> report.html. Each step says what it did; stage times go to metrics.json ("timings").
+
+``--scale paper`` runs at the paper's sizes (2,700 feedback prompts, ~27k labeled and ~16k unlabeled
+images, 120 evaluation prompts) and states its expected time first.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
 
 from .cli import _tune_allocator
-from .cli import main as cli_main
-
-NOT_YET = ("finetune", "sample", "evaluate")
 
 
-def run_demo(run: Path) -> int:
-    t0 = time.time()
-    print(f"== 1. prompts: the paper's four categories with seen / unseen splits -> {run}")
-    rc = cli_main(["prompts", "--run", str(run)])
-    if rc:
-        return rc
+@dataclass(frozen=True)
+class Scale:
+    """How big a demo run is."""
 
+    feedback_prompts: int | None  # None = every seen prompt but the evaluation ones
+    human_per_prompt: int  # images labeled by the simulated labelers (D_human)
+    unlabeled_per_prompt: int  # D_unlabel
+    finetune_steps: int  # optimizer steps of each fine-tuning run (each Table 2 column)
+    pretrain_images: int  # D_pre examples encoded for the pre-training loss
+    reward_seeds: int  # seeds of the Fig. 4 evaluation
+    n_eval: int  # 60 seen + 60 unseen in the paper
+
+
+SCALES = {
+    "demo": Scale(120, 6, 4, 200, 2_000, 3, 60),
+    "paper": Scale(None, 10, 6, 3_000, 20_000, 3, 60),
+}
+# Throughputs measured on the 2-core machine (make bench), to state the expected time of a run.
+RATES = {"generate_img_s": 19.0, "finetune_img_s": 150.0, "judge_img_s": 900.0}
+
+
+def expected_minutes(scale: Scale, n_feedback: int) -> float:
+    gen = n_feedback * (scale.human_per_prompt + scale.unlabeled_per_prompt)
+    gen += 2 * scale.n_eval * (4 * 4 + 16 - 4)  # base + 3 fine-tuned models x 4 images, rejection's 16
+    ft = 3 * scale.finetune_steps * 64
+    judge = 3 * gen
+    return (
+        gen / RATES["generate_img_s"] + ft / RATES["finetune_img_s"] + judge / RATES["judge_img_s"]
+    ) / 60 + 2
+
+
+def run_demo(run: Path, scale_name: str = "demo") -> int:
+    from .config import EvaluateConfig, FinetuneConfig, GenerateConfig, RewardConfig, from_dict, to_dict
+    from .evaluate.models import (
+        balanced_sample,
+        evaluate_models,
+        evaluation_prompts,
+        feedback_prompts,
+        format_report,
+    )
+    from .evaluate.report import write_report
+    from .finetune import TABLE2
+    from .finetune.train import finetune
+    from .generate import generate
+    from .labeling.simulate import simulate_labels
+    from .labeling.stats import PAPER_TABLE1, format_table1
+    from .models.load import load_clip, resolve_clip_path
+    from .reward.evaluate import evaluate_rewards, plot_fig4
+    from .reward.train import train_reward
     from .store import Store
     from .world.judge import Judge, selftest
     from .world.prompts import build_prompt_set, perturb
     from .world.render import grid, render
 
-    print("\n== 2. the pre-training distribution D_pre: renders of one prompt per category")
-    prompts = build_prompt_set()
+    scale = SCALES[scale_name]
+    timings: dict[str, float] = {}
+    t_start = time.time()
+
+    @contextmanager
+    def stage(name: str, title: str):
+        print(f"\n== {title}", flush=True)
+        t0 = time.time()
+        yield
+        timings[name] = round(time.time() - t0, 1)
+        print(f"   ({timings[name]:.0f} s)", flush=True)
+
+    run.mkdir(parents=True, exist_ok=True)
     samples = run / "samples"
-    samples.mkdir(parents=True, exist_ok=True)
-    picks = {}
-    for p in prompts:
-        if p.split == "seen" and p.category not in picks:
-            picks[p.category] = p
-    rows = []
-    for p in picks.values():
-        rows += [render(p.text, seed=s).image for s in range(8)]
-        print(f"  {p.category:12s} {p.text!r}")
-    grid(rows, cols=8).save(samples / "pretrain_grid.png")
-    print(f"  8 seeds each -> {samples / 'pretrain_grid.png'}")
-
-    print("\n== 3. the judge (simulated labeler): true prompts vs perturbations (Appendix E)")
-    judge = Judge.load()
-    combo = picks["combination"]
-    image = render(combo.text, seed=0).image
-    texts = [combo.text, *perturb(combo.text, 4, seed=0)]
-    for text, v in zip(texts, judge.judge([image] * len(texts), texts), strict=True):
-        print(f"  {v.label:4s} P(match)={v.p_match:.3f}  {text!r}")
-
-    print("\n== 4. judge self-test on 500 fresh renders, clean and degraded")
-    report = selftest(judge, n=500, seed=1, progress=False)
-    for name, r in report.items():
-        print(
-            f"  {name:9s} verdicts {r['verdict_accuracy']:.1%} correct, {r['skip_rate']:.1%} skipped; "
-            + ", ".join(f"{k} {v:.1%}" for k, v in r["per_attribute"].items())
-        )
-    print("\n== 5. generate: the world's Stable Diffusion, 4 images for each of 2 prompts per category")
-    from .config import GenerateConfig
-    from .evaluate.alignment import alignment_report, format_table, judge_stored
-    from .generate import generate
-
+    samples.mkdir(exist_ok=True)
     with Store.open(run) as store:
-        store.update_metrics(judge_selftest=report)
-        counts = store.prompt_counts()
-        chosen = []
-        for category in picks:
-            rows = store.list_prompts(split="seen", category=category)
-            chosen += [rows[0]["text"], rows[len(rows) // 2]["text"]]
-        cfg = GenerateConfig(images_per_prompt=4, role="eval")
-        gen = generate(cfg, store, chosen)
-        print(
-            f"  {gen['generated']} new images ({gen['already_stored']} already stored) in {gen['seconds']} s"
-        )
-        images = [
-            r for r in store.list_images(model_id=gen["model_id"], role="eval") if r["prompt"] in chosen
-        ]
-        tiles = [np.asarray(PILImage.open(store.image_path(r["sha256"])).convert("RGB")) for r in images]
-        grid(tiles, cols=8).save(samples / "generated_grid.png")
-        print(f"  -> {samples / 'generated_grid.png'} (two prompts per row, in category order)")
-        print(
-            "\n== 6. the judge grades them (a small sample; `t2ialign evaluate-base` measures >= 100 prompts)"
-        )
-        print("  " + format_table(alignment_report(judge_stored(store, images, judge))).replace("\n", "\n  "))
+        with stage("prompts", f"1. prompts: the paper's four categories with seen / unseen splits -> {run}"):
+            if not store.list_prompts():
+                store.add_prompts(build_prompt_set())
+            counts = store.prompt_counts()
+            eval_groups = evaluation_prompts(store, scale.n_eval, scale.n_eval)
+            rows = feedback_prompts(store, scale.n_eval)
+            if scale.feedback_prompts is not None:
+                keep = set(balanced_sample(rows, scale.feedback_prompts, "demo-feedback"))
+                rows = [r for r in rows if r["text"] in keep]
+            feedback = [r["text"] for r in rows]
+            print(
+                f"  {sum(counts.values())} prompts; {len(feedback)} for feedback; evaluation: "
+                + ", ".join(f"{len(v)} {k}" for k, v in eval_groups.items())
+                + " (never given feedback)"
+            )
+        if scale_name == "paper":
+            print(
+                f"  expected time at paper scale: about {expected_minutes(scale, len(feedback)):.0f} minutes"
+            )
 
-        print(
-            "\n== 7. label: 3 simulated labelers (judge + 5% flips + 5% skips) on fresh images of the same prompts"
-        )
-        from .labeling.simulate import simulate_labels
-        from .labeling.stats import format_table1
+        with stage(
+            "world", "2. the world: D_pre renders, and the judge (the simulated labeler) on fresh renders"
+        ):
+            picks = {}
+            for p in build_prompt_set():
+                if p.split == "seen" and p.category not in picks:
+                    picks[p.category] = p
+            grid([render(p.text, seed=s).image for p in picks.values() for s in range(8)], cols=8).save(
+                samples / "pretrain_grid.png"
+            )
+            judge = Judge.load()
+            combo = picks["combination"]
+            texts = [combo.text, *perturb(combo.text, 3, seed=0)]
+            for text, v in zip(
+                texts, judge.judge([render(combo.text, seed=0).image] * 4, texts), strict=True
+            ):
+                print(f"  {v.label:4s} P(match)={v.p_match:.3f}  {text!r}")
+            report = selftest(judge, n=500, seed=1, progress=False)
+            store.update_metrics(judge_selftest=report)
+            for name, r in report.items():
+                print(
+                    f"  selftest {name:9s}: {r['verdict_accuracy']:.1%} correct verdicts, {r['skip_rate']:.1%} skipped"
+                )
 
-        generate(GenerateConfig(images_per_prompt=6, role="human"), store, chosen)
-        sim = simulate_labels(store, n_labelers=3, noise=0.05, skip=0.05, judge=judge, progress=False)
-        print("  " + format_table1(sim["summary"]["table1"]).replace("\n", "\n  "))
-        print(
-            f"  Fleiss' kappa {sim['summary']['fleiss_kappa']}; `t2ialign label serve {run}` opens the web app"
-        )
+        with stage("generate", "3. generate D_human and D_unlabel with the world's Stable Diffusion"):
+            n_h, n_u = scale.human_per_prompt, scale.unlabeled_per_prompt
+            gh = generate(GenerateConfig(images_per_prompt=n_h, role="human"), store, feedback)
+            gu = generate(GenerateConfig(images_per_prompt=n_u, role="unlabeled"), store, feedback)
+            print(
+                f"  {gh['generated'] + gu['generated']} new images ({len(feedback)} prompts x {n_h} + {n_u})"
+            )
 
-        print("\n== 8. reward: r_phi on world-CLIP embeddings, MSE + lambda * prompt classification (Eq. 3)")
-        from .config import RewardConfig
-        from .models.load import load_clip, resolve_clip_path
-        from .reward.train import train_reward
+        with stage("label", "4. label: 3 simulated labelers (judge + 5% flips + 5% skips) -> Table 1"):
+            sim = simulate_labels(store, n_labelers=3, noise=0.05, skip=0.05, judge=judge, progress=False)
+            summary = sim.pop("summary")
+            store.update_metrics(
+                table1={"run": summary["table1"], "paper": PAPER_TABLE1},
+                label_simulate={**sim, "fleiss_kappa": summary["fleiss_kappa"]},
+            )
+            print("  " + format_table1(summary["table1"]).replace("\n", "\n  "))
+            print(
+                f"  Fleiss' kappa {summary['fleiss_kappa']}; `t2ialign label serve {run}` opens the web app"
+            )
 
         clip, processor, clip_id = load_clip()
-        model, rep = train_reward(
-            store, RewardConfig(), clip, processor, clip_id, str(resolve_clip_path(None)[0]), progress=False
-        )
-        model.save(run / "reward")
-        print(f"  trained on {rep['n_train']} labeled images in {rep['seconds']} s -> {run / 'reward'}")
-        print("  (a demo-sized dataset; `t2ialign reward eval RUN` measures Fig. 4 on a real one)")
+        clip_path = str(resolve_clip_path(None)[0])
+        with stage(
+            "reward", "5. reward: r_phi on world-CLIP embeddings, MSE + lambda * prompt classification"
+        ):
+            rcfg = RewardConfig()
+            model, rep = train_reward(store, rcfg, clip, processor, clip_id, clip_path, progress=False)
+            model.save(run / "reward")
+            store.update_metrics(reward_train={k: v for k, v in rep.items() if k != "loss_history"})
+            print(f"  trained on {rep['n_train']} labeled images in {rep['seconds']} s -> {run / 'reward'}")
 
-    print(
-        f"\nDone in {time.time() - t0:.0f} s: {sum(counts.values())} prompts in {run / 't2ialign.db'}, "
-        f"samples in {samples}, metrics in {run / 'metrics.json'}."
-    )
-    print(f"Not in the demo yet (see the issues): {'; '.join(NOT_YET)}.")
+        with stage("reward_eval", "6. Fig. 4: pairwise accuracy of the reward vs CLIP score, 3 seeds"):
+            res = evaluate_rewards(
+                store,
+                rcfg,
+                clip,
+                processor,
+                clip_id,
+                clip_path,
+                seeds=tuple(range(scale.reward_seeds)),
+                progress=False,
+            )
+            plot_fig4(res, run / "reward_fig4.png")
+            store.update_metrics(reward_eval=res)
+            for scorer, sets in res["scorers"].items():
+                print(
+                    f"  {scorer:17s} "
+                    + "  ".join(f"{k} {v['mean']:.1%}" for k, v in sets.items() if v["mean"] is not None)
+                )
+
+        with stage("finetune", "7. fine-tune the UNet on Eq. 4: the three columns of Table 2"):
+            for name, change in TABLE2.items():
+                ft = from_dict(
+                    FinetuneConfig,
+                    to_dict(FinetuneConfig())
+                    | change
+                    | {"max_train_steps": scale.finetune_steps, "pretrain_images": scale.pretrain_images},
+                    "finetune",
+                )
+                resume = "latest" if (run / "finetune" / name / "checkpoints").exists() else None
+                r = finetune(ft, store, name=name, resume_from_checkpoint=resume)
+                print(
+                    f"  {name:16s} {r['steps']} steps on {r['n_model']} images ({r['images_per_second']} img/s)"
+                )
+
+        with stage("evaluate", "8. evaluate: base, fine-tuned (x3) and rejection sampling (best 4 of 16)"):
+            ecfg = EvaluateConfig(n_seen=scale.n_eval, n_unseen=scale.n_eval)
+            models = {"base": {"kind": "pipeline", "path": None}}
+            for name in TABLE2:
+                models[f"finetuned:{name}"] = {
+                    "kind": "pipeline",
+                    "path": str(run / "finetune" / name / "pipeline"),
+                }
+            models["rejection"] = {"kind": "rejection", "path": None}
+            ev = evaluate_models(store, models, ecfg, judge=judge)
+            print("  " + format_report(ev).replace("\n", "\n  "))
+            _grid(store, ev, run / "evaluate" / "grid.png")
+
+        with stage("side_by_side", "9. Fig. 3: side-by-side votes of 9 simulated raters per prompt"):
+            _side_by_side(store, judge)
+
+        with stage("report", "10. report"):
+            path = write_report(store)
+        store.update_metrics(timings={**timings, "total": round(time.time() - t_start, 1)})
+        write_report(store)  # again, now with the report's own timing and the total
+    print(f"\nDone in {time.time() - t_start:.0f} s. Report: {path.resolve()}")
     return 0
+
+
+def _grid(store, ev: dict, path: Path) -> None:
+    """One row per model for the first seen prompt of each category: a quick look without the report."""
+    from .world.render import grid
+
+    first = {}
+    prompts = {p["text"]: p for p in store.list_prompts()}
+    for text in ev["prompts"]["seen"]:
+        first.setdefault(prompts[text]["category"], text)
+    images = json.loads((store.run_dir / "evaluate" / "images.json").read_text())["images"]
+    tiles = []
+    for model in images:
+        for text in first.values():
+            tiles += [
+                np.asarray(PILImage.open(store.image_path(s)).convert("RGB")) for s in images[model][text]
+            ]
+    grid(tiles, cols=4 * len(first)).save(path)
+    print(f"  grid (rows: {', '.join(images)}; 4 images x {', '.join(first)}) -> {path}")
+
+
+FIG3 = {  # the paper's Fig. 3 (a)-(c): (name, first model, second model); votes "for" the first
+    "fig3a_finetuned_vs_base": ("finetuned:full", "base"),
+    "fig3b_rejection_vs_base": ("rejection", "base"),
+    "fig3c_finetuned_vs_rejection": ("finetuned:full", "rejection"),
+}
+
+
+def _side_by_side(store, judge) -> None:
+    """Fig. 3 (a)-(c): the evaluation images of two models per prompt, 9 simulated raters per query."""
+    from .labeling.sidebyside import create_comparison, plot_fig3, sets_from_evaluate, simulate_votes, tally
+
+    images = store.run_dir / "evaluate" / "images.json"
+    for name, (first, second) in FIG3.items():
+        if name not in {c["name"] for c in store.list_comparisons()}:
+            create_comparison(store, name, first, second, sets_from_evaluate(images, first, second))
+        simulate_votes(store, name, judge=judge)
+        result = tally(store, name)
+        store.update_metrics(side_by_side={**store.read_metrics().get("side_by_side", {}), name: result})
+        plot_fig3(result, store.run_dir / f"{name}.png")
+        a, f = result["alignment"], result["fidelity"]
+        print(
+            f"  {first} vs {second}: queries with >= {a['threshold']} of 9 votes for {first}: "
+            f"alignment {a['share_ge_threshold']:.0%} (for {second}: {a['share_second_ge_threshold']:.0%}), "
+            f"fidelity {f['share_ge_threshold']:.0%} (for {second}: {f['share_second_ge_threshold']:.0%})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m t2ialign.demo", description=__doc__)
-    parser.add_argument("--run", default="runs/demo", help="run directory")
+    parser.add_argument("--run", default="runs/demo", help="run directory (rerun to resume)")
+    parser.add_argument(
+        "--scale", choices=tuple(SCALES), default="demo", help="demo (minutes) or paper sizes"
+    )
     args = parser.parse_args(argv)
-    return run_demo(Path(args.run))
+    return run_demo(Path(args.run), args.scale)
 
 
 if __name__ == "__main__":

@@ -265,6 +265,8 @@ def finetune(
         "base_revision": revision,
         "reward_model": str(reward_path) if reward_model is not None else None,
         "weights": cfg.weights,
+        "use_unlabeled": cfg.use_unlabeled,
+        "beta": cfg.beta,
         "n_model": len(d_model),
         "n_pretrain": len(d_pre) if d_pre is not None else 0,
         "mean_weight": round(float(d_model.weights.mean()), 4),
