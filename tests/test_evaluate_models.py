@@ -40,6 +40,10 @@ def test_evaluation_prompts_are_balanced_fixed_and_kept_from_feedback(store):
     open_ = {r["text"] for r in feedback_prompts(store)}
     assert not open_ & set(groups["seen"])
     assert len(open_) == len(store.list_prompts(split="seen")) - 60
+    for split in ("unseen_prompt", "unseen_object"):
+        open_ = {r["text"] for r in feedback_prompts(store, split=split)}
+        assert open_ and not open_ & set(groups[split])
+        assert len(open_) == len(store.list_prompts(split=split)) - 30
 
 
 def test_feedback_on_an_evaluation_prompt_is_refused(store):
@@ -93,7 +97,7 @@ def test_model_specs(tmp_path, tiny_pipeline_path):
 
 def test_evaluate_end_to_end_on_tiny_models(store, tiny_pipeline_path, tiny_clip_path):
     gen = dict(model=str(tiny_pipeline_path), mixed_precision="no", num_inference_steps=2)
-    feedback = [r["text"] for r in feedback_prompts(store, 8)][::300][:4]
+    feedback = [r["text"] for r in feedback_prompts(store, 8, 8)][::300][:4]
     generate(GenerateConfig(images_per_prompt=4, role="human", **gen), store, feedback, progress=False)
     a = store.add_labeler("a")
     for i, r in enumerate(store.list_images(role="human")):

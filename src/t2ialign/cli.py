@@ -180,13 +180,15 @@ def cmd_generate(args) -> int:
     cfg = _generate_config(args)
     with Store.open(args.run, db_url=args.db_url) as store:
         rows = store.list_prompts(split=args.split, category=args.category)
-        if cfg.role in ("human", "unlabeled") and args.split == "seen":
+        if cfg.role in ("human", "unlabeled"):
             # feedback never touches the evaluation prompts (`t2ialign evaluate` checks it)
             from .config import load_config
             from .evaluate.models import feedback_prompts
 
             ev = load_config(args.config).evaluate
-            open_to_feedback = {r["text"] for r in feedback_prompts(store, ev.n_seen, ev.seed)}
+            open_to_feedback = {
+                r["text"] for r in feedback_prompts(store, ev.n_seen, ev.n_unseen, ev.seed, args.split)
+            }
             rows = [r for r in rows if r["text"] in open_to_feedback]
         if not rows:
             raise ValueError(

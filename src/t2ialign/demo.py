@@ -35,12 +35,13 @@ class Scale:
     finetune_steps: int  # optimizer steps of each fine-tuning run (each Table 2 column)
     pretrain_images: int  # D_pre examples encoded for the pre-training loss
     reward_seeds: int  # seeds of the Fig. 4 evaluation
+    unseen_labeled_prompts: int  # per unseen split: labeled prompts for Fig. 4's unseen sets
     n_eval: int  # 60 seen + 60 unseen in the paper
 
 
 SCALES = {
-    "demo": Scale(120, 6, 4, 200, 2_000, 3, 60),
-    "paper": Scale(None, 10, 6, 3_000, 20_000, 3, 60),
+    "demo": Scale(120, 6, 4, 200, 2_000, 3, 40, 60),
+    "paper": Scale(None, 10, 6, 3_000, 20_000, 3, 200, 60),
 }
 # Throughputs measured on the 2-core machine (make bench), to state the expected time of a run.
 RATES = {"generate_img_s": 19.0, "finetune_img_s": 150.0, "judge_img_s": 900.0}
@@ -100,13 +101,24 @@ def run_demo(run: Path, scale_name: str = "demo") -> int:
                 store.add_prompts(build_prompt_set())
             counts = store.prompt_counts()
             eval_groups = evaluation_prompts(store, scale.n_eval, scale.n_eval)
-            rows = feedback_prompts(store, scale.n_eval)
+            rows = feedback_prompts(store, scale.n_eval, scale.n_eval)
             if scale.feedback_prompts is not None:
                 keep = set(balanced_sample(rows, scale.feedback_prompts, "demo-feedback"))
                 rows = [r for r in rows if r["text"] in keep]
             feedback = [r["text"] for r in rows]
+            # labeled images of unseen prompts and objects: Fig. 4's held-out sets, never trained on
+            held_out = [
+                t
+                for split in ("unseen_prompt", "unseen_object")
+                for t in balanced_sample(
+                    feedback_prompts(store, scale.n_eval, scale.n_eval, split=split),
+                    scale.unseen_labeled_prompts,
+                    f"demo-{split}",
+                )
+            ]
             print(
-                f"  {sum(counts.values())} prompts; {len(feedback)} for feedback; evaluation: "
+                f"  {sum(counts.values())} prompts; {len(feedback)} for feedback, {len(held_out)} unseen ones "
+                "labeled only to test the reward; evaluation: "
                 + ", ".join(f"{len(v)} {k}" for k, v in eval_groups.items())
                 + " (never given feedback)"
             )
@@ -129,7 +141,7 @@ def run_demo(run: Path, scale_name: str = "demo") -> int:
             combo = picks["combination"]
             texts = [combo.text, *perturb(combo.text, 3, seed=0)]
             for text, v in zip(
-                texts, judge.judge([render(combo.text, seed=0).image] * 4, texts), strict=True
+                texts, judge.judge([render(combo.text, seed=0).image] * len(texts), texts), strict=True
             ):
                 print(f"  {v.label:4s} P(match)={v.p_match:.3f}  {text!r}")
             report = selftest(judge, n=500, seed=1, progress=False)
@@ -143,9 +155,9 @@ def run_demo(run: Path, scale_name: str = "demo") -> int:
             n_h, n_u = scale.human_per_prompt, scale.unlabeled_per_prompt
             gh = generate(GenerateConfig(images_per_prompt=n_h, role="human"), store, feedback)
             gu = generate(GenerateConfig(images_per_prompt=n_u, role="unlabeled"), store, feedback)
-            print(
-                f"  {gh['generated'] + gu['generated']} new images ({len(feedback)} prompts x {n_h} + {n_u})"
-            )
+            go = generate(GenerateConfig(images_per_prompt=n_h, role="human"), store, held_out)
+            made = gh["generated"] + gu["generated"] + go["generated"]
+            print(f"  {made} new images ({len(feedback)} prompts x {n_h} + {n_u}, {len(held_out)} x {n_h})")
 
         with stage("label", "4. label: 3 simulated labelers (judge + 5% flips + 5% skips) -> Table 1"):
             sim = simulate_labels(store, n_labelers=3, noise=0.05, skip=0.05, judge=judge, progress=False)

@@ -67,10 +67,13 @@ def evaluation_prompts(
     }
 
 
-def feedback_prompts(store: Store, n_seen: int = 60, seed: int = 0) -> list[dict]:
-    """The seen prompts open to feedback: every seen prompt but the evaluation ones."""
-    held = set(evaluation_prompts(store, n_seen, 0, seed)["seen"])
-    return [r for r in store.list_prompts(split="seen") if r["text"] not in held]
+def feedback_prompts(
+    store: Store, n_seen: int = 60, n_unseen: int = 60, seed: int = 0, split: str = "seen"
+) -> list[dict]:
+    """The prompts of ``split`` open to feedback: all of them but the evaluation prompts. (Labeled images
+    of unseen prompts serve the reward's evaluation, Fig. 4; they are never trained on.)"""
+    held = {p for ps in evaluation_prompts(store, n_seen, n_unseen, seed).values() for p in ps}
+    return [r for r in store.list_prompts(split=split) if r["text"] not in held]
 
 
 def check_disjoint(store: Store, prompts: dict[str, list[str]]) -> None:
