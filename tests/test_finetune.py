@@ -453,3 +453,30 @@ def test_table2_configs_match_the_ablation_table():
     for name, cfg in found.items():
         changed = {k: v for k, v in to_dict(cfg).items() if v != default[k]}
         assert {k: v for k, v in TABLE2[name].items() if v != default[k]} == changed
+
+
+def test_ema_weights_are_shipped_and_resumed(ft_run, tiny_pipeline_path):
+    with Store.open(ft_run) as store:
+        finetune(small(tiny_pipeline_path, max_train_steps=4), store, name="no-ema", progress=False)
+        finetune(
+            small(tiny_pipeline_path, max_train_steps=4, use_ema=True, ema_decay=0.5),
+            store,
+            name="ema",
+            progress=False,
+        )
+        finetune(
+            small(tiny_pipeline_path, max_train_steps=2, use_ema=True, ema_decay=0.5),
+            store,
+            name="ema-2",
+            progress=False,
+        )
+        finetune(
+            small(tiny_pipeline_path, max_train_steps=4, use_ema=True, ema_decay=0.5),
+            store,
+            name="ema-2",
+            resume_from_checkpoint="latest",
+            progress=False,
+        )
+    plain, ema, resumed = (unet_weights(ft_run, n) for n in ("no-ema", "ema", "ema-2"))
+    assert any(not torch.equal(plain[k], ema[k]) for k in plain)  # the average, not the last weights
+    assert all(torch.equal(ema[k], resumed[k]) for k in ema)  # the EMA state survives a resume
