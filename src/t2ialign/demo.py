@@ -43,18 +43,36 @@ SCALES = {
     "demo": Scale(120, 6, 4, 200, 2_000, 3, 40, 60),
     "paper": Scale(None, 10, 6, 3_000, 20_000, 3, 200, 60),
 }
-# Throughputs measured on the 2-core machine (make bench), to state the expected time of a run.
-RATES = {"generate_img_s": 19.0, "finetune_img_s": 150.0, "judge_img_s": 900.0}
+# Throughputs of the demo's stages as measured by `make demo` on the 2-core machine, to state the expected
+# time of a run before it starts.
+RATES = {"generate_img_s": 16.5, "finetune_img_s": 190.0, "judge_img_s": 900.0}
 
 
 def expected_minutes(scale: Scale, n_feedback: int) -> float:
     gen = n_feedback * (scale.human_per_prompt + scale.unlabeled_per_prompt)
+    gen += 2 * scale.unseen_labeled_prompts * scale.human_per_prompt  # Fig. 4's unseen sets
     gen += 2 * scale.n_eval * (4 * 4 + 16 - 4)  # base + 3 fine-tuned models x 4 images, rejection's 16
-    ft = 3 * scale.finetune_steps * 64
+    ft = 3 * scale.finetune_steps * 64  # three Table 2 runs, 32 + 32 images per step
     judge = 3 * gen
     return (
         gen / RATES["generate_img_s"] + ft / RATES["finetune_img_s"] + judge / RATES["judge_img_s"]
     ) / 60 + 2
+
+
+def plan(scale_name: str) -> str:
+    """What a run of this scale does and about how long it takes, before anything runs."""
+    from .world.prompts import build_prompt_set
+
+    scale = SCALES[scale_name]
+    seen = sum(p.split == "seen" for p in build_prompt_set())
+    n_fb = (seen - scale.n_eval) if scale.feedback_prompts is None else scale.feedback_prompts
+    return (
+        f"scale {scale_name}: {n_fb} feedback prompts x {scale.human_per_prompt} labeled images "
+        f"({n_fb * scale.human_per_prompt:,}) + {scale.unlabeled_per_prompt} unlabeled "
+        f"({n_fb * scale.unlabeled_per_prompt:,}); {2 * scale.unseen_labeled_prompts} unseen prompts labeled for "
+        f"Fig. 4; 3 fine-tuning runs of {scale.finetune_steps} steps; {2 * scale.n_eval} evaluation prompts. "
+        f"Expected time on a 2-core CPU: about {expected_minutes(scale, n_fb):.0f} minutes."
+    )
 
 
 def run_demo(run: Path, scale_name: str = "demo") -> int:
@@ -81,6 +99,7 @@ def run_demo(run: Path, scale_name: str = "demo") -> int:
     from .world.render import grid, render
 
     scale = SCALES[scale_name]
+    print(plan(scale_name), flush=True)
     timings: dict[str, float] = {}
     t_start = time.time()
 
@@ -122,11 +141,6 @@ def run_demo(run: Path, scale_name: str = "demo") -> int:
                 + ", ".join(f"{len(v)} {k}" for k, v in eval_groups.items())
                 + " (never given feedback)"
             )
-        if scale_name == "paper":
-            print(
-                f"  expected time at paper scale: about {expected_minutes(scale, len(feedback)):.0f} minutes"
-            )
-
         with stage(
             "world", "2. the world: D_pre renders, and the judge (the simulated labeler) on fresh renders"
         ):
@@ -292,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale", choices=tuple(SCALES), default="demo", help="demo (minutes) or paper sizes"
     )
+    parser.add_argument("--plan", action="store_true", help="print the sizes and expected time, then exit")
     args = parser.parse_args(argv)
+    if args.plan:
+        print(plan(args.scale))
+        return 0
     return run_demo(Path(args.run), args.scale)
 
 

@@ -1,0 +1,19 @@
+"""The demo's plan: the paper scale has the paper's sizes and states its expected time before it starts."""
+
+import re
+
+from t2ialign.demo import SCALES, main, plan
+
+
+def test_paper_scale_has_the_papers_sizes(capsys):
+    assert main(["--plan", "--scale", "paper"]) == 0
+    out = capsys.readouterr().out
+    labeled, unlabeled = (int(x.replace(",", "")) for x in re.findall(r"\(([\d,]+)\)", out))
+    assert 26_000 <= labeled <= 28_000 and 15_000 <= unlabeled <= 17_000  # 27k labeled, 16k unlabeled
+    assert "120 evaluation prompts" in out and re.search(r"about \d+ minutes", out)
+    assert SCALES["demo"].finetune_steps < SCALES["paper"].finetune_steps
+
+
+def test_demo_scale_plans_under_the_15_minute_budget():
+    minutes = int(re.search(r"about (\d+) minutes", plan("demo")).group(1))
+    assert minutes <= 15
