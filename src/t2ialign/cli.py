@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, ConfigError, StoreError, CheckpointError, FileNotFoundError) as e:
+    except (ValueError, ConfigError, StoreError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
         print(f"t2ialign: error: {e}", file=sys.stderr)
         return 2
 

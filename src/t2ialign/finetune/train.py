@@ -239,7 +239,11 @@ def finetune(
             with open(log_path, "a") as f:
                 f.write(
                     json.dumps(
-                        {"step": step, "model": idx_m.tolist(), "pre": idx_p.tolist() if d_pre else []}
+                        {
+                            "step": step,
+                            "model": idx_m.tolist(),
+                            "pre": idx_p.tolist() if d_pre is not None else [],
+                        }
                     )
                 )
                 f.write("\n")
@@ -275,7 +279,7 @@ def finetune(
         "num_processes": world,
         "global_batch": {"model": g_model, "pretrain": g_pre if d_pre is not None else 0},
         "seconds": round(seconds, 2),
-        "images_per_second": round(steps_run * (g_model + (g_pre if d_pre else 0)) / seconds, 1)
+        "images_per_second": round(steps_run * (g_model + (g_pre if d_pre is not None else 0)) / seconds, 1)
         if steps_run
         else None,
         "final_loss": round(float(np.mean(losses[-20:])), 5) if losses else state.get("loss"),
