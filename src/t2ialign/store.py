@@ -664,31 +664,18 @@ class Store:
         two labelers asking at once cannot both take an image's last free place. ``choose`` is the policy
         (``t2ialign.labeling.assignment``); it must be quick, it runs inside the transaction.
         """
-        _check_int("labeler_id", labeler_id, 1, _INT64[1])
-        now, expires_at = _check_utc("now", now), _check_utc("expires_at", expires_at)
-        with self.session() as s:
-            if self.engine.dialect.name == "postgresql":
-                s.execute(select(func.pg_advisory_xact_lock(_ASSIGNMENT_LOCK_KEY)))
-            if s.get(LabelerRow, labeler_id) is None:
-                raise ValueError(f"unknown labeler id {labeler_id}")
-            s.execute(delete(LeaseRow).where(LeaseRow.expires_at <= now))
-            states = _image_states(s, labeler_id)
-            known = {st.image_id for st in states}
-            picked = list(choose(states))
-            for i in picked:
-                if i not in known:
-                    raise ValueError(f"choose picked image {i!r}, which is not an image to label")
-            insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[self.engine.dialect.name]
-            for i in picked:
-                stmt = insert(LeaseRow).values(
-                    image_id=i, labeler_id=labeler_id, expires_at=expires_at, created_at=now
-                )
-                s.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["image_id", "labeler_id"], set_={"expires_at": expires_at}
-                    )
-                )
-            return picked
+        return self._lease(
+            labeler_id,
+            now,
+            expires_at,
+            choose,
+            _ASSIGNMENT_LOCK_KEY,
+            LeaseRow,
+            "image_id",
+            _image_states,
+            "image",
+            "an image to label",
+        )
 
     def labeling_progress(self, labeler_id: int, k: int) -> dict[str, int]:
         """Counts for a labeler's progress line: images to label (role human), those with >= k labels, all
@@ -1004,28 +991,46 @@ class Store:
         """Hand comparison queries to a rater, as :meth:`assign_images` hands images: in one serialized
         transaction, drop expired leases, read every query's :class:`QueryState` for this rater, let
         ``choose`` pick query ids, lease them to the rater until ``expires_at``. Returns the picked ids."""
+        return self._lease(
+            labeler_id,
+            now,
+            expires_at,
+            choose,
+            _COMPARISON_LOCK_KEY,
+            ComparisonLeaseRow,
+            "query_id",
+            _query_states,
+            "query",
+            "a comparison query",
+        )
+
+    def _lease(
+        self, labeler_id, now, expires_at, choose, lock_key, lease_row, item_col, read_states, noun, what
+    ) -> list[int]:
+        """The shared body of :meth:`assign_images` and :meth:`assign_query`: one serialized transaction
+        that drops expired leases, reads the states, lets ``choose`` pick ids and leases them."""
         _check_int("labeler_id", labeler_id, 1, _INT64[1])
         now, expires_at = _check_utc("now", now), _check_utc("expires_at", expires_at)
         with self.session() as s:
             if self.engine.dialect.name == "postgresql":
-                s.execute(select(func.pg_advisory_xact_lock(_COMPARISON_LOCK_KEY)))
+                s.execute(select(func.pg_advisory_xact_lock(lock_key)))
             if s.get(LabelerRow, labeler_id) is None:
                 raise ValueError(f"unknown labeler id {labeler_id}")
-            s.execute(delete(ComparisonLeaseRow).where(ComparisonLeaseRow.expires_at <= now))
-            states = _query_states(s, labeler_id)
-            known = {st.query_id for st in states}
+            s.execute(delete(lease_row).where(lease_row.expires_at <= now))
+            states = read_states(s, labeler_id)
+            known = {getattr(st, item_col) for st in states}
             picked = list(choose(states))
             for i in picked:
                 if i not in known:
-                    raise ValueError(f"choose picked query {i!r}, which is not a comparison query")
+                    raise ValueError(f"choose picked {noun} {i!r}, which is not {what}")
             upsert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[self.engine.dialect.name]
             for i in picked:
-                stmt = upsert(ComparisonLeaseRow).values(
-                    query_id=i, labeler_id=labeler_id, expires_at=expires_at, created_at=now
+                stmt = upsert(lease_row).values(
+                    **{item_col: i}, labeler_id=labeler_id, expires_at=expires_at, created_at=now
                 )
                 s.execute(
                     stmt.on_conflict_do_update(
-                        index_elements=["query_id", "labeler_id"], set_={"expires_at": expires_at}
+                        index_elements=[item_col, "labeler_id"], set_={"expires_at": expires_at}
                     )
                 )
             return picked
