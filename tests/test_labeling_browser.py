@@ -5,12 +5,9 @@ On CI (CI=true) a missing Chromium is a failure, not a skip: ``.ci/run`` install
 """
 
 import io
-import os
-import shutil
 import time
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from labeling_server import server
@@ -18,17 +15,6 @@ from t2ialign.store import LabelerRow, LabelRow, Store
 from t2ialign.world.prompts import Prompt, PromptSpec
 from t2ialign.world.render import render
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ADMIN_SECRET = "admin-secret-for-browser-tests-0123456789"
 # HTML in a prompt must be shown as text: an injected element would set window.__xss.
 HTML_PROMPT = '<img src=x onerror="window.__xss=1">Two circles & <b>friends</b>'
@@ -78,21 +64,6 @@ def wait_for(predicate, what: str, seconds: float = 30):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-
-
-@pytest.fixture
-def chromium():
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK) and shutil.which("chromium")):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {CHROMIUM} is missing: .ci/run installs Debian's chromium package")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def test_label_three_images_with_the_keyboard(tmp_path, chromium):

@@ -4,9 +4,7 @@ computed from the numbers; and it renders in a real browser (headless Chromium, 
 import copy
 import io
 import json
-import os
 import re
-import shutil
 
 import pytest
 
@@ -446,33 +444,6 @@ def test_cli_report(run):
 
 
 # --- in a browser ------------------------------------------------------------------------------------------
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def chromium():
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK) and shutil.which("chromium")):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {CHROMIUM} is missing: .ci/run installs Debian's chromium package")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def test_report_renders_in_a_browser(run, chromium):

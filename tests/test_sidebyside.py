@@ -844,17 +844,11 @@ def test_postgresql_votes_never_overfill_a_query(tmp_path, postgres_url, clock):
 # --- the page in a real browser ---------------------------------------------------------------------------------
 
 
-def test_compare_page_with_the_keyboard(tmp_path):
+def test_compare_page_with_the_keyboard(tmp_path, chromium):
     """Headless Chromium signs in at /compare, answers two queries with the keyboard; the database holds
     exactly those votes, attributed to the right model whatever the A/B order."""
     from labeling_server import server
-    from test_labeling_browser import CHROMIUM, CHROMIUM_ARGS
 
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {CHROMIUM} is missing")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
     html_prompt = '<img src=x onerror="window.__xss=1">Two circles & <b>friends</b>'
     prompts = [
         Prompt(html_prompt, "count", "seen", PromptSpec("circle", count=2)),
@@ -874,38 +868,33 @@ def test_compare_page_with_the_keyboard(tmp_path):
         order = {q["prompt"]: q["first_shown_as"] for q in store.comparison_queries(1)}
     with server(run_dir, tmp_path / "server.log", ADMIN_SECRET) as (url, _):
         token = httpx_post(f"{url}/api/admin/labelers", {"name": "ann"})["token"]
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-            try:
-                page = browser.new_page()
-                page.set_default_timeout(30_000)
-                errors = []
-                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(f"{url}/compare")
-                page.fill("#token", token)
-                page.press("#token", "Enter")
-                page.wait_for_selector("#prompt")
-                page.wait_for_function(
-                    "() => Array.from(document.images).every((im) => im.complete && im.naturalWidth > 0)"
-                )
-                assert page.locator(".set img").count() == 4
-                assert page.evaluate("window.__xss") is None
-                prompts_seen = [page.text_content("#prompt")]
-                page.keyboard.press("a")  # alignment: A
-                page.keyboard.press("Enter")  # one answer only: nothing is sent
-                page.keyboard.press("t")  # fidelity: tie
-                page.keyboard.press("Enter")
-                page.wait_for_function(
-                    "(t) => document.getElementById('prompt').textContent !== t", arg=prompts_seen[0]
-                )
-                prompts_seen.append(page.text_content("#prompt"))
-                for key in ("b", "b", "Enter"):
-                    page.keyboard.press(key)
-                page.wait_for_selector("text=Nothing left for you to compare")
-                assert errors == []
-            finally:
-                browser.close()
+        page = chromium.new_page()
+        page.set_default_timeout(30_000)
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/compare")
+        page.fill("#token", token)
+        page.press("#token", "Enter")
+        page.wait_for_selector("#prompt")
+        page.wait_for_function(
+            "() => Array.from(document.images).every((im) => im.complete && im.naturalWidth > 0)"
+        )
+        assert page.locator(".set img").count() == 4
+        assert page.evaluate("window.__xss") is None
+        prompts_seen = [page.text_content("#prompt")]
+        page.keyboard.press("a")  # alignment: A
+        page.keyboard.press("Enter")  # one answer only: nothing is sent
+        page.keyboard.press("t")  # fidelity: tie
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "(t) => document.getElementById('prompt').textContent !== t", arg=prompts_seen[0]
+        )
+        prompts_seen.append(page.text_content("#prompt"))
+        for key in ("b", "b", "Enter"):
+            page.keyboard.press(key)
+        page.wait_for_selector("text=Nothing left for you to compare")
+        assert errors == []
     assert sorted(prompts_seen) == sorted(p.text for p in prompts)
 
     def choice(prompt, answer):
