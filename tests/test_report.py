@@ -4,6 +4,7 @@ computed from the numbers; and it renders in a real browser (headless Chromium, 
 import copy
 import io
 import json
+import math
 import re
 
 import pytest
@@ -88,7 +89,7 @@ def make_metrics(run_dir) -> dict:
         },
         "label_simulate": {"fleiss_kappa": 0.6123, "settings": {"n_labelers": 3, "noise": 0.05}},
         "reward_eval": {
-            "n_pairs": {"seen_prompts": 500, "unseen_prompts": 300, "unseen_objects": 200},
+            "n_pairs": {"seen_prompts": 5000, "unseen_prompts": 3000, "unseen_objects": 2000},
             "seeds": [0, 1, 2],
             "scorers": {
                 "reward": scorer,
@@ -310,6 +311,7 @@ def test_claims_verdicts_from_hand_made_numbers(tmp_path):
     metrics = make_metrics(tmp_path)
     by_id = {c["id"]: c for c in claims(metrics)}
     assert set(c["verdict"] for c in by_id.values()) <= {"reproduced", "not reproduced", "not measured"}
+    assert "z = +" in by_id["fig4_reward_half_data_seen_prompts"]["measured"]
     # count 30 < color 72 and background 60
     assert by_id["table1_counts_are_hard"]["verdict"] == "reproduced"
     assert by_id["fig4_clip_score_seen_prompts"]["verdict"] == "reproduced"
@@ -353,6 +355,32 @@ def test_claims_verdicts_from_hand_made_numbers(tmp_path):
     assert by_id["finetune_count_unseen_prompt"]["verdict"] == "reproduced"
     assert by_id["finetune_keeps_color_background"]["verdict"] == "reproduced"
     assert by_id["finetune_fidelity_cost"]["verdict"] == "reproduced"
+
+
+def test_fig4_differences_under_their_noise_are_within_noise(tmp_path):
+    from t2ialign.evaluate.report import accuracy_z
+
+    # hand-computed: 0.80 vs 0.75 on 100 pairs: se = sqrt((0.16 + 0.1875) / 100) = 0.05895, z = 0.848
+    assert accuracy_z(0.80, 0.75, 100) == pytest.approx(0.05 / math.sqrt(0.3475 / 100))
+    assert accuracy_z(0.5, 0.5, 10) == 0.0
+    assert accuracy_z(1.0, 0.0, 10) == math.inf
+    metrics = make_metrics(tmp_path)
+    # the same means on 200 pairs: no PC loss is 5 points worse (z = 1.3, not significant),
+    # CLIP score 25 points worse (z = 5.8, significant)
+    metrics["reward_eval"]["n_pairs"]["seen_prompts"] = 200
+    by_id = {c["id"]: c for c in claims(metrics)}
+    assert by_id["fig4_reward_no_pc_seen_prompts"]["verdict"] == "within noise"
+    assert by_id["fig4_clip_score_seen_prompts"]["verdict"] == "reproduced"
+    assert by_id["fig4_reward_no_pc_unseen_prompts"]["verdict"] == "reproduced"  # 3000 pairs
+    # a reward significantly below CLIP score is not reproduced, one barely below is within noise
+    metrics["reward_eval"]["scorers"]["clip_score"]["seen_prompts"]["mean"] = 0.95
+    assert {c["id"]: c for c in claims(metrics)}["fig4_clip_score_seen_prompts"][
+        "verdict"
+    ] == "not reproduced"
+    metrics["reward_eval"]["scorers"]["clip_score"]["seen_prompts"]["mean"] = 0.86
+    assert {c["id"]: c for c in claims(metrics)}["fig4_clip_score_seen_prompts"]["verdict"] == "within noise"
+    page = render_report(metrics, tmp_path)
+    assert 'class="v within-noise"' in section(page, "claims")
 
 
 def test_a_model_named_finetuned_wins_and_missing_base_is_not_measured(tmp_path):

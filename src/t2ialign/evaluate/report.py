@@ -36,6 +36,10 @@ SCORERS: tuple[str, ...] = ("reward", "reward_no_pc", "reward_half_data", "clip_
 QUESTIONS: tuple[str, ...] = ("alignment", "fidelity")
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
+# a comparison of two scorers whose difference is smaller than its noise (|z| < Z_CRIT) proves neither way
+WITHIN_NOISE = "within noise"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, WITHIN_NOISE, NOT_MEASURED)
+Z_CRIT = 1.96  # two-sided 95%
 EPS = 1e-9  # numbers in metrics.json are rounded decimals: compare thresholds with a little slack
 
 # Issue targets for the fine-tuned model (points of alignment, absolute).
@@ -303,7 +307,27 @@ def _shares(tally: Any, swapped: bool) -> tuple[Any, Any]:
 # --- claims -----------------------------------------------------------------------------------------------------
 
 
+def accuracy_z(a: float, b: float, n: int) -> float:
+    """z statistic of the difference of two accuracies measured on the same ``n`` pairs.
+
+    Uses the unpaired standard error sqrt(a(1-a)/n + b(1-b)/n): metrics.json keeps the accuracies, not each
+    pair's outcome. On the same pairs two scorers' outcomes correlate positively, so this overstates the
+    noise: a difference it calls significant is significant.
+    """
+    se = math.sqrt((a * (1 - a) + b * (1 - b)) / n) if n > 0 else 0.0
+    if se == 0.0:
+        return 0.0 if a == b else math.copysign(math.inf, a - b)
+    return (a - b) / se
+
+
 def _claim(cid, section, claim, paper, criterion, command, measured=None, ok=None) -> dict[str, Any]:
+    """``ok``: True (reproduced), False (not reproduced), None (not measured) or WITHIN_NOISE."""
+    if ok is None:
+        verdict = NOT_MEASURED
+    elif ok == WITHIN_NOISE:
+        verdict = WITHIN_NOISE
+    else:
+        verdict = REPRODUCED if ok else NOT_REPRODUCED
     return {
         "id": cid,
         "section": section,
@@ -311,7 +335,7 @@ def _claim(cid, section, claim, paper, criterion, command, measured=None, ok=Non
         "paper": paper,
         "measured": measured if measured is not None else "—",
         "criterion": criterion,
-        "verdict": NOT_MEASURED if ok is None else (REPRODUCED if ok else NOT_REPRODUCED),
+        "verdict": verdict,
         "command": command,
     }
 
@@ -320,7 +344,8 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
     """The paper's claims, each with what this run measured and a verdict.
 
     Each claim is ``{"id", "section", "claim", "paper", "measured", "criterion", "verdict", "command"}``;
-    verdict is "reproduced", "not reproduced" or "not measured" (a number it needs is missing).
+    verdict is "reproduced", "not reproduced", "within noise" (Fig. 4's comparisons of two scorers whose
+    difference is not significant at 95%, see ``accuracy_z``) or "not measured" (a number it needs is missing).
     """
     out: list[dict[str, Any]] = []
 
@@ -364,13 +389,19 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
             ok = measured = None
             if _isnum(a) and _isnum(b):
                 sd = _get(scorers, "reward", s, "std")
+                n = n_pairs.get(s)
+                z = accuracy_z(a, b, n) if _isnum(n) else None
                 measured = (
                     f"reward {_pct(a)}"
                     + (f" ± {_pct(sd)}" if _isnum(sd) and sd else "")
                     + f" vs {short} {_pct(b)}"
-                    f" ({n_pairs.get(s, '?')} pairs)"
+                    f" ({n if _isnum(n) else '?'} pairs"
+                    + (f", z = {z:+.1f})" if z is not None and math.isfinite(z) else ")")
                 )
-                ok = a > b
+                if z is None:
+                    ok = a > b
+                else:
+                    ok = WITHIN_NOISE if abs(z) < Z_CRIT else z > 0
             paper = (
                 "reward above CLIP score; ~80% on unseen prompts"
                 if other == "clip_score"
@@ -382,7 +413,7 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
                     section,
                     f"{text} ({s.replace('_', ' ')})",
                     paper,
-                    f"mean pairwise accuracy of reward > {short}",
+                    f"mean pairwise accuracy of reward > {short}, |z| >= {Z_CRIT} on the pairs",
                     COMMANDS["reward_eval"],
                     measured,
                     ok,
@@ -1047,10 +1078,11 @@ def _section_claims(metrics: dict) -> str:
         ]
         for c in found
     ]
-    counts = {v: sum(c["verdict"] == v for c in found) for v in (REPRODUCED, NOT_REPRODUCED, NOT_MEASURED)}
+    counts = {v: sum(c["verdict"] == v for c in found) for v in VERDICTS}
     return (
         "<p>" + _e(", ".join(f"{n} {v}" for v, n in counts.items())) + ". Thresholds come from the project's "
-        "issues where the paper states none; a claim is not measured when a number it needs is missing.</p>"
+        "issues where the paper states none; a claim is not measured when a number it needs is missing; a "
+        "comparison of two scorers is within noise when their difference is under 1.96 standard errors.</p>"
         + _table(["where", "claim", "paper", "this run", "criterion", "verdict"], rows, "claims")
     )
 
@@ -1071,6 +1103,7 @@ table.grid td { white-space: nowrap; } table.grid td:first-child { white-space: 
 .missing { display: inline-block; width: 96px; height: 96px; background: #eee; color: #999; text-align: center; }
 .v { font-weight: bold; white-space: nowrap; }
 .v.reproduced { color: #1b7a1b; } .v.not-reproduced { color: #b00020; } .v.not-measured { color: #777; }
+.v.within-noise { color: #8a6d00; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .8em; }
 """
 
