@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from t2ialign.demo import SCALES, main, plan
 
 
@@ -17,3 +19,15 @@ def test_paper_scale_has_the_papers_sizes(capsys):
 def test_demo_scale_plans_under_the_15_minute_budget():
     minutes = int(re.search(r"about (\d+) minutes", plan("demo")).group(1))
     assert minutes <= 15
+
+
+def test_finetune_steps_override_changes_the_plan_and_is_checked(capsys):
+    full = int(re.search(r"about (\d+) minutes", plan("paper")).group(1))
+    out = plan("paper", finetune_steps=1_500)
+    assert "3 fine-tuning runs of 1500 steps" in out
+    assert int(re.search(r"about (\d+) minutes", out).group(1)) < full
+    for bad in ("0", "-3"):
+        with pytest.raises(SystemExit) as e:
+            main(["--plan", "--finetune-steps", bad])
+        assert e.value.code == 2
+        assert "--finetune-steps must be >= 1" in capsys.readouterr().err

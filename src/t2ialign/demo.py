@@ -16,7 +16,7 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +59,21 @@ def expected_minutes(scale: Scale, n_feedback: int) -> float:
     ) / 60 + 2
 
 
-def plan(scale_name: str) -> str:
+def get_scale(scale_name: str, finetune_steps: int | None = None) -> Scale:
+    """The named scale, with its fine-tuning steps replaced when ``finetune_steps`` is given."""
+    scale = SCALES[scale_name]
+    if finetune_steps is None:
+        return scale
+    if finetune_steps < 1:
+        raise ValueError(f"--finetune-steps must be >= 1, got {finetune_steps}")
+    return replace(scale, finetune_steps=finetune_steps)
+
+
+def plan(scale_name: str, finetune_steps: int | None = None) -> str:
     """What a run of this scale does and about how long it takes, before anything runs."""
     from .world.prompts import build_prompt_set
 
-    scale = SCALES[scale_name]
+    scale = get_scale(scale_name, finetune_steps)
     seen = sum(p.split == "seen" for p in build_prompt_set())
     n_fb = (seen - scale.n_eval) if scale.feedback_prompts is None else scale.feedback_prompts
     return (
@@ -75,7 +85,7 @@ def plan(scale_name: str) -> str:
     )
 
 
-def run_demo(run: Path, scale_name: str = "demo") -> int:
+def run_demo(run: Path, scale_name: str = "demo", finetune_steps: int | None = None) -> int:
     from .config import EvaluateConfig, FinetuneConfig, GenerateConfig, RewardConfig, from_dict, to_dict
     from .evaluate.models import (
         balanced_sample,
@@ -98,8 +108,8 @@ def run_demo(run: Path, scale_name: str = "demo") -> int:
     from .world.prompts import build_prompt_set, perturb
     from .world.render import grid, render
 
-    scale = SCALES[scale_name]
-    print(plan(scale_name), flush=True)
+    scale = get_scale(scale_name, finetune_steps)
+    print(plan(scale_name, finetune_steps), flush=True)
     timings: dict[str, float] = {}
     t_start = time.time()
 
@@ -306,12 +316,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale", choices=tuple(SCALES), default="demo", help="demo (minutes) or paper sizes"
     )
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        help="optimizer steps of each fine-tuning run instead of the scale's (demo 200, paper 3000)",
+    )
     parser.add_argument("--plan", action="store_true", help="print the sizes and expected time, then exit")
     args = parser.parse_args(argv)
+    if args.finetune_steps is not None and args.finetune_steps < 1:
+        parser.error(f"--finetune-steps must be >= 1, got {args.finetune_steps}")
     if args.plan:
-        print(plan(args.scale))
+        print(plan(args.scale, args.finetune_steps))
         return 0
-    return run_demo(Path(args.run), args.scale)
+    return run_demo(Path(args.run), args.scale, args.finetune_steps)
 
 
 if __name__ == "__main__":
