@@ -1,0 +1,100 @@
+"""Why the reward's pairwise accuracy (Fig. 4) is what it is: two probes.
+
+1. The ceiling set by the labels: on Fig. 4's evaluation pairs of RUN, the pairwise accuracy of the judge's
+   own P(match) (the program the simulated labelers follow before their flips and skips), beside the reward
+   saved in RUN/reward and CLIP score. A scorer cannot beat the labels' own noise; the judge shows how close
+   to 100% a perfect reader of the images gets.
+2. What the CLIP image embedding holds: a linear probe (logistic regression, torch) per attribute on the
+   world CLIP's image embeddings of fresh renders (train 3,000 / test 1,000). The reward is an MLP on these
+   embeddings; an attribute the embedding does not hold, the reward cannot score.
+
+Run: ``python -m benchmarks.reward_probes RUN`` (RUN: a run with labels and a trained reward, e.g.
+``runs/demo``; about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import numpy as np
+import torch
+from PIL import Image
+
+from t2ialign.config import RewardConfig
+from t2ialign.models.load import load_clip
+from t2ialign.reward.data import preference_pairs
+from t2ialign.reward.embed import embed_images
+from t2ialign.reward.evaluate import EVAL_SETS, eval_sets
+from t2ialign.reward.model import RewardModel
+from t2ialign.reward.train import Embeddings, pairwise_accuracy, score_items
+from t2ialign.store import Store
+from t2ialign.world import vocab
+from t2ialign.world.dataset import PretrainDataset
+from t2ialign.world.judge import Judge
+from t2ialign.world.render import render
+
+
+def label_ceiling(run: str, clip, processor) -> None:
+    judge = Judge.load()
+    with Store.open(run) as store:
+        sets = eval_sets(store, RewardConfig())
+        emb = Embeddings(store, clip, processor)
+        emb.ensure(
+            [r["sha256"] for v in sets.values() for r in v],
+            sorted({r["prompt"] for v in sets.values() for r in v}),
+        )
+        reward = RewardModel.load(store.run_dir / "reward")
+        for k in EVAL_SETS:
+            items, pairs = sets[k], preference_pairs(sets[k])
+            if not pairs:
+                print(f"{k:15s} no pairs")
+                continue
+            ims = [np.asarray(Image.open(store.image_path(r["sha256"])).convert("RGB")) for r in items]
+            verdicts = judge.judge(ims, [r["prompt"] for r in items])
+            scorers = {
+                "judge P(match)": {r["sha256"]: v.p_match for r, v in zip(items, verdicts, strict=True)},
+                "reward": score_items(items, emb, reward),
+                "CLIP score": score_items(items, emb, None),
+            }
+            cats = Counter(a["category"] for a, _ in pairs)
+            print(
+                f"{k:15s} {len(pairs):6d} pairs ({', '.join(f'{c} {n}' for c, n in cats.most_common())}): "
+                + "  ".join(f"{name} {pairwise_accuracy(s, pairs):.1%}" for name, s in scorers.items())
+            )
+
+
+def linear_probe(clip, processor, n_train: int = 3000, n_test: int = 1000, steps: int = 500) -> None:
+    ds = PretrainDataset(n_train + n_test, seed=321)
+    specs = [ds.scene(i)[0] for i in range(n_train + n_test)]
+    images = [Image.fromarray(render(s, seed=i).image) for i, s in enumerate(specs)]
+    x = embed_images(clip, processor, images).float()
+    x = (x - x[:n_train].mean(0)) / (x[:n_train].std(0) + 1e-6)
+    for attr in ("count", "color", "shape", "background"):
+        values = vocab.values(attr)
+        y = torch.tensor([vocab.index(attr, getattr(s, attr)) for s in specs])
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(x.shape[1], len(values))
+        opt = torch.optim.AdamW(lin.parameters(), lr=1e-2, weight_decay=1e-3)
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin(x[:n_train]), y[:n_train]).backward()
+            opt.step()
+        with torch.no_grad():
+            acc = (lin(x[n_train:]).argmax(1) == y[n_train:]).float().mean().item()
+        print(
+            f"linear probe on world-CLIP image embeddings: {attr:10s} {acc:.1%} (chance {1 / len(values):.0%})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a run directory with labels and RUN/reward")
+    args = parser.parse_args()
+    clip, processor, _ = load_clip()
+    label_ceiling(args.run, clip, processor)
+    linear_probe(clip, processor)
+
+
+if __name__ == "__main__":
+    main()
