@@ -70,7 +70,7 @@ def linear_probe(clip, processor, n_train: int = 3000, n_test: int = 1000, steps
     images = [Image.fromarray(render(s, seed=i).image) for i, s in enumerate(specs)]
     x = embed_images(clip, processor, images).float()
     x = (x - x[:n_train].mean(0)) / (x[:n_train].std(0) + 1e-6)
-    for attr in ("count", "color", "shape", "background"):
+    for attr in vocab.ATTRIBUTES:
         values = vocab.values(attr)
         y = torch.tensor([vocab.index(attr, getattr(s, attr)) for s in specs])
         torch.manual_seed(0)

@@ -14,12 +14,11 @@ import torch
 from t2ialign.config import GenerateConfig
 from t2ialign.generate import sample_images
 from t2ialign.models.load import load_pipeline
+from t2ialign.world import vocab
 from t2ialign.world.dataset import PretrainDataset
 from t2ialign.world.judge import Judge
 from t2ialign.world.prompts import build_prompt_set
 from t2ialign.world.render import render
-
-ATTRS = ("count", "color", "shape", "background")
 
 
 def vae_ceiling(pipe, judge, n: int = 400) -> None:
@@ -34,7 +33,7 @@ def vae_ceiling(pipe, judge, n: int = 400) -> None:
         vs = judge.judge(ims, specs)
         acc = {
             a: np.mean([v.reading[a][0] == getattr(s, a) for v, s in zip(vs, specs, strict=True)])
-            for a in ATTRS
+            for a in vocab.ATTRIBUTES
         }
         good = np.mean([v.label == "good" for v in vs])
         print(f"{name:20s} good {good:.1%}  " + "  ".join(f"{a} {x:.1%}" for a, x in acc.items()))
@@ -43,9 +42,9 @@ def vae_ceiling(pipe, judge, n: int = 400) -> None:
 def guidance_sweep(pipe, judge) -> None:
     prompts = [p for p in build_prompt_set() if p.split == "seen"]
     random.Random(0).shuffle(prompts)
-    chosen = [p for c in ("count", "color", "background") for p in prompts if p.category == c][:0]
-    for c in ("count", "color", "background"):
-        chosen += [p for p in prompts if p.category == c][:24]
+    chosen = [
+        p for c in ("count", "color", "background") for p in [q for q in prompts if q.category == c][:24]
+    ]
     specs = [p for p in chosen for _ in range(4)]
     texts = [p.text for p in specs]
     for g in (3.0, 5.0, 7.5, 10.0):

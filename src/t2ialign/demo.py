@@ -324,8 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--plan", action="store_true", help="print the sizes and expected time, then exit")
     args = parser.parse_args(argv)
-    if args.finetune_steps is not None and args.finetune_steps < 1:
-        parser.error(f"--finetune-steps must be >= 1, got {args.finetune_steps}")
+    try:
+        get_scale(args.scale, args.finetune_steps)
+    except ValueError as e:
+        parser.error(str(e))
     if args.plan:
         print(plan(args.scale, args.finetune_steps))
         return 0
