@@ -10,6 +10,7 @@ import re
 import pytest
 
 from t2ialign.evaluate import report as rp
+from t2ialign.evaluate.claims import ablation_of, accuracy_z
 from t2ialign.evaluate.report import claims, render_report, write_report
 from t2ialign.labeling.stats import PAPER_TABLE1
 from t2ialign.store import Store
@@ -358,8 +359,6 @@ def test_claims_verdicts_from_hand_made_numbers(tmp_path):
 
 
 def test_fig4_differences_under_their_noise_are_within_noise(tmp_path):
-    from t2ialign.evaluate.report import accuracy_z
-
     # hand-computed: 0.80 vs 0.75 on 100 pairs: se = sqrt((0.16 + 0.1875) / 100) = 0.05895, z = 0.848
     assert accuracy_z(0.80, 0.75, 100) == pytest.approx(0.05 / math.sqrt(0.3475 / 100))
     assert accuracy_z(0.5, 0.5, 10) == 0.0
@@ -420,14 +419,14 @@ def test_rejection_on_a_finetuned_model_is_not_an_ablation(tmp_path):
 
 
 def test_ablations_from_finetune_reports_and_names():
-    assert rp.ablation_of("x", {"n_pretrain": 4000}) == "full"
-    assert rp.ablation_of("x", {"n_pretrain": 0, "weights": "labels"}) == "human_only"
-    assert rp.ablation_of("x", {"n_pretrain": 0, "use_unlabeled": True}) == "no_pretrain"
-    assert rp.ablation_of("x", {"n_pretrain": 0, "config": {"use_unlabeled": False}}) == "human_only"
-    assert rp.ablation_of("x", {"n_pretrain": 0, "weights": "reward"}) is None  # not knowable
-    assert rp.ablation_of("human_only", None) == "human_only"
-    assert rp.ablation_of("no-pretrain", {"n_pretrain": 0}) == "no_pretrain"
-    assert rp.ablation_of("full", None) == "full"
+    assert ablation_of("x", {"n_pretrain": 4000}) == "full"
+    assert ablation_of("x", {"n_pretrain": 0, "weights": "labels"}) == "human_only"
+    assert ablation_of("x", {"n_pretrain": 0, "use_unlabeled": True}) == "no_pretrain"
+    assert ablation_of("x", {"n_pretrain": 0, "config": {"use_unlabeled": False}}) == "human_only"
+    assert ablation_of("x", {"n_pretrain": 0, "weights": "reward"}) is None  # not knowable
+    assert ablation_of("human_only", None) == "human_only"
+    assert ablation_of("no-pretrain", {"n_pretrain": 0}) == "no_pretrain"
+    assert ablation_of("full", None) == "full"
 
 
 def test_fig3_claims_and_section(tmp_path):
