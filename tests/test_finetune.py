@@ -32,6 +32,7 @@ from t2ialign.generate import generate
 from t2ialign.labeling.service import submit_label
 from t2ialign.models.load import load_clip
 from t2ialign.reward.train import train_reward
+from t2ialign.reward.model import RewardModel
 from t2ialign.store import Store
 from t2ialign.world.prompts import build_prompt_set
 
@@ -170,7 +171,6 @@ def test_finetune_changes_the_unet_and_ships_a_stock_pipeline(ft_run, tiny_pipel
 
 def test_latents_and_text_states_are_cached(ft_run, tiny_pipeline_path, monkeypatch):
     from t2ialign.models.load import load_pipeline
-    from t2ialign.reward.model import RewardModel
 
     cfg = small(tiny_pipeline_path)
     pipe, _, _ = load_pipeline(cfg.pretrained_model_name_or_path)
@@ -201,6 +201,19 @@ def test_label_weights_use_only_labeled_human_images(ft_run, tiny_pipeline_path)
     with Store.open(ft_run) as store:
         items = ft_data.model_examples(store, cfg)
     assert len(items) == 16 and sorted({r["weight"] for r in items}) == [0.0, 1.0]
+
+
+def test_uniform_weights_take_every_image_without_a_reward(ft_run, tiny_pipeline_path):
+    """The reward-free control: D_model as the reward would see it (labeled and unlabeled), all weights 1."""
+    with Store.open(ft_run) as store:
+        rewarded = ft_data.model_examples(
+            store, small(tiny_pipeline_path), RewardModel.load(ft_run / "reward")
+        )
+        uniform = ft_data.model_examples(store, small(tiny_pipeline_path, weights="uniform"))
+        human = ft_data.model_examples(store, small(tiny_pipeline_path, weights="uniform", use_unlabeled=False))
+    assert [r["sha256"] for r in uniform] == [r["sha256"] for r in rewarded]
+    assert {r["weight"] for r in uniform} == {1.0} and len({r["weight"] for r in rewarded}) > 1
+    assert 0 < len(human) < len(uniform)
 
 
 def test_resume_refuses_what_it_cannot_continue(ft_run, tiny_pipeline_path):

@@ -249,7 +249,7 @@ class RewardConfig:
                 raise ConfigError(f"reward.{name} must be >= 1, got {getattr(self, name)}")
 
 
-FINETUNE_WEIGHTS = ("reward", "labels")
+FINETUNE_WEIGHTS = ("reward", "labels", "uniform")
 
 
 @dataclass
@@ -264,7 +264,8 @@ class FinetuneConfig:
     pretrained_model_name_or_path: str | None = None
     reward: str | None = None  # reward model folder (``t2ialign reward train``); None = RUN/reward
     # "reward": w = r_phi(x, z) for every image of D_model, labeled or not (the paper);
-    # "labels": w = the mean human label (good 1, bad 0), so only labeled images of D_human take part
+    # "labels": w = the mean human label (good 1, bad 0), so only labeled images of D_human take part;
+    # "uniform": w = 1 for every image of D_model, a reward-free control (what the reward itself adds)
     weights: str = "reward"
     use_unlabeled: bool = True  # D_model = D_human + D_unlabel (False: D_human only, Table 2 column 2)
     # rewards are clamped into this range: a negative weight would turn likelihood maximisation into an

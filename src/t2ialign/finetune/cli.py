@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..config import FINETUNE_WEIGHTS
 from ..store import open_existing
 
 # command-line flags that override fields of the [finetune] table (diffusers' example-script names)
@@ -64,7 +65,7 @@ def add_command(sub) -> None:
     )
     sp.add_argument("--pretrained_model_name_or_path", help="base pipeline folder (default: the world model)")
     sp.add_argument("--reward", help="reward model folder (default: RUN/reward)")
-    sp.add_argument("--weights", choices=("reward", "labels"))
+    sp.add_argument("--weights", choices=FINETUNE_WEIGHTS)
     sp.add_argument("--beta", type=float, help="weight of the pre-training loss (0: off)")
     sp.add_argument("--no-unlabeled", dest="no_unlabeled", action="store_true", help="D_model = D_human only")
     sp.add_argument("--max_train_steps", type=int)

@@ -129,7 +129,8 @@ def model_examples(
     """D_model = D_human (+ D_unlabel): images of the feedback (seen) prompts with their weight.
 
     weights = "reward": r_phi(x, z) of every image, labeled or not, computed once (the paper);
-    weights = "labels": the mean good/bad label of labeled D_human images (skips ignored).
+    weights = "labels": the mean good/bad label of labeled D_human images (skips ignored);
+    weights = "uniform": 1 for every image (a control: fine-tuning on the model's own samples, no reward).
     """
     from ..reward.data import labeled_images
     from ..reward.train import Embeddings
@@ -142,10 +143,13 @@ def model_examples(
             if r["prompt"] in seen
         ]
     else:
-        if reward_model is None:
-            raise ValueError("weights = 'reward' needs a trained reward model")
         roles = ("human", "unlabeled") if cfg.use_unlabeled else ("human",)
         rows = [r for role in roles for r in store.list_images(role=role) if r["prompt"] in seen]
+    if cfg.weights == "uniform":
+        items = [{"sha256": r["sha256"], "prompt": r["prompt"], "weight": 1.0} for r in rows]
+    elif cfg.weights == "reward":
+        if reward_model is None:
+            raise ValueError("weights = 'reward' needs a trained reward model")
         emb = Embeddings(store, reward_model.clip, reward_model.processor)
         shas, prompts = [r["sha256"] for r in rows], [r["prompt"] for r in rows]
         emb.ensure(shas, sorted(set(prompts)), progress)
@@ -159,7 +163,7 @@ def model_examples(
     if not items:
         raise ValueError(
             "D_model is empty: generate images of seen prompts (role human"
-            + (", unlabeled" if cfg.use_unlabeled and cfg.weights == "reward" else "")
+            + (", unlabeled" if cfg.use_unlabeled and cfg.weights != "labels" else "")
             + ")"
             + (" and label them" if cfg.weights == "labels" else "")
             + " before fine-tuning"
