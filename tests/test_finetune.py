@@ -31,8 +31,8 @@ from t2ialign.finetune.train import batch_indices, finetune
 from t2ialign.generate import generate
 from t2ialign.labeling.service import submit_label
 from t2ialign.models.load import load_clip
-from t2ialign.reward.train import train_reward
 from t2ialign.reward.model import RewardModel
+from t2ialign.reward.train import train_reward
 from t2ialign.store import Store
 from t2ialign.world.prompts import build_prompt_set
 
@@ -210,7 +210,9 @@ def test_uniform_weights_take_every_image_without_a_reward(ft_run, tiny_pipeline
             store, small(tiny_pipeline_path), RewardModel.load(ft_run / "reward")
         )
         uniform = ft_data.model_examples(store, small(tiny_pipeline_path, weights="uniform"))
-        human = ft_data.model_examples(store, small(tiny_pipeline_path, weights="uniform", use_unlabeled=False))
+        human = ft_data.model_examples(
+            store, small(tiny_pipeline_path, weights="uniform", use_unlabeled=False)
+        )
     assert [r["sha256"] for r in uniform] == [r["sha256"] for r in rewarded]
     assert {r["weight"] for r in uniform} == {1.0} and len({r["weight"] for r in rewarded}) > 1
     assert 0 < len(human) < len(uniform)
