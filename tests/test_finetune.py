@@ -470,6 +470,33 @@ def test_table2_configs_match_the_ablation_table():
         assert {k: v for k, v in TABLE2[name].items() if v != default[k]} == changed
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_pretrain_cfg_dropout_trains_d_pre_on_the_empty_prompt(
+    ft_run, tiny_pipeline_path, monkeypatch, dropout
+):
+    """A share of D_pre's rows (none of D_model's) is conditioned on the pipeline's embedding of ""."""
+    from diffusers import UNet2DConditionModel
+
+    seen = []
+    forward = UNet2DConditionModel.forward
+
+    def spy(self, sample, timestep, encoder_hidden_states, *a, **k):
+        seen.append(encoder_hidden_states.detach().clone())
+        return forward(self, sample, timestep, encoder_hidden_states, *a, **k)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    cfg = small(tiny_pipeline_path, pretrain_cfg_dropout=dropout, pretrain_batch_size=16, max_train_steps=4)
+    with Store.open(ft_run) as store:
+        finetune(cfg, store, name=f"cfg-dropout-{dropout}", progress=False)
+    from t2ialign.models.load import load_pipeline
+
+    null = ft_data.encode_texts(load_pipeline(str(tiny_pipeline_path))[0], [""])[0]
+    is_null = torch.stack([(h - null).abs().amax((1, 2)) < 1e-6 for h in seen])  # (steps, 4 + 16)
+    assert not is_null[:, :4].any()  # D_model keeps its prompts
+    share = is_null[:, 4:].float().mean().item()
+    assert share == 0.0 if dropout == 0 else 0.3 < share < 0.7  # 64 draws at p = 0.5
+
+
 def test_ema_weights_are_shipped_and_resumed(ft_run, tiny_pipeline_path):
     with Store.open(ft_run) as store:
         finetune(small(tiny_pipeline_path, max_train_steps=4), store, name="no-ema", progress=False)

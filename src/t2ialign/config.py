@@ -276,6 +276,9 @@ class FinetuneConfig:
     # images and captions.jsonl ({"file": ..., "text": ...} per line) or a Parquet file (image, text)
     pretrain_data: str = "world"
     pretrain_images: int = 4_000  # D_pre examples encoded once (the paper: a 625k LAION subset)
+    # share of D_pre examples trained with the empty prompt, as in pre-training: keeps the unconditional
+    # prediction that classifier-free guidance subtracts on D_pre (0: every D_pre example keeps its caption)
+    pretrain_cfg_dropout: float = 0.0
     train_batch_size: int = 32  # D_model images per process per micro-step
     pretrain_batch_size: int = 32  # D_pre images per process per micro-step (only when beta > 0)
     gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
@@ -309,6 +312,10 @@ class FinetuneConfig:
             )
         if self.beta < 0:
             raise ConfigError(f"finetune.beta must be >= 0, got {self.beta}")
+        if not 0.0 <= self.pretrain_cfg_dropout < 1.0:
+            raise ConfigError(
+                f"finetune.pretrain_cfg_dropout must be in [0, 1), got {self.pretrain_cfg_dropout}"
+            )
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(
                 f"finetune.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"

@@ -13,6 +13,7 @@ OVERRIDES = (
     "reward",
     "weights",
     "beta",
+    "pretrain_cfg_dropout",
     "max_train_steps",
     "train_batch_size",
     "gradient_accumulation_steps",
@@ -67,6 +68,9 @@ def add_command(sub) -> None:
     sp.add_argument("--reward", help="reward model folder (default: RUN/reward)")
     sp.add_argument("--weights", choices=FINETUNE_WEIGHTS)
     sp.add_argument("--beta", type=float, help="weight of the pre-training loss (0: off)")
+    sp.add_argument(
+        "--pretrain_cfg_dropout", type=float, help="share of D_pre examples trained on the empty prompt"
+    )
     sp.add_argument("--no-unlabeled", dest="no_unlabeled", action="store_true", help="D_model = D_human only")
     sp.add_argument("--max_train_steps", type=int)
     sp.add_argument("--train_batch_size", type=int)

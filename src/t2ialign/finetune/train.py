@@ -36,7 +36,7 @@ from ..config import FinetuneConfig, to_dict
 from ..fsutil import atomic_write
 from ..store import Store
 from ..world.render import stable_seed
-from .data import LatentSet, build_model_set, build_pretrain_set, model_examples
+from .data import LatentSet, build_model_set, build_pretrain_set, encode_texts, model_examples
 from .losses import denoising_target, eq4_loss, lr_at, per_sample_mse
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the attention projections, as diffusers' LoRA scripts
@@ -188,6 +188,8 @@ def finetune(
         return noisy, t[sl], data.text_emb[data.text_ids[i]], target, data.weights[i]
 
     device = accelerator.device
+    # (1, L, H): the text encoder's states for "", what classifier-free guidance conditions on
+    null_emb = encode_texts(pipe, [""]) if d_pre is not None and cfg.pretrain_cfg_dropout > 0 else None
     losses, rewards_seen, t0 = [], [], time.time()
     bar = tqdm(
         range(start, cfg.max_train_steps),
@@ -205,6 +207,9 @@ def finetune(
         if d_pre is not None:
             idx_p = batch_indices(len(d_pre), g_pre, step, cfg.seed, "pre")
             noise_p = draw_noise(d_pre, g_pre, T, gen)
+            drop_p = (
+                torch.rand(g_pre, generator=gen) < cfg.pretrain_cfg_dropout if null_emb is not None else None
+            )
         step_loss = 0.0
         for m in range(accum):
             with accelerator.accumulate(unet):
@@ -214,6 +219,10 @@ def finetune(
                     p_noisy, p_t, p_cond, p_target, _ = micro(
                         d_pre, idx_p, *noise_p, m, cfg.pretrain_batch_size
                     )
+                    if drop_p is not None:  # the empty prompt, as the pipeline's unconditional branch sees it
+                        k = (m * world + rank) * cfg.pretrain_batch_size
+                        drop = drop_p[k : k + cfg.pretrain_batch_size, None, None]
+                        p_cond = torch.where(drop, null_emb, p_cond)
                     noisy, t = torch.cat([noisy, p_noisy]), torch.cat([t, p_t])
                     cond, target = torch.cat([cond, p_cond]), torch.cat([target, p_target])
                 pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=cond.to(device)).sample
@@ -271,6 +280,7 @@ def finetune(
         "weights": cfg.weights,
         "use_unlabeled": cfg.use_unlabeled,
         "beta": cfg.beta,
+        "pretrain_cfg_dropout": cfg.pretrain_cfg_dropout,
         "n_model": len(d_model),
         "n_pretrain": len(d_pre) if d_pre is not None else 0,
         "mean_weight": round(float(d_model.weights.mean()), 4),
