@@ -430,6 +430,15 @@ def embed_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor
 # --- the whole pretraining -------------------------------------------------------------------------------
 
 
+def _strip_local_paths(pipeline_dir: Path) -> None:
+    """Drop ``_name_or_path`` (the folder a component was loaded from on this machine) from every
+    component config: a shipped pipeline names no path of the machine that assembled it."""
+    for path in sorted(pipeline_dir.glob("*/config.json")):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            atomic_write(path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+
+
 def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dict:
     """Run (or resume) every stage into ``out``; returns the measured figures."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
@@ -628,6 +637,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    _strip_local_paths(tmp)
     atomic_write(
         tmp / "t2ialign.json",
         (json.dumps({"t2ialign_version": __version__, "pretrain_config": full}, indent=1) + "\n").encode(),
