@@ -266,7 +266,9 @@ def bench_finetune() -> list[dict]:
         ids = store.add_images(records)
         who = store.add_labeler("bench")
         submit_labels(store, [(who, i, "good" if i % 2 else "bad") for i in ids])
-        cfg = FinetuneConfig(weights="labels", use_unlabeled=False, max_train_steps=2, pretrain_images=512)
+        cfg = FinetuneConfig(
+            weights="labels", use_unlabeled=False, max_train_steps=2, pretrain_images=512, use_ema=False
+        )  # no EMA: the same work as the example loop below
         finetune(cfg, store, name="warm", progress=False)  # encodes and caches the data once
         rep = finetune(dataclasses.replace(cfg, max_train_steps=steps), store, name="timed", progress=False)
         ours = rep["images_per_second"]

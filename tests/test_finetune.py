@@ -135,6 +135,7 @@ def small(tiny_pipeline_path, **kw) -> FinetuneConfig:
         checkpointing_steps=2,
         learning_rate=1e-3,
         lr_warmup_steps=2,
+        use_ema=False,
     )
     return FinetuneConfig(**(base | kw))
 

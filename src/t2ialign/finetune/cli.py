@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..config import FINETUNE_WEIGHTS
@@ -30,8 +31,8 @@ def _config(args):
 
     cfg = load_config(args.config).finetune
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
-    if args.use_ema:
-        overrides["use_ema"] = True
+    if args.use_ema is not None:
+        overrides["use_ema"] = args.use_ema
     if args.no_unlabeled:
         overrides["use_unlabeled"] = False
     return from_dict(type(cfg), to_dict(cfg) | overrides, "finetune")
@@ -78,7 +79,9 @@ def add_command(sub) -> None:
     sp.add_argument("--learning_rate", type=float)
     sp.add_argument("--mixed_precision", choices=("no", "bf16", "fp16"))
     sp.add_argument("--lora_rank", type=int, help="0: train the whole UNet; r > 0: LoRA adapters of rank r")
-    sp.add_argument("--use_ema", action="store_true")
+    sp.add_argument(
+        "--use_ema", action=argparse.BooleanOptionalAction, help="ship the EMA of the weights (default: on)"
+    )
     sp.add_argument("--checkpointing_steps", type=int)
     sp.add_argument("--seed", type=int)
     sp.set_defaults(func=cmd_finetune)
