@@ -93,6 +93,25 @@ def test_config_is_validated():
         FinetuneConfig(reward_range=(1.0, 0.0))
     with pytest.raises(ConfigError, match="beta"):
         FinetuneConfig(beta=-1)
+    with pytest.raises(ConfigError, match="ties"):
+        FinetuneConfig(weights="uniform", top_k_per_prompt=4)
+    with pytest.raises(ConfigError, match="top_k_per_prompt"):
+        FinetuneConfig(top_k_per_prompt=-1)
+
+
+def test_top_k_per_prompt_keeps_each_prompts_best():
+    items = [
+        {"sha256": "c", "prompt": "p", "weight": 0.2},
+        {"sha256": "a", "prompt": "p", "weight": 0.9},
+        {"sha256": "d", "prompt": "p", "weight": 0.5},
+        {"sha256": "b", "prompt": "p", "weight": 0.5},
+        {"sha256": "e", "prompt": "q", "weight": 0.1},
+    ]
+    # p: 0.9 (a), then the 0.5 tie broken by sha256 (b before d); q has one image, kept
+    assert [r["sha256"] for r in ft_data.top_k_per_prompt(items, 2)] == ["a", "b", "e"]
+    assert [r["sha256"] for r in ft_data.top_k_per_prompt(items, 10)] == ["a", "b", "d", "c", "e"]
+    with pytest.raises(ValueError, match="k must be"):
+        ft_data.top_k_per_prompt(items, 0)
 
 
 # --- a small run: tiny SD + tiny CLIP, labeled images, a reward model ------------------------------------
@@ -217,6 +236,18 @@ def test_uniform_weights_take_every_image_without_a_reward(ft_run, tiny_pipeline
     assert [r["sha256"] for r in uniform] == [r["sha256"] for r in rewarded]
     assert {r["weight"] for r in uniform} == {1.0} and len({r["weight"] for r in rewarded}) > 1
     assert 0 < len(human) < len(uniform)
+
+
+def test_top_k_per_prompt_keeps_the_highest_rewards_of_d_model(ft_run, tiny_pipeline_path):
+    with Store.open(ft_run) as store:
+        reward = RewardModel.load(ft_run / "reward")
+        every = ft_data.model_examples(store, small(tiny_pipeline_path), reward)
+        best = ft_data.model_examples(store, small(tiny_pipeline_path, top_k_per_prompt=2), reward)
+    prompts = {r["prompt"] for r in every}
+    assert len(best) == sum(min(2, sum(r["prompt"] == p for r in every)) for p in prompts) < len(every)
+    for p in prompts:
+        ws = sorted((r["weight"] for r in every if r["prompt"] == p), reverse=True)
+        assert sorted((r["weight"] for r in best if r["prompt"] == p), reverse=True) == ws[:2]
 
 
 def test_resume_refuses_what_it_cannot_continue(ft_run, tiny_pipeline_path):

@@ -428,6 +428,7 @@ def test_ablations_from_finetune_reports_and_names():
     assert ablation_of("no-pretrain", {"n_pretrain": 0}) == "no_pretrain"
     assert ablation_of("full", None) == "full"
     assert ablation_of("full", {"n_pretrain": 4000, "weights": "uniform"}) is None  # a control, no column
+    assert ablation_of("full", {"n_pretrain": 4000, "weights": "reward", "top_k_per_prompt": 4}) is None
 
 
 def test_fig3_claims_and_section(tmp_path):

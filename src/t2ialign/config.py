@@ -268,6 +268,9 @@ class FinetuneConfig:
     # "uniform": w = 1 for every image of D_model, a reward-free control (what the reward itself adds)
     weights: str = "reward"
     use_unlabeled: bool = True  # D_model = D_human + D_unlabel (False: D_human only, Table 2 column 2)
+    # beyond the paper: k > 0 keeps only each prompt's k images of highest weight in D_model (with the
+    # reward, the best k of the prompt's n images: rejection sampling distilled into the UNet); 0 keeps all
+    top_k_per_prompt: int = 0
     # rewards are clamped into this range: a negative weight would turn likelihood maximisation into an
     # unbounded loss ascent (the paper's r_phi is trained towards labels in {0, 1})
     reward_range: tuple[float, ...] = (0.0, 1.0)
@@ -307,6 +310,13 @@ class FinetuneConfig:
         if self.weights == "labels" and self.use_unlabeled:
             raise ConfigError(
                 "finetune.weights = 'labels' has no weight for unlabeled images: set use_unlabeled = false"
+            )
+        if self.top_k_per_prompt < 0:
+            raise ConfigError(f"finetune.top_k_per_prompt must be >= 0, got {self.top_k_per_prompt}")
+        if self.top_k_per_prompt and self.weights == "uniform":
+            raise ConfigError(
+                "finetune.top_k_per_prompt ranks images by their weight: with weights = 'uniform' every "
+                "image ties; use weights = 'reward' or 'labels'"
             )
         if len(self.reward_range) != 2 or self.reward_range[0] >= self.reward_range[1]:
             raise ConfigError(

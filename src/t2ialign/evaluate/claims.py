@@ -117,10 +117,11 @@ def ablation_of(name: str, report: dict | None) -> str | None:
 
     From its finetune report (``n_pretrain``; ``use_unlabeled`` / ``beta`` where the report or its config
     has them; weights "labels" implies D_human only), else from its name (human_only, no_pretrain, full).
-    A reward-free control (weights "uniform") is no column of Table 2: None.
+    A reward-free control (weights "uniform") or a best-k selection (top_k_per_prompt > 0) is no column of
+    Table 2: None.
     """
     report = report if isinstance(report, dict) else {}
-    if report.get("weights") == "uniform":
+    if report.get("weights") == "uniform" or report.get("top_k_per_prompt"):
         return None
     config = report.get("config") if isinstance(report.get("config"), dict) else {}
     use_unlabeled = report.get("use_unlabeled", config.get("use_unlabeled"))

@@ -13,6 +13,7 @@ OVERRIDES = (
     "pretrained_model_name_or_path",
     "reward",
     "weights",
+    "top_k_per_prompt",
     "beta",
     "pretrain_cfg_dropout",
     "max_train_steps",
@@ -68,6 +69,9 @@ def add_command(sub) -> None:
     sp.add_argument("--pretrained_model_name_or_path", help="base pipeline folder (default: the world model)")
     sp.add_argument("--reward", help="reward model folder (default: RUN/reward)")
     sp.add_argument("--weights", choices=FINETUNE_WEIGHTS)
+    sp.add_argument(
+        "--top_k_per_prompt", type=int, help="keep each prompt's k images of highest weight (0: all)"
+    )
     sp.add_argument("--beta", type=float, help="weight of the pre-training loss (0: off)")
     sp.add_argument(
         "--pretrain_cfg_dropout", type=float, help="share of D_pre examples trained on the empty prompt"

@@ -131,6 +131,7 @@ def model_examples(
     weights = "reward": r_phi(x, z) of every image, labeled or not, computed once (the paper);
     weights = "labels": the mean good/bad label of labeled D_human images (skips ignored);
     weights = "uniform": 1 for every image (a control: fine-tuning on the model's own samples, no reward).
+    top_k_per_prompt = k > 0 then keeps each prompt's k images of highest weight.
     """
     from ..reward.data import labeled_images
     from ..reward.train import Embeddings
@@ -159,6 +160,8 @@ def model_examples(
             {"sha256": r["sha256"], "prompt": r["prompt"], "weight": float(w)}
             for r, w in zip(rows, rewards.tolist(), strict=True)
         ]
+    if cfg.top_k_per_prompt:
+        items = top_k_per_prompt(items, cfg.top_k_per_prompt)
     items.sort(key=lambda r: r["sha256"])
     if not items:
         raise ValueError(
@@ -169,6 +172,20 @@ def model_examples(
             + " before fine-tuning"
         )
     return items
+
+
+def top_k_per_prompt(items: list[dict], k: int) -> list[dict]:
+    """Each prompt's k items of highest weight (ties broken by sha256, so the choice is reproducible)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    by_prompt: dict[str, list[dict]] = {}
+    for r in items:
+        by_prompt.setdefault(r["prompt"], []).append(r)
+    return [
+        r
+        for group in by_prompt.values()
+        for r in sorted(group, key=lambda r: (-r["weight"], r["sha256"]))[:k]
+    ]
 
 
 def build_model_set(store: Store, pipe, items: list[dict], progress: bool = False) -> LatentSet:

@@ -279,6 +279,7 @@ def finetune(
         "reward_model": str(reward_path) if reward_model is not None else None,
         "weights": cfg.weights,
         "use_unlabeled": cfg.use_unlabeled,
+        "top_k_per_prompt": cfg.top_k_per_prompt,
         "beta": cfg.beta,
         "pretrain_cfg_dropout": cfg.pretrain_cfg_dropout,
         "n_model": len(d_model),
