@@ -1,7 +1,8 @@
 """``make bench``: throughput of the pieces built so far, each as a ratio against a baseline measured in
 the same run (these machines are shared and noisy: compare ratios, not seconds, across runs).
 
-Run: ``python -m benchmarks.run`` (from the repository root).
+Run: ``python -m benchmarks.run [NAME ...]`` (from the repository root; NAMEs pick benchmarks, e.g.
+``finetune``; none runs them all).
 """
 
 from __future__ import annotations
@@ -351,9 +352,17 @@ BENCHMARKS = [
 ]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    names = sys.argv[1:] if argv is None else argv  # e.g. `python -m benchmarks.run finetune generate`
+    known = [b.__name__.removeprefix("bench_") for b in BENCHMARKS]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        print(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(known)}", file=sys.stderr)
+        return 2
     rows = []
     for bench in BENCHMARKS:
+        if names and bench.__name__.removeprefix("bench_") not in names:
+            continue
         print(f"running {bench.__name__} ...", file=sys.stderr, flush=True)
         rows += bench()
     header = ("benchmark", "value", "unit", "ratio", "baseline")
