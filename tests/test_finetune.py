@@ -2,6 +2,7 @@
 (SIGKILL + resume equals an uninterrupted run bitwise, crash while checkpointing, refusals, no NaN in a
 checkpoint, 2 processes == 1 process with the same global batch), on tiny models built from config."""
 
+import argparse
 import json
 import os
 import signal
@@ -362,6 +363,19 @@ def test_pretrain_data_from_a_folder_and_a_parquet_file(tmp_path):
         ft_data.pretrain_pairs(str(tmp_path / "missing"), 1, 32, 0)
     with pytest.raises(ValueError, match="captions.jsonl"):
         ft_data.pretrain_pairs(str(tmp_path), 1, 32, 0)
+
+
+def test_cli_flags_override_the_config():
+    from t2ialign.finetune.cli import _config, add_command
+
+    parser = argparse.ArgumentParser()
+    add_command(parser.add_subparsers())
+    flags = ["--pretrain_data", "renders", "--pretrain_images", "7", "--top_k_per_prompt", "3"]
+    cfg = _config(parser.parse_args(["finetune", "RUN", *flags, "--no-use_ema", "--no-unlabeled"]))
+    assert (cfg.pretrain_data, cfg.pretrain_images, cfg.top_k_per_prompt) == ("renders", 7, 3)
+    assert cfg.use_ema is False and cfg.use_unlabeled is False
+    default = _config(parser.parse_args(["finetune", "RUN"]))
+    assert default == FinetuneConfig()
 
 
 # --- separate processes: SIGKILL + resume, and 2 processes vs 1 -------------------------------------------

@@ -15,6 +15,8 @@ OVERRIDES = (
     "weights",
     "top_k_per_prompt",
     "beta",
+    "pretrain_data",
+    "pretrain_images",
     "pretrain_cfg_dropout",
     "max_train_steps",
     "train_batch_size",
@@ -73,6 +75,10 @@ def add_command(sub) -> None:
         "--top_k_per_prompt", type=int, help="keep each prompt's k images of highest weight (0: all)"
     )
     sp.add_argument("--beta", type=float, help="weight of the pre-training loss (0: off)")
+    sp.add_argument(
+        "--pretrain_data", help="D_pre: 'world' (renders), a folder with captions.jsonl, or a .parquet file"
+    )
+    sp.add_argument("--pretrain_images", type=int, help="D_pre examples encoded once")
     sp.add_argument(
         "--pretrain_cfg_dropout", type=float, help="share of D_pre examples trained on the empty prompt"
     )
