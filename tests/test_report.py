@@ -431,6 +431,32 @@ def test_ablations_from_finetune_reports_and_names():
     assert ablation_of("full", {"n_pretrain": 4000, "weights": "reward", "top_k_per_prompt": 4}) is None
 
 
+def test_table2_names_every_fine_tuned_run_by_its_column():
+    """Two runs of one column both show it (the first is the claims' representative); controls say so."""
+    full = {"weights": "reward", "use_unlabeled": True, "n_pretrain": 4000, "n_model": 40, "steps": 8}
+    finetune = {
+        "full": full,
+        "full_slow": full | {"learning_rate": 1e-5, "use_ema": True},
+        "ctrl": full | {"weights": "uniform"},
+        "best": full | {"top_k_per_prompt": 4},
+        "odd": {"n_pretrain": 0, "weights": "reward"},
+    }
+    models = {"base": {"fd_clip": 0.07}} | {f"finetuned:{n}": {"fd_clip": 0.1} for n in finetune}
+    page = rp._section_table2({"evaluate": {"models": models}, "finetune": finetune})
+    rows = {
+        r.split("<td>")[1].split("</td>")[0]: r for r in page.split("<tr>") if r.startswith("<td>finetuned:")
+    }
+    assert rows.keys() == {f"finetuned:{n}" for n in finetune}
+    assert "FT (full)" in rows["finetuned:full"] and "FT (full)" in rows["finetuned:full_slow"]
+    assert "lr 1e-05 with EMA" in rows["finetuned:full_slow"] and " lr " not in rows["finetuned:full"]
+    assert "none (a control: uniform weights)" in rows["finetuned:ctrl"]
+    assert (
+        "none (best 4 per prompt)" in rows["finetuned:best"]
+        and "best 4 per prompt," in rows["finetuned:best"]
+    )
+    assert "ablation unknown" in rows["finetuned:odd"]
+
+
 def test_fig3_claims_and_section(tmp_path):
     metrics = make_metrics(tmp_path)
     metrics["side_by_side"] = {

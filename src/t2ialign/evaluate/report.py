@@ -39,6 +39,7 @@ from .claims import (
     _get,
     _isnum,
     _pct,
+    ablation_of,
     claims,
     fig3_panels,
     model_roles,
@@ -340,6 +341,31 @@ def _section_evaluate(metrics: dict) -> str:
     return "\n".join(parts)
 
 
+def _finetune_data(rep: dict) -> str:
+    """What a fine-tuned model was trained on and how, from its finetune report."""
+    parts = [
+        f"n_model {rep.get('n_model', '—')}",
+        f"n_pretrain {rep.get('n_pretrain', '—')}",
+        f"weights {rep.get('weights', '—')}",
+    ]
+    if rep.get("top_k_per_prompt"):
+        parts.append(f"best {rep['top_k_per_prompt']} per prompt")
+    if "learning_rate" in rep:
+        parts.append(f"lr {rep['learning_rate']:g}" + (" with EMA" if rep.get("use_ema") else ""))
+    parts += [f"{rep.get('steps', '—')} steps", f"final loss {rep.get('final_loss', '—')}"]
+    return ", ".join(parts)
+
+
+def _no_column(rep) -> str:
+    """The paper-column cell of a fine-tuned model that is no column of Table 2."""
+    rep = rep if isinstance(rep, dict) else {}
+    if rep.get("weights") == "uniform":
+        return "none (a control: uniform weights)"
+    if rep.get("top_k_per_prompt"):
+        return f"none (best {rep['top_k_per_prompt']} per prompt)"
+    return "(fine-tuned, ablation unknown)"
+
+
 def _section_table2(metrics: dict) -> str:
     models = _get(metrics, "evaluate", "models")
     if not isinstance(models, dict) or not models:
@@ -353,18 +379,14 @@ def _section_table2(metrics: dict) -> str:
     for name, m in models.items():
         ft = _finetune_name(name, m)
         rep = finetune.get(ft) if ft else None
-        ab = by_model.get(name)
+        # the column's representative in the claims, else another run of the same column, else none
+        ab = by_model.get(name) or (ablation_of(ft, rep) if ft else None)
         paper = ABLATIONS.get(ab or "", {})
-        data = (
-            f"n_model {rep.get('n_model', '—')}, n_pretrain {rep.get('n_pretrain', '—')}, "
-            f"weights {rep.get('weights', '—')}, {rep.get('steps', '—')} steps, final loss {rep.get('final_loss', '—')}"
-            if isinstance(rep, dict)
-            else ("no finetune report" if ft else "—")
-        )
+        data = _finetune_data(rep) if isinstance(rep, dict) else ("no finetune report" if ft else "—")
         rows.append(
             [
                 name,
-                paper.get("paper", "(fine-tuned, ablation unknown)" if ft else "—"),
+                paper.get("paper", _no_column(rep) if ft else "—"),
                 data,
                 _num(m.get("fd_clip") if isinstance(m, dict) else None, ".4g"),
                 _num(m.get("fid_inception") if isinstance(m, dict) else None, ".2f"),

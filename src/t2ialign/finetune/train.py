@@ -282,6 +282,8 @@ def finetune(
         "top_k_per_prompt": cfg.top_k_per_prompt,
         "beta": cfg.beta,
         "pretrain_cfg_dropout": cfg.pretrain_cfg_dropout,
+        "learning_rate": cfg.learning_rate,
+        "use_ema": cfg.use_ema,
         "n_model": len(d_model),
         "n_pretrain": len(d_pre) if d_pre is not None else 0,
         "mean_weight": round(float(d_model.weights.mean()), 4),
