@@ -175,7 +175,7 @@ def test_finetune_changes_the_unet_and_ships_a_stock_pipeline(ft_run, tiny_pipel
         metrics = store.read_metrics()["finetune"]
     assert report["n_model"] == 24 and report["n_pretrain"] == 12  # 16 human + 8 unlabeled
     assert 0.0 <= report["mean_weight"] <= 1.0 and metrics["plain"]["steps"] == 6
-    assert (report["learning_rate"], report["use_ema"]) == (1e-3, False)  # small(): the report says how
+    assert (report["learning_rate"], report["use_ema"], report["pretrain_data"]) == (1e-3, False, "world")
     before = load_file(str(tiny_pipeline_path / "unet" / "diffusion_pytorch_model.safetensors"))
     after = unet_weights(ft_run, "plain")
     assert any(not torch.equal(before[k], after[k]) for k in before)  # parameters changed

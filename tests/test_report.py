@@ -440,6 +440,7 @@ def test_table2_names_every_fine_tuned_run_by_its_column():
         "ctrl": full | {"weights": "uniform"},
         "best": full | {"top_k_per_prompt": 4},
         "odd": {"n_pretrain": 0, "weights": "reward"},
+        "oracle": full | {"weights": "labels", "pretrain_data": "/x/oracle_renders"},
     }
     models = {"base": {"fd_clip": 0.07}} | {f"finetuned:{n}": {"fd_clip": 0.1} for n in finetune}
     page = rp._section_table2({"evaluate": {"models": models}, "finetune": finetune})
@@ -455,6 +456,10 @@ def test_table2_names_every_fine_tuned_run_by_its_column():
         and "best 4 per prompt," in rows["finetuned:best"]
     )
     assert "ablation unknown" in rows["finetuned:odd"]
+    assert "none (the labels as weights, with D_pre)" in rows["finetuned:oracle"]
+    assert (
+        "D_pre from oracle_renders" in rows["finetuned:oracle"] and "D_pre from" not in rows["finetuned:full"]
+    )
 
 
 def test_fig3_claims_and_section(tmp_path):

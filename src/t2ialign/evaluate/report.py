@@ -348,6 +348,8 @@ def _finetune_data(rep: dict) -> str:
         f"n_pretrain {rep.get('n_pretrain', '—')}",
         f"weights {rep.get('weights', '—')}",
     ]
+    if rep.get("n_pretrain") and rep.get("pretrain_data", "world") != "world":
+        parts.append(f"D_pre from {Path(str(rep['pretrain_data'])).name}")
     if rep.get("top_k_per_prompt"):
         parts.append(f"best {rep['top_k_per_prompt']} per prompt")
     if "learning_rate" in rep:
@@ -363,6 +365,8 @@ def _no_column(rep) -> str:
         return "none (a control: uniform weights)"
     if rep.get("top_k_per_prompt"):
         return f"none (best {rep['top_k_per_prompt']} per prompt)"
+    if rep.get("weights") == "labels" and rep.get("n_pretrain"):
+        return "none (the labels as weights, with D_pre)"
     return "(fine-tuned, ablation unknown)"
 
 

@@ -281,6 +281,7 @@ def finetune(
         "use_unlabeled": cfg.use_unlabeled,
         "top_k_per_prompt": cfg.top_k_per_prompt,
         "beta": cfg.beta,
+        "pretrain_data": cfg.pretrain_data,
         "pretrain_cfg_dropout": cfg.pretrain_cfg_dropout,
         "learning_rate": cfg.learning_rate,
         "use_ema": cfg.use_ema,
