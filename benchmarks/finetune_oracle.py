@@ -24,6 +24,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from t2ialign.fsutil import atomic_write
 from t2ialign.store import Store
 from t2ialign.world.render import render
 
@@ -49,9 +50,8 @@ def main() -> None:
             name = f"{i:05d}_{k}.png"
             Image.fromarray(render(prompt, seed=10_000 + k, size=args.size).image).save(out / name)
             rows.append({"file": name, "text": prompt})
-    tmp = out / "captions.jsonl.tmp"  # written last, renamed into place: no half-written folder is read
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(out / "captions.jsonl")
+    # written last and atomically: a folder whose captions.jsonl exists is complete
+    atomic_write(out / "captions.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     print(f"{len(rows)} renders of {len(prompts)} prompts -> {out}")
 
 

@@ -354,14 +354,14 @@ BENCHMARKS = [
 
 def main(argv: list[str] | None = None) -> int:
     names = sys.argv[1:] if argv is None else argv  # e.g. `python -m benchmarks.run finetune generate`
-    known = [b.__name__.removeprefix("bench_") for b in BENCHMARKS]
+    known = {b.__name__.removeprefix("bench_"): b for b in BENCHMARKS}
     unknown = [n for n in names if n not in known]
     if unknown:
         print(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(known)}", file=sys.stderr)
         return 2
     rows = []
-    for bench in BENCHMARKS:
-        if names and bench.__name__.removeprefix("bench_") not in names:
+    for short, bench in known.items():
+        if names and short not in names:
             continue
         print(f"running {bench.__name__} ...", file=sys.stderr, flush=True)
         rows += bench()
