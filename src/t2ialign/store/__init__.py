@@ -1,0 +1,82 @@
+"""The run store: one run directory holding the database, the images and the metrics of every stage.
+
+Layout of a run directory::
+
+    t2ialign.db      SQLite database (or any SQLAlchemy URL given to ``Store.open``, e.g. PostgreSQL)
+    images/ab/abcd…png  PNG files named by the sha256 of their bytes (content-addressed, never rewritten)
+    metrics.json     one top-level section per stage, rewritten atomically
+
+The schema is owned by the Alembic migrations shipped in ``t2ialign/migrations``; ``Store.open`` upgrades
+the database to the newest revision, so an old run directory keeps working with a newer package. A model
+change here without a new migration fails ``tests/test_store.py``.
+
+Every method validates its input and raises ``ValueError`` before writing anything; each method is one
+transaction, so a failure leaves the database as it was.
+
+The package: ``core`` (the Store, prompts, images, metrics), ``labels`` (labelers, labels, leases),
+``comparisons`` (side-by-side queries and votes), ``engine`` (engine, migrations, opening checks) and
+``_common`` (what they share). Import from ``t2ialign.store``.
+"""
+
+from __future__ import annotations
+
+from ..schema import (
+    LABEL_VALUES,
+    NAMING_CONVENTION,
+    ROLES,
+    SHOWN_SIDES,
+    VOTE_CHOICES,
+    Base,
+    ComparisonImageRow,
+    ComparisonLeaseRow,
+    ComparisonQueryRow,
+    ComparisonRow,
+    ComparisonVoteRow,
+    ImageRow,
+    ImageState,
+    LabelerRow,
+    LabelRow,
+    LeaseRow,
+    PromptRow,
+    QueryState,
+)
+from ._common import DB_FILENAME, IMAGES_DIRNAME, METRICS_FILENAME, StoreError, VoteConflict
+from .comparisons import MAX_COMPARISON_SET, shown_to_choice
+from .core import Store, open_existing
+from .engine import MIGRATIONS_DIR, SQLITE_BUSY_TIMEOUT_MS, SUPPORTED_DIALECTS, alembic_config, make_engine
+
+# the store's API names its rows and values: they are importable from here
+__all__ = [
+    "DB_FILENAME",
+    "IMAGES_DIRNAME",
+    "LABEL_VALUES",
+    "MAX_COMPARISON_SET",
+    "METRICS_FILENAME",
+    "MIGRATIONS_DIR",
+    "NAMING_CONVENTION",
+    "ROLES",
+    "SHOWN_SIDES",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "SUPPORTED_DIALECTS",
+    "VOTE_CHOICES",
+    "Base",
+    "ComparisonImageRow",
+    "ComparisonLeaseRow",
+    "ComparisonQueryRow",
+    "ComparisonRow",
+    "ComparisonVoteRow",
+    "ImageRow",
+    "ImageState",
+    "LabelRow",
+    "LabelerRow",
+    "LeaseRow",
+    "PromptRow",
+    "QueryState",
+    "Store",
+    "StoreError",
+    "VoteConflict",
+    "alembic_config",
+    "make_engine",
+    "open_existing",
+    "shown_to_choice",
+]

@@ -1,0 +1,332 @@
+"""Labelers, their good / bad / skip labels, and the assignment of images to label (leases)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from ..schema import LABEL_VALUES, ImageRow, ImageState, LabelerRow, LabelRow, LeaseRow, PromptRow, _utcnow
+from ._common import _INT64, _as_utc, _check_int, _check_one_of, _check_str, _chunks
+
+
+class LabelsMixin:
+    """The labeling part of :class:`~t2ialign.store.Store` (it needs ``self.session``)."""
+
+    # --- labelers and labels ------------------------------------------------------------------------------
+
+    def add_labeler(
+        self, name: str, token_hash: str | None = None, is_admin: bool = False, is_simulated: bool = False
+    ) -> int:
+        """Create a labeler and return its id. ``token_hash`` is a hash, never the token itself."""
+        _check_str("labeler name", name)
+        _check_str("token_hash", token_hash, nullable=True)
+        for flag, value in (("is_admin", is_admin), ("is_simulated", is_simulated)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag} must be a bool, got {value!r}")
+        with self.session() as s:
+            if s.scalar(select(LabelerRow.id).where(LabelerRow.name == name)) is not None:
+                raise ValueError(f"a labeler named {name!r} already exists")
+            row = LabelerRow(name=name, token_hash=token_hash, is_admin=is_admin, is_simulated=is_simulated)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def set_label(self, image_id: int, labeler_id: int, value: str) -> None:
+        """Set one labeler's label of one image (good / bad / skip); a second call replaces the first.
+
+        One statement (INSERT ... ON CONFLICT DO UPDATE), so a resend or two concurrent requests cannot
+        create a second label; committed when this returns.
+        """
+        self.set_labels([(image_id, labeler_id, value)])
+
+    def set_labels(self, labels: list[tuple[int, int, str]]) -> None:
+        """:meth:`set_label` for many (image_id, labeler_id, value) in one transaction: all or nothing.
+
+        Every label is validated (values, and that each image and labeler exists) before anything is
+        written. One commit for the lot is what makes bulk labeling fast (a commit is an fsync).
+        """
+        for image_id, labeler_id, value in labels:
+            _check_one_of("label value", value, LABEL_VALUES)
+            _check_int("image_id", image_id, 1, _INT64[1])
+            _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        if len({(i, lab) for i, lab, _ in labels}) != len(labels):
+            raise ValueError("the same (image, labeler) is given twice")
+        if not labels:
+            return
+        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[self.engine.dialect.name]
+        with self.session() as s:
+            for ids, row, what in (
+                ({i for i, _, _ in labels}, ImageRow, "image"),
+                ({lab for _, lab, _ in labels}, LabelerRow, "labeler"),
+            ):
+                for chunk in _chunks(sorted(ids), 500):
+                    found = set(s.scalars(select(row.id).where(row.id.in_(chunk))))
+                    unknown = sorted(set(chunk) - found)
+                    if unknown:
+                        raise ValueError(f"unknown {what} id {unknown[0]}")
+            now = _utcnow()
+            for chunk in _chunks(labels, 500):
+                stmt = insert(LabelRow).values(
+                    [
+                        dict(image_id=i, labeler_id=lab, value=v, created_at=now, updated_at=now)
+                        for i, lab, v in chunk
+                    ]
+                )
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["image_id", "labeler_id"],
+                    set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+                )
+                s.execute(stmt)
+
+    def delete_label(self, image_id: int, labeler_id: int) -> bool:
+        """Remove one labeler's label of one image (undo); True if there was one."""
+        _check_int("image_id", image_id, 1, _INT64[1])
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        with self.session() as s:
+            result = s.execute(
+                delete(LabelRow).where(LabelRow.image_id == image_id, LabelRow.labeler_id == labeler_id)
+            )
+            return result.rowcount > 0
+
+    def set_admin(self, name: str, token_hash: str) -> int:
+        """Create or update the admin labeler ``name`` with this token hash; return its id.
+
+        Called at every start of the web app, so changing the admin secret takes effect on restart and the
+        old secret stops working.
+        """
+        _check_str("labeler name", name)
+        _check_str("token_hash", token_hash)
+        with self.session() as s:
+            row = s.scalar(select(LabelerRow).where(LabelerRow.name == name))
+            if row is None:
+                row = LabelerRow(name=name, token_hash=token_hash, is_admin=True, is_simulated=False)
+                s.add(row)
+                s.flush()
+            else:
+                row.token_hash, row.is_admin = token_hash, True
+            return row.id
+
+    def labeler_by_token_hash(self, token_hash: str) -> dict[str, Any] | None:
+        """The labeler (id, name, is_admin, token_hash) whose token hashes to ``token_hash``, or None."""
+        _check_str("token_hash", token_hash)
+        with self.session() as s:
+            row = s.scalar(select(LabelerRow).where(LabelerRow.token_hash == token_hash).limit(1))
+            if row is None:
+                return None
+            return {"id": row.id, "name": row.name, "is_admin": row.is_admin, "token_hash": row.token_hash}
+
+    def images_by_id(self, image_ids: list[int]) -> list[dict[str, Any]]:
+        """The images with these ids (id, sha256, role, model_id, seed, prompt_id, prompt, category), in the
+        order given; unknown ids are left out."""
+        for i in image_ids:
+            _check_int("image_id", i, 1, _INT64[1])
+        q = (
+            select(ImageRow, PromptRow)
+            .join(PromptRow, ImageRow.prompt_id == PromptRow.id)
+            .where(ImageRow.id.in_(image_ids))
+        )
+        with self.session() as s:
+            found = {
+                image.id: {
+                    "id": image.id,
+                    "sha256": image.sha256,
+                    "role": image.role,
+                    "model_id": image.model_id,
+                    "seed": image.seed,
+                    "prompt_id": prompt.id,
+                    "prompt": prompt.text,
+                    "category": prompt.category,
+                }
+                for image, prompt in s.execute(q)
+            }
+        return [found[i] for i in image_ids if i in found]
+
+    def labels_of(self, labeler_id: int) -> list[dict[str, Any]]:
+        """One labeler's labels (image_id, sha256, value, created_at, updated_at), newest answer first."""
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        q = (
+            select(LabelRow, ImageRow.sha256)
+            .join(ImageRow, LabelRow.image_id == ImageRow.id)
+            .where(LabelRow.labeler_id == labeler_id)
+            .order_by(LabelRow.updated_at.desc(), LabelRow.id.desc())
+        )
+        with self.session() as s:
+            return [
+                {
+                    "image_id": label.image_id,
+                    "sha256": sha,
+                    "value": label.value,
+                    "created_at": _as_utc(label.created_at),
+                    "updated_at": _as_utc(label.updated_at),
+                }
+                for label, sha in s.execute(q)
+            ]
+
+    def last_label(self, labeler_id: int) -> dict[str, Any] | None:
+        """The labeler's most recent answer (image_id, value), or None if it has no labels."""
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        q = (
+            select(LabelRow.image_id, LabelRow.value)
+            .where(LabelRow.labeler_id == labeler_id)
+            .order_by(LabelRow.updated_at.desc(), LabelRow.id.desc())
+            .limit(1)
+        )
+        with self.session() as s:
+            row = s.execute(q).first()
+        return None if row is None else {"image_id": row.image_id, "value": row.value}
+
+    def label_records(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``limit`` labels with id > ``after_id``, in id order, joined with their image, prompt and
+        labeler: a page of an export. Short pages keep each read transaction (and SQLite's lock) short."""
+        _check_int("after_id", after_id, 0, _INT64[1])
+        _check_int("limit", limit, 1, 100_000)
+        q = (
+            select(LabelRow, ImageRow, PromptRow, LabelerRow.name)
+            .join(ImageRow, LabelRow.image_id == ImageRow.id)
+            .join(PromptRow, ImageRow.prompt_id == PromptRow.id)
+            .join(LabelerRow, LabelRow.labeler_id == LabelerRow.id)
+            .where(LabelRow.id > after_id)
+            .order_by(LabelRow.id)
+            .limit(limit)
+        )
+        with self.session() as s:
+            return [
+                {
+                    "id": label.id,
+                    "image_sha256": image.sha256,
+                    "prompt": prompt.text,
+                    "category": prompt.category,
+                    "labeler": name,
+                    "label": label.value,
+                    "model_id": image.model_id,
+                    "seed": image.seed,
+                    "created_at": _as_utc(label.created_at),
+                    "updated_at": _as_utc(label.updated_at),
+                }
+                for label, image, prompt, name in s.execute(q)
+            ]
+
+    # --- assignment (leases) ------------------------------------------------------------------------------
+
+    def assign_images(
+        self,
+        labeler_id: int,
+        now: datetime,
+        expires_at: datetime,
+        choose: Callable[[list[ImageState]], list[int]],
+    ) -> list[int]:
+        """Hand images to a labeler: in one transaction, drop expired leases, read the state of every image
+        to label (role human) as seen by this labeler, let ``choose`` pick image ids from those states, and
+        lease the picked ones to the labeler until ``expires_at``. Returns the picked ids.
+
+        Assignments are serialized (SQLite: the transaction's write lock; PostgreSQL: an advisory lock), so
+        two labelers asking at once cannot both take an image's last free place. ``choose`` is the policy
+        (``t2ialign.labeling.assignment``); it must be quick, it runs inside the transaction.
+        """
+        return self._lease(
+            labeler_id,
+            now,
+            expires_at,
+            choose,
+            _ASSIGNMENT_LOCK_KEY,
+            LeaseRow,
+            "image_id",
+            _image_states,
+            "image",
+            "an image to label",
+        )
+
+    def labeling_progress(self, labeler_id: int, k: int) -> dict[str, int]:
+        """Counts for a labeler's progress line: images to label (role human), those with >= k labels, all
+        labels on them, and this labeler's labels."""
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        _check_int("k", k, 1, 1000)
+        per_image = (
+            select(LabelRow.image_id, func.count().label("n"))
+            .join(ImageRow, LabelRow.image_id == ImageRow.id)
+            .where(ImageRow.role == "human")
+            .group_by(LabelRow.image_id)
+            .subquery()
+        )
+        with self.session() as s:
+            images = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.role == "human"))
+            done = s.scalar(select(func.count()).select_from(per_image).where(per_image.c.n >= k))
+            labels = s.scalar(select(func.coalesce(func.sum(per_image.c.n), 0)))
+            mine = s.scalar(
+                select(func.count())
+                .select_from(LabelRow)
+                .join(ImageRow, LabelRow.image_id == ImageRow.id)
+                .where(LabelRow.labeler_id == labeler_id, ImageRow.role == "human")
+            )
+        return {"images": images, "labeled_k_times": done, "labels": int(labels), "mine": mine}
+
+
+# --- assignment helpers -----------------------------------------------------------------------------------
+
+# Any fixed 64-bit number: the key of the PostgreSQL advisory lock that serializes assignments.
+_ASSIGNMENT_LOCK_KEY = 0x7432_6961_6C69_676E  # "t2ialign"
+
+
+def _image_states(s: Session, labeler_id: int) -> list[ImageState]:
+    """The :class:`ImageState` of every image with role human, for this labeler (expired leases already
+    removed), in image id order.
+
+    One SQL statement, so one snapshot: labels are written without the assignment lock, and on PostgreSQL
+    (READ COMMITTED) each statement sees the newest commits. Counting labels and leases in two statements
+    could miss a label committed in between and count its labeler in neither, and send one labeler too many.
+    """
+    mine = LabelRow.labeler_id == labeler_id
+    labels = (
+        select(
+            LabelRow.image_id,
+            func.sum(case((mine, 0), else_=1)).label("n_other"),
+            func.max(case((mine, 1), else_=0)).label("labeled"),
+        )
+        .group_by(LabelRow.image_id)
+        .subquery()
+    )
+    # Another labeler's lease counts only until that labeler answers (then the label counts instead).
+    answered = (
+        select(LabelRow.id)
+        .where(LabelRow.image_id == LeaseRow.image_id, LabelRow.labeler_id == LeaseRow.labeler_id)
+        .exists()
+    )
+    my_lease = LeaseRow.labeler_id == labeler_id
+    leases = (
+        select(
+            LeaseRow.image_id,
+            func.sum(case((my_lease, 0), (answered, 0), else_=1)).label("n_other"),
+            func.max(case((my_lease, 1), else_=0)).label("leased"),
+        )
+        .group_by(LeaseRow.image_id)
+        .subquery()
+    )
+    q = (
+        select(
+            ImageRow.id,
+            ImageRow.prompt_id,
+            func.coalesce(labels.c.n_other, 0),
+            func.coalesce(leases.c.n_other, 0),
+            func.coalesce(labels.c.labeled, 0),
+            func.coalesce(leases.c.leased, 0),
+        )
+        .outerjoin(labels, labels.c.image_id == ImageRow.id)
+        .outerjoin(leases, leases.c.image_id == ImageRow.id)
+        .where(ImageRow.role == "human")
+        .order_by(ImageRow.id)
+    )
+    return [
+        ImageState(
+            image_id=i,
+            prompt_id=p,
+            n_labels=int(n_labels),
+            n_leased=int(n_leased),
+            mine="labeled" if labeled else "leased" if leased else None,
+        )
+        for i, p, n_labels, n_leased, labeled, leased in s.execute(q)
+    ]
