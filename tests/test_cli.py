@@ -43,6 +43,7 @@ def test_render_and_judge_round_trip(tmp_path, capsys):
     assert main(["world", "judge", str(out), "--prompt", "Four pink hearts in the snow", "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["verdict"] == "good" and verdict["reading"]["count"][0] == 4
+    assert verdict["count_label"] == "4"
     assert main(["world", "render", "Two mauve circles", "--out", str(out)]) == 2
     assert "unknown word 'mauve'" in capsys.readouterr().err
     assert main(["world", "judge", str(tmp_path / "nope.png"), "--prompt", "circle"]) == 2
@@ -54,6 +55,17 @@ def test_judge_selftest_prints_one_json_object(capsys):
     for name in ("clean", "degraded"):
         assert {"verdict_accuracy", "skip_rate", "per_attribute"} <= set(report[name])
         assert set(report[name]["per_attribute"]) == {"count", "color", "shape", "background"}
+        assert set(report[name]["per_count_class"]) <= {"0", "1", "2", "3", "4", "5", "6+"}
+
+
+def test_judge_prints_six_or_more_as_6_plus(tmp_path, capsys):
+    from t2ialign.world.render import Scene, render_scene
+
+    out = tmp_path / "many.png"
+    Image.fromarray(render_scene(Scene("circle", 7, "red", "snow"), seed=0).image).save(out)
+    assert main(["world", "judge", str(out), "--prompt", "Five red circles in the snow"]) == 0
+    text = capsys.readouterr().out
+    assert ": bad (" in text and "count=6+" in text
 
 
 def test_perturb_command(capsys):

@@ -16,6 +16,19 @@ def test_paper_scale_has_the_papers_sizes(capsys):
     assert SCALES["demo"].finetune_steps < SCALES["paper"].finetune_steps
 
 
+def test_evaluation_sizes_meet_the_issue():
+    """>= 1,000 judged images per model in the demo and >= 2,000 at the paper's scale, on the paper's 120
+    prompts (Fig. 3's 120 x 4), with a whole number of rejection-sampling candidates."""
+    from t2ialign.config import EvaluateConfig
+
+    for name, least in (("demo", 1_000), ("paper", 2_000)):
+        s = SCALES[name]
+        assert 2 * s.n_eval == 120 and 2 * s.n_eval * s.eval_images_per_prompt >= least, name
+        cfg = EvaluateConfig(n_seen=s.n_eval, n_unseen=s.n_eval, images_per_prompt=s.eval_images_per_prompt)
+        assert cfg.rejection_candidates == 4 * s.eval_images_per_prompt and cfg.keep == 4
+    assert f"x {SCALES['demo'].eval_images_per_prompt} images = 1,080 judged images per model" in plan("demo")
+
+
 def test_demo_scale_plans_under_the_15_minute_budget():
     minutes = int(re.search(r"about (\d+) minutes", plan("demo")).group(1))
     assert minutes <= 15

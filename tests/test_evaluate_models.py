@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from t2ialign.config import EvaluateConfig, GenerateConfig, RewardConfig
+from t2ialign.config import ConfigError, EvaluateConfig, GenerateConfig, RewardConfig
 from t2ialign.evaluate.models import (
     check_disjoint,
     evaluate_models,
@@ -108,22 +108,97 @@ def test_evaluate_end_to_end_on_tiny_models(store, tiny_pipeline_path, tiny_clip
     )
     model.save(store.run_dir / "reward")
 
+    # rejection sampling: best 2 of 4 candidates judged, the best 1 of the first 2 for Fig. 3
     cfg = EvaluateConfig(
-        n_seen=8, n_unseen=8, images_per_prompt=2, best_of=3, generate=GenerateConfig(role="eval", **gen)
+        n_seen=8,
+        n_unseen=8,
+        images_per_prompt=2,
+        best_of=2,
+        keep=1,
+        bootstrap_resamples=500,
+        generate=GenerateConfig(role="eval", **gen),
     )
-    models = parse_models(f"tiny={tiny_pipeline_path},rejection:tiny={tiny_pipeline_path}", store.run_dir)
-    models = {"tiny": models["tiny"], "best": {"kind": "rejection", "path": str(tiny_pipeline_path)}}
+    assert cfg.rejection_candidates == 4
+    tiny = {"kind": "pipeline", "path": str(tiny_pipeline_path)}
+    # "same" is base again: the same model, seeds and images, so every paired difference is exactly 0
+    models = {
+        "base": tiny,
+        "same": dict(tiny),
+        "best": {"kind": "rejection", "path": str(tiny_pipeline_path)},
+    }
     report = evaluate_models(store, models, cfg, progress=False)
-    for name in ("tiny", "best"):
+    for name in models:
         m = report["models"][name]
-        assert m["n_images"] == 16 * 2
+        assert m["n_images"] == 16 * 2 and m["images_per_prompt"] == 2
         assert m["alignment"]["all"]["all"]["n"] == 32 and m["alignment"]["seen"]["all"]["n"] == 16
         assert 0 <= m["alignment"]["seen"]["all"]["alignment"] <= 1 and m["fd_clip"] >= 0
+    assert report["models"]["best"]["selection"] == "best 2 of 4 by reward"
+    assert report["models"]["best"]["fig3_selection"] == "best 1 of 2 by reward"
     # rejection keeps the best by reward: its mean reward is at least the plain model's (same candidates)
-    assert report["models"]["best"]["mean_reward"] >= report["models"]["tiny"]["mean_reward"] - 1e-6
+    assert report["models"]["best"]["mean_reward"] >= report["models"]["base"]["mean_reward"] - 1e-6
+
+    # paired differences from base, for every other model, in the issue's format
+    assert report["paired_reference"] == "base"
+    assert set(report["paired"]) == {"same", "best"}
+    for name in ("same", "best"):
+        assert set(report["paired"][name]) == {"seen", "unseen_prompt", "unseen_object", "all"}
+        for g, cells in report["paired"][name].items():
+            assert set(cells) == {*CATEGORIES, "all"}, g
+            for stat in cells.values():
+                assert set(stat) == {"delta", "ci95", "n_prompts", "n_images"}
+    for g, cells in report["paired"]["same"].items():
+        for c, stat in cells.items():
+            if stat["n_prompts"]:
+                assert stat["delta"] == 0.0 and stat["ci95"] in ([0.0, 0.0], None), (g, c)
+    best, base = report["paired"]["best"]["all"]["all"], report["models"]["base"]["alignment"]["all"]["all"]
+    assert (best["n_prompts"], best["n_images"]) == (16, 32)
+    aligned = report["models"]["best"]["alignment"]["all"]["all"]["alignment"]
+    assert best["delta"] == pytest.approx(aligned - base["alignment"], abs=1e-4)
+    assert best["ci95"][0] <= best["delta"] <= best["ci95"][1]
+    assert report["paired"]["best"]["seen"]["all"]["n_prompts"] == 8
+    # per attribute: every prompt names its shape; the reward of the best 2 of 4 is never below base's
+    shape = report["paired_attribute"]["best"]["all"]["shape"]
+    assert (shape["n_prompts"], shape["n_images"]) == (16, 32)
+    assert set(report["paired_attribute"]["best"]["all"]) <= {"count", "color", "shape", "background"}
+    reward = report["paired_reward"]["best"]["all"]
+    assert reward["delta"] >= 0 and reward["ci95"][0] >= 0
+    assert report["paired_reward"]["same"]["all"]["delta"] == 0.0
+
+    metrics = store.read_metrics()["evaluate"]
+    assert metrics["paired"] == report["paired"] and metrics["models"].keys() == models.keys()
     grids = json.loads((store.run_dir / "evaluate" / "images.json").read_text())
-    assert set(grids["images"]) == {"tiny", "best"} and store.read_metrics()["evaluate"]["models"].keys() == {
-        "tiny",
-        "best",
-    }
-    assert "tiny:" in format_report(report)
+    assert set(grids["images"]) == set(models) and grids["keep"] == 1
+    for p, shas in grids["images"]["base"].items():
+        assert len(shas) == 2 and grids["sets"]["base"][p] == shas[:1] and grids["images"]["same"][p] == shas
+        assert len(grids["images"]["best"][p]) == 2 and len(grids["sets"]["best"][p]) == 1
+    # Fig. 3's rejection set is the best of the first 2 candidates, which are base's 2 images
+    rewards = {}
+    for entry in json.loads((store.run_dir / "rejection" / _selection(store, 2, 1)).read_text())["prompts"]:
+        assert [c["sha256"] for c in entry["candidates"]] == grids["images"]["base"][entry["prompt"]]
+        rewards[entry["prompt"]] = [k["sha256"] for k in entry["kept"]]
+    assert rewards == grids["sets"]["best"]
+    text = format_report(report)
+    assert "base:" in text and "paired - base" in text and "no paired differences" not in text
+    alone = dict(report, paired={}, paired_reference=None)
+    assert "no paired differences" in format_report(alone) and "add base to --models" in format_report(alone)
+
+
+def _selection(store, best_of, keep):
+    (path,) = (store.run_dir / "rejection").glob(f"*-best{best_of}-keep{keep}.json")
+    return path.name
+
+
+def test_evaluate_config_sizes_and_rejection_ratio():
+    cfg = EvaluateConfig()
+    assert (cfg.n_seen + cfg.n_unseen) * cfg.images_per_prompt >= 2_000  # the issue, at the paper's scale
+    assert (cfg.best_of, cfg.keep, cfg.rejection_candidates) == (16, 4, 80)  # best 20 of 80: 1 in 4
+    assert EvaluateConfig(images_per_prompt=9).rejection_candidates == 36
+    assert EvaluateConfig(images_per_prompt=4).rejection_candidates == 16  # the paper's 4 of 16
+    with pytest.raises(ConfigError, match="keep .5. must be <= evaluate.images_per_prompt .4."):
+        EvaluateConfig(images_per_prompt=4, keep=5, best_of=16)
+    with pytest.raises(ConfigError, match="keep .4. must be <= evaluate.best_of .3."):
+        EvaluateConfig(best_of=3)
+    with pytest.raises(ConfigError, match="no whole number"):
+        EvaluateConfig(images_per_prompt=3, best_of=5, keep=2)
+    with pytest.raises(ConfigError, match="bootstrap_resamples must be >= 1"):
+        EvaluateConfig(bootstrap_resamples=0)

@@ -96,6 +96,8 @@ def test_config_is_validated():
         FinetuneConfig(beta=-1)
     with pytest.raises(ConfigError, match="ties"):
         FinetuneConfig(weights="uniform", top_k_per_prompt=4)
+    with pytest.raises(ConfigError, match="D_pre alone"):
+        FinetuneConfig(weights="none", beta=0)
     with pytest.raises(ConfigError, match="top_k_per_prompt"):
         FinetuneConfig(top_k_per_prompt=-1)
 
@@ -238,6 +240,15 @@ def test_uniform_weights_take_every_image_without_a_reward(ft_run, tiny_pipeline
     assert [r["sha256"] for r in uniform] == [r["sha256"] for r in rewarded]
     assert {r["weight"] for r in uniform} == {1.0} and len({r["weight"] for r in rewarded}) > 1
     assert 0 < len(human) < len(uniform)
+
+
+def test_no_weights_train_d_pre_alone(ft_run, tiny_pipeline_path):
+    """The D_pre-alone control: D_model's images weigh 0, so its term adds nothing to the loss."""
+    with Store.open(ft_run) as store:
+        items = ft_data.model_examples(store, small(tiny_pipeline_path, weights="none"))
+        report = finetune(small(tiny_pipeline_path, weights="none", max_train_steps=2), store, name="dpre")
+    assert items and {r["weight"] for r in items} == {0.0}
+    assert report["mean_weight"] == 0.0 and report["n_pretrain"] == 12
 
 
 def test_top_k_per_prompt_keeps_the_highest_rewards_of_d_model(ft_run, tiny_pipeline_path):

@@ -151,6 +151,8 @@ batch_size = 4
 block_out_channels = [16, 32, 32]
 layers_per_block = 1
 warmup_steps = 1
+lr_schedule = "constant"
+snapshot_steps = 2
 """
 
 
@@ -161,6 +163,11 @@ def test_tiny_pretrain_end_to_end_makes_stock_loadable_models(tmp_path, capsys):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(TINY)
     out = tmp_path / "pre"
+    # --until vae: CLIP, VAE and the pool's latents only; the full run then reuses them
+    assert main(["pretrain", "--out", str(out), "--config", str(cfg), "--until", "vae"]) == 0
+    assert (out / "vae" / "DONE").is_file() and (out / "latents" / "DONE").is_file()
+    assert not (out / "unet").exists() and not (out / "pipeline").exists()
+    capsys.readouterr()
     assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
     report = json.loads(capsys.readouterr().out.split("\npipeline:")[0])
     assert set(report["clip_zero_shot"]) == {"count", "color", "shape", "background"}
@@ -176,14 +183,48 @@ def test_tiny_pretrain_end_to_end_makes_stock_loadable_models(tmp_path, capsys):
     clip = CLIPModel.from_pretrained(out / "clip")
     CLIPProcessor.from_pretrained(out / "clip")
     assert clip.config.projection_dim == 16
+    # the learning curve's snapshot of step 2: a whole pipeline of the EMA UNet at that step
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["step_000002"]
+    snap = StableDiffusionPipeline.from_pretrained(out / "snapshots" / "step_000002", local_files_only=True)
+    assert not torch.equal(snap.unet.conv_out.weight, pipe.unet.conv_out.weight)
     # a rerun finds every stage done; more UNet steps continue from its last checkpoint
     assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
     cfg.write_text(TINY.replace("[pretrain.unet]\nsteps = 3", "[pretrain.unet]\nsteps = 4"))
     assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert json.loads((out / "unet" / "DONE").read_text())["steps"] == 4
+    # with a cosine schedule the steps are part of the UNet's identity: no silent extension
+    cfg.write_text(TINY.replace('lr_schedule = "constant"', 'lr_schedule = "cosine"'))
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 2
+    assert "another config" in capsys.readouterr().err
     # another config for a done stage is refused, not silently redone
     cfg.write_text(TINY.replace("[pretrain.clip]\nsteps = 2", "[pretrain.clip]\nsteps = 3"))
     capsys.readouterr()
     assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 2
     assert "another config" in capsys.readouterr().err
+
+
+def test_pool_captions_are_fixed_per_image_or_drawn_afresh(tmp_path):
+    from t2ialign.config import PretrainDataConfig
+    from t2ialign.models.pretrain import Pool
+
+    root = tmp_path / "data"
+    root.mkdir()
+    np.save(root / "images.npy", np.zeros((40, 8, 8, 3), np.uint8))
+    (root / "scenes.json").write_text(json.dumps([["star", 1 + i % 5, "red", "sky"] for i in range(40)]))
+    rates = {"count": 0.5, "color": 0.5, "background": 0.5}
+    fixed = Pool(root, PretrainDataConfig(n_images=40, caption_rates=rates))
+    fresh = Pool(root, PretrainDataConfig(n_images=40, caption_rates=rates, fixed_captions=False))
+    rng = np.random.default_rng(0)
+    assert {fixed.caption(7, rng) for _ in range(20)} == {fixed.caption(7, np.random.default_rng(1))}
+    assert len({fresh.caption(7, rng) for _ in range(20)}) > 1
+
+
+def test_caption_rates_are_validated():
+    from t2ialign.config import ConfigError, PretrainDataConfig
+
+    with pytest.raises(ConfigError, match="caption rates must name exactly"):
+        PretrainDataConfig(caption_rates={"count": 0.1})
+    with pytest.raises(ConfigError, match="count error rate"):
+        PretrainDataConfig(count_error_rate=2.0)

@@ -1,14 +1,16 @@
-"""The renderer (D_pre): determinism, ground truth, geometry, the dataset's captions."""
+"""The renderer (D_pre): determinism, ground truth, geometry, the dataset's captions; the judge's scenes
+with 0 and 6-7 shapes."""
 
 import math
+from collections import deque
 
 import numpy as np
 import pytest
 
 from t2ialign.world import vocab
-from t2ialign.world.dataset import CAPTION_TEMPLATES, PretrainDataset, caption_for
+from t2ialign.world.dataset import PretrainDataset, caption_for, web_caption
 from t2ialign.world.prompts import PromptSpec, parse_prompt
-from t2ialign.world.render import background_texture, render
+from t2ialign.world.render import Scene, background_texture, render, render_scene
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels():
@@ -37,6 +39,68 @@ def test_shapes_do_not_overlap_and_stay_inside(count):
             assert p.r <= p.x <= 64 - p.r and p.r <= p.y <= 64 - p.r
             for q in r.placements[i + 1 :]:
                 assert math.hypot(p.x - q.x, p.y - q.y) > p.r + q.r
+
+
+def _components(mask: np.ndarray) -> int:
+    """Number of 8-connected components of a boolean (H, W) mask."""
+    seen, n = np.zeros_like(mask), 0
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        if seen[y, x]:
+            continue
+        n += 1
+        seen[y, x] = True
+        queue = deque([(y, x)])
+        while queue:
+            a, b = queue.popleft()
+            for u in range(max(0, a - 1), min(mask.shape[0], a + 2)):
+                for v in range(max(0, b - 1), min(mask.shape[1], b + 2)):
+                    if mask[u, v] and not seen[u, v]:
+                        seen[u, v] = True
+                        queue.append((u, v))
+    return n
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 6, 7])
+def test_judge_scenes_draw_that_many_separate_shapes(count):
+    # red on snow: the red channel exceeds the green by ~190 inside a shape and ~0 outside; half of that
+    # splits anti-aliased edges. Every shape, a few seeds; the smallest 7-shape rings and stars included.
+    for shape in vocab.SHAPES:
+        for seed in range(3):
+            r = render_scene(Scene(shape, count, "red", "snow"), seed=seed)
+            assert len(r.placements) == count and r.image.shape == (64, 64, 3)
+            im = r.image.astype(int)
+            assert _components(im[..., 0] - im[..., 1] > 95) == count, (shape, seed)
+            for i, p in enumerate(r.placements):
+                for q in r.placements[i + 1 :]:
+                    assert math.hypot(p.x - q.x, p.y - q.y) > p.r + q.r
+
+
+def test_judge_scenes_are_seeded_and_shapes_shrink_with_count():
+    scene = Scene("star", 6, "blue", "sky")
+    assert np.array_equal(render_scene(scene, seed=3).image, render_scene(scene, seed=3).image)
+    assert not np.array_equal(render_scene(scene, seed=3).image, render_scene(scene, seed=4).image)
+    empty = render_scene(Scene("star", 0, "blue", "forest"), seed=0)
+    assert empty.placements == ()
+
+    def mean_radius(count):
+        return np.mean(
+            [p.r for s in range(20) for p in render_scene(Scene("circle", count, "red", "sky"), s).placements]
+        )
+
+    assert mean_radius(7) < mean_radius(6) < mean_radius(5)
+
+
+def test_prompts_still_ask_for_one_to_five():
+    # 0 and 6-7 shapes exist only as judge scenes: no prompt, caption or PromptSpec names them
+    for count in (0, 6, 7):
+        with pytest.raises(ValueError, match="count"):
+            PromptSpec("circle", count=count)
+    with pytest.raises(ValueError, match="out of range"):
+        parse_prompt("Six circles")
+    with pytest.raises(ValueError, match="0 to 7 shapes"):
+        Scene("circle", 8, "red", "sky")
+    with pytest.raises(TypeError, match="Scene"):
+        render_scene(PromptSpec("circle", count=2), seed=0)
 
 
 def test_shapes_are_drawn_in_their_color():
@@ -74,29 +138,59 @@ def test_render_rejects_bad_input():
         render("circle", seed=0, size=8)
 
 
-def test_pretrain_dataset_uses_every_template_and_true_captions():
-    ds = PretrainDataset(length=400, seed=0)
-    seen_templates = set()
-    for i in range(400):
-        scene, template = ds.scene(i)
-        seen_templates.add(template)
-        caption = caption_for(scene, template)
+def test_pretrain_dataset_captions_are_web_like():
+    ds = PretrainDataset(length=3000, seed=0)
+    named = {k: 0 for k in ("count", "color", "background")}
+    wrong = 0
+    for i in range(3000):
+        scene, caption = ds.scene(i)
+        assert ds.scene(i) == (scene, caption), "an item's caption is fixed by (seed, i)"
         parsed = parse_prompt(caption)
-        for kind, value in parsed.constrained().items():
-            assert getattr(scene, kind) == value, "a caption never lies about its image"
-    assert seen_templates == set(CAPTION_TEMPLATES)
+        assert parsed.shape == scene.shape
+        for kind in named:
+            if getattr(parsed, kind) is not None:
+                named[kind] += 1
+                if kind == "count":
+                    # a stated count is right or off by one, never further
+                    assert abs(parsed.count - scene.count) <= 1
+                    wrong += parsed.count != scene.count
+                else:
+                    assert getattr(parsed, kind) == getattr(scene, kind), "colors and places never lie"
+    # the default rates (count 0.1, color 0.6, background 0.5; a fifth of named counts wrong), +-4 sigma
+    assert abs(named["count"] / 3000 - 0.1) < 0.022
+    assert abs(named["color"] / 3000 - 0.6) < 0.036
+    assert abs(named["background"] / 3000 - 0.5) < 0.037
+    assert 0.1 < wrong / named["count"] < 0.3
     item = ds[3]
     assert item["pixel_values"].shape == (3, 64, 64)
     assert -1.0 <= float(item["pixel_values"].min()) and float(item["pixel_values"].max()) <= 1.0
     assert np.array_equal(ds[3]["pixel_values"].numpy(), item["pixel_values"].numpy())
-    assert {"circle", "circles"} & {caption_for(PromptSpec("circle", 2, "red", "sky"), "plain")} == {
-        "circles"
-    }
+    assert caption_for(PromptSpec("circle", 2, "red", "sky"), "plain") == "circles"
+
+
+def test_web_caption_rates_at_the_extremes():
+    rng = np.random.default_rng(0)
+    scene = PromptSpec("star", 1, "red", "sky")
+    assert web_caption(scene, rng, {"count": 0, "color": 0, "background": 0}, 0.0) == "star"
+    assert (
+        web_caption(scene, rng, {"count": 1, "color": 1, "background": 1}, 0.0) == "One red star in the sky"
+    )
+    # a wrong count of one is two; of five, four
+    assert web_caption(scene, rng, {"count": 1, "color": 0, "background": 0}, 1.0) == "Two stars"
+    five = PromptSpec("star", 5, "red", "sky")
+    assert web_caption(five, rng, {"count": 1, "color": 0, "background": 0}, 1.0) == "Four stars"
+    three = PromptSpec("star", 3, "red", "sky")
+    got = {web_caption(three, rng, {"count": 1, "color": 0, "background": 0}, 1.0) for _ in range(50)}
+    assert got == {"Two stars", "Four stars"}
 
 
 def test_pretrain_dataset_validates():
-    with pytest.raises(ValueError, match="unknown caption template"):
-        PretrainDataset(length=10, caption_weights={"poem": 1.0})
+    with pytest.raises(ValueError, match="caption rates must name exactly"):
+        PretrainDataset(length=10, caption_rates={"poem": 1.0})
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        PretrainDataset(length=10, caption_rates={"count": 1.5, "color": 0.5, "background": 0.5})
+    with pytest.raises(ValueError, match="count error rate"):
+        PretrainDataset(length=10, count_error_rate=-0.1)
     with pytest.raises(ValueError, match="length"):
         PretrainDataset(length=0)
     with pytest.raises(IndexError):

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from t2ialign.evaluate import report as rp
-from t2ialign.evaluate.claims import ablation_of, accuracy_z
+from t2ialign.evaluate.claims import ablation_of, accuracy_z, gain_verdict, keep_verdict
 from t2ialign.evaluate.report import claims, render_report, write_report
 from t2ialign.labeling.stats import PAPER_TABLE1
 from t2ialign.store import Store
@@ -47,6 +47,29 @@ def alignment_block(by_cat: dict[str, float]) -> dict:
     cats = {c: summary(a) for c, a in by_cat.items()}
     cats["all"] = summary(sum(by_cat.values()) / len(by_cat), n=320)
     return {g: copy.deepcopy(cats) for g in ("seen", "unseen_prompt", "unseen_object", "all")}
+
+
+def paired_block(by_cat: dict[str, float], base_cats: dict[str, float], half=0.015) -> dict:
+    """evaluate.paired.<model>: {group: {category: stat}}, model - base of the hand-made shares with a
+    95% interval of +-half, the same in every group."""
+
+    def stat(d, n_prompts):
+        return {
+            "delta": round(d, 4),
+            "ci95": [round(d - half, 4), round(d + half, 4)],
+            "n_prompts": n_prompts,
+        }
+
+    cats = {c: stat(by_cat[c] - base_cats[c], 15) | {"n_images": 300} for c in by_cat}
+    mean = sum(by_cat.values()) / len(by_cat) - sum(base_cats.values()) / len(base_cats)
+    cats["all"] = stat(mean, 60) | {"n_images": 1200}
+    return {g: copy.deepcopy(cats) for g in ("seen", "unseen_prompt", "unseen_object", "all")}
+
+
+def reward_block(delta, half=0.01) -> dict:
+    """evaluate.paired_reward.<model>: {group: stat}."""
+    stat = {"delta": delta, "ci95": [delta - half, delta + half], "n_prompts": 120, "n_images": 2400}
+    return {g: dict(stat) for g in ("seen", "unseen_prompt", "unseen_object", "all")}
 
 
 def model_entry(kind, path, by_cat, fd, reward):
@@ -112,7 +135,27 @@ def make_metrics(run_dir) -> dict:
                     "pipeline", ft.format("no_pretrain"), tuned_cats, 0.70, 0.75
                 ),
                 "finetuned:full": model_entry("pipeline", ft.format("full"), tuned_cats, 0.55, 0.76),
-                "rejection": model_entry("rejection", None, rej_cats, 0.50, 0.60),
+                "rejection": model_entry("rejection", None, rej_cats, 0.50, 0.60)
+                | {"selection": "best 20 of 80 by reward"},
+            },
+            "paired_reference": "base",
+            "paired": {
+                "finetuned:human_only": paired_block(tuned_cats, base_cats),
+                "finetuned:no_pretrain": paired_block(tuned_cats, base_cats),
+                "finetuned:full": paired_block(tuned_cats, base_cats),
+                "rejection": paired_block(rej_cats, base_cats),
+            },
+            "paired_attribute": {
+                "finetuned:full": {
+                    g: {"count": {"delta": 0.3, "ci95": [0.2, 0.4], "n_prompts": 30, "n_images": 600}}
+                    for g in ("seen", "all")
+                }
+            },
+            "paired_reward": {
+                "finetuned:human_only": reward_block(0.30),
+                "finetuned:no_pretrain": reward_block(0.35),
+                "finetuned:full": reward_block(0.36),
+                "rejection": reward_block(0.20),
             },
         },
         "finetune": {
@@ -236,7 +279,7 @@ def test_report_is_self_contained_escaped_and_complete(run):
     links = attributes(page, ("src", "href"))
     assert links and all(v.startswith(("data:image/png;base64,", "#")) for _, _, v in links)
     assert not [t for t, _, _ in attributes(page, ()) if t in ("script", "link", "iframe", "object")]
-    n_figures = 1 + 4  # Fig. 4, alignment per group (3 groups + all)
+    n_figures = 1 + 4 + 1  # Fig. 4, alignment per group (3 groups + all), the paired forest plot
     assert page.count('class="figure"') == n_figures
     assert page.count('class="px"') == n_grid
     assert page.count("data:image/png;base64,") == n_figures + n_grid
@@ -269,6 +312,13 @@ def test_report_is_self_contained_escaped_and_complete(run):
     assert "FT w/o unlabeled &amp; pre-train" in t2 and "26.59" in t2 and "16.76" in t2
     assert "could not render" not in page
     assert "t2ialign" in section(page, "run") and "0.1.0" in section(page, "run")
+    ev = section(page, "evaluate")
+    assert "Paired difference from base" in ev and "forest plot" in ev
+    assert "<b>+30.0 [+28.5, +31.5] 15/300</b>" in ev  # count, fine-tuned: the interval excludes zero
+    assert "−1.0 [−2.5, +0.5]" in ev.replace("-", "−")  # color: it does not, so not bold
+    assert "<b>−1.0" not in ev.replace("-", "−")
+    assert "Per attribute" in ev and "<b>+30.0 [+20.0, +40.0] 30/600</b>" in ev
+    assert "lies above zero" in section(page, "claims")
 
 
 def attributes(page, names):
@@ -329,11 +379,14 @@ def test_claims_verdicts_from_hand_made_numbers(tmp_path):
     assert by_id["table2_reward"]["verdict"] == "reproduced"
     assert by_id["fig3a_alignment"]["verdict"] == "not measured"
 
-    # now break some: unseen-prompt count gain of 10 points (< 15), color -5 points, FD +30%, reward
-    # below CLIP score on unseen objects, human-only not worst
+    # now break some: unseen-prompt count gain of 10 points (< 15, though significant), color -5 points
+    # (its interval wholly below -3), FD +30%, reward below CLIP score on unseen objects, human-only not worst
     models = metrics["evaluate"]["models"]
+    paired = metrics["evaluate"]["paired"]["finetuned:full"]
     models["finetuned:full"]["alignment"]["unseen_prompt"]["count"]["alignment"] = 0.40
+    paired["unseen_prompt"]["count"] |= {"delta": 0.10, "ci95": [0.05, 0.15]}
     models["finetuned:full"]["alignment"]["all"]["color"]["alignment"] = 0.65
+    paired["all"]["color"] |= {"delta": -0.05, "ci95": [-0.065, -0.035]}
     models["finetuned:full"]["fd_clip"] = 0.65
     models["finetuned:human_only"]["fd_clip"] = 0.60
     metrics["reward_eval"]["scorers"]["clip_score"]["unseen_objects"]["mean"] = 0.9
@@ -349,13 +402,73 @@ def test_claims_verdicts_from_hand_made_numbers(tmp_path):
     assert by_id["table1_counts_are_hard"]["verdict"] == "not reproduced"
 
     # exactly at the thresholds counts as met (numbers are rounded decimals)
-    models["finetuned:full"]["alignment"]["unseen_prompt"]["count"]["alignment"] = 0.45
-    models["finetuned:full"]["alignment"]["all"]["color"]["alignment"] = 0.67
+    paired["unseen_prompt"]["count"] |= {"delta": 0.15, "ci95": [0.10, 0.20]}
+    paired["all"]["color"] |= {"delta": -0.02, "ci95": [-0.03, -0.01]}
     models["finetuned:full"]["fd_clip"] = 0.60
     by_id = {c["id"]: c for c in claims(metrics)}
     assert by_id["finetune_count_unseen_prompt"]["verdict"] == "reproduced"
     assert by_id["finetune_keeps_color_background"]["verdict"] == "reproduced"
     assert by_id["finetune_fidelity_cost"]["verdict"] == "reproduced"
+
+
+def test_a_gain_whose_paired_interval_contains_zero_is_within_noise(tmp_path):
+    metrics = make_metrics(tmp_path)
+    ev = metrics["evaluate"]
+    # +30 points of count, above the 25-point target, but the interval reaches below zero
+    ev["paired"]["finetuned:full"]["seen"]["count"] |= {"delta": 0.30, "ci95": [-0.01, 0.61]}
+    # rejection: +14 points over 120 prompts, interval [0, +28]: zero is not excluded
+    ev["paired"]["rejection"]["all"]["all"] |= {"ci95": [0.0, 0.28]}
+    # color's interval straddles -3 points; one fine-tuned model's reward gain is within its noise
+    ev["paired"]["finetuned:full"]["all"]["color"] |= {"delta": -0.01, "ci95": [-0.05, 0.03]}
+    ev["paired_reward"]["finetuned:human_only"]["all"] |= {"delta": 0.01, "ci95": [-0.01, 0.03]}
+    by_id = {c["id"]: c for c in claims(metrics)}
+    for cid in (
+        "finetune_count_seen",
+        "rejection_sampling_alignment",
+        "finetune_keeps_color_background",
+        "table2_reward",
+    ):
+        assert by_id[cid]["verdict"] == "within noise", cid
+    assert by_id["finetune_count_unseen_prompt"]["verdict"] == "reproduced"  # its interval is [28.5, 31.5]
+    assert (
+        "+30.0 points, 95% CI [-1.0, +61.0], 15 prompts / 300 image pairs"
+        in by_id["finetune_count_seen"]["measured"]
+    )
+    assert by_id["rejection_sampling_alignment"]["measured"].startswith(
+        "best 20 of 80 by reward: rejection − base"
+    )
+    assert "finetuned:human_only 0.700 (+0.010, 95% CI [-0.010, +0.030]" in by_id["table2_reward"]["measured"]
+    # an interval wholly below zero is a loss: not reproduced
+    ev["paired"]["finetuned:full"]["seen"]["count"] |= {"delta": -0.10, "ci95": [-0.2, -0.01]}
+    ev["paired_reward"]["finetuned:human_only"]["all"] |= {"delta": -0.05, "ci95": [-0.08, -0.02]}
+    by_id = {c["id"]: c for c in claims(metrics)}
+    assert by_id["finetune_count_seen"]["verdict"] == "not reproduced"
+    assert by_id["table2_reward"]["verdict"] == "not reproduced"
+    page = render_report(metrics, tmp_path)
+    assert 'class="v within-noise"' in section(page, "claims")
+
+    # without paired differences (an evaluation from before them) the gain claims are not measured
+    del ev["paired"], ev["paired_reward"]
+    by_id = {c["id"]: c for c in claims(metrics)}
+    for cid in ("finetune_count_seen", "finetune_keeps_color_background", "rejection_sampling_alignment"):
+        assert by_id[cid]["verdict"] == "not measured", cid
+        assert "no paired interval" in by_id[cid]["measured"]
+    assert by_id["table2_reward"]["verdict"] == "not measured"
+    assert "predates" in section(render_report(metrics, tmp_path), "evaluate")
+
+
+def test_gain_and_keep_verdicts_by_hand():
+    def stat(d, lo, hi):
+        return {"delta": d, "ci95": [lo, hi]}
+
+    assert gain_verdict(stat(0.1, 0.01, 0.2)) is True
+    assert gain_verdict(stat(0.1, 0.0, 0.2)) == "within noise"  # zero is not excluded
+    assert gain_verdict(stat(-0.1, -0.2, -0.01)) is False
+    assert gain_verdict(stat(0.1, 0.01, 0.2), target=0.15) is False  # significant, under the target
+    assert gain_verdict(stat(0.15, 0.1, 0.2), target=0.15) is True
+    assert keep_verdict(stat(0.0, -0.03, 0.03), 0.03) is True
+    assert keep_verdict(stat(0.0, -0.05, 0.03), 0.03) == "within noise"
+    assert keep_verdict(stat(-0.06, -0.08, -0.04), 0.03) is False
 
 
 def test_fig4_differences_under_their_noise_are_within_noise(tmp_path):
@@ -388,8 +501,12 @@ def test_a_model_named_finetuned_wins_and_missing_base_is_not_measured(tmp_path)
     models["finetuned"] = copy.deepcopy(models["base"]) | {
         "path": str(tmp_path / "finetune" / "default" / "pipeline")
     }
+    metrics["evaluate"]["paired"]["finetuned"] = paired_block(
+        {c: 0.5 for c in ("count", "color")}, {c: 0.5 for c in ("count", "color")}, half=0.05
+    )
     by_id = {c["id"]: c for c in claims(metrics)}
-    assert by_id["finetune_count_seen"]["verdict"] == "not reproduced"  # same numbers as base
+    assert by_id["finetune_count_seen"]["verdict"] == "within noise"  # same numbers as base
+    assert "finetuned − base +0.0 points" in by_id["finetune_count_seen"]["measured"]
     del models["base"]
     by_id = {c["id"]: c for c in claims(metrics)}
     for cid in (

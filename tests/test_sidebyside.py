@@ -233,6 +233,29 @@ def test_sets_from_evaluate(run):
         sidebyside.sets_from_evaluate(path, "finetuned", "base")
 
 
+def test_sets_from_evaluate_takes_the_fig3_sets_not_every_judged_image(run):
+    # evaluate judges many images per prompt ("images") and keeps the paper's 4 per prompt for Fig. 3
+    # ("sets": the first seeds; rejection sampling's best 4 of the first 16)
+    run_dir, sets = run
+    path = run_dir / "evaluate" / "images.json"
+    many = {p: a + b for p, (a, b) in sets.items()}
+    data = {
+        "prompts": {},
+        "images": {"finetuned": many, "base": many},
+        "sets": {
+            "finetuned": {p: a for p, (a, _) in sets.items()},
+            "base": {p: b for p, (_, b) in sets.items()},
+        },
+        "keep": 4,
+    }
+    (run_dir / "evaluate").mkdir(exist_ok=True)
+    path.write_text(json.dumps(data))
+    assert sidebyside.sets_from_evaluate(path, "finetuned", "base") == sets
+    path.write_text(json.dumps(data | {"sets": [1]}))
+    with pytest.raises(ValueError, match='"sets" must be an object'):
+        sidebyside.sets_from_evaluate(path, "finetuned", "base")
+
+
 def test_the_two_sets_may_share_images(run):
     # rejection sampling's best 4 of 16 may include some of the first 4, which are the random baseline
     run_dir, sets = run

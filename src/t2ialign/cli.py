@@ -99,6 +99,7 @@ def cmd_render(args) -> int:
 def cmd_judge(args) -> int:
     from PIL import Image
 
+    from .world import vocab
     from .world.judge import Judge, selftest
 
     judge = Judge.load(args.weights)
@@ -110,7 +111,11 @@ def cmd_judge(args) -> int:
             for name, r in report.items():
                 print(
                     f"{name:9s} verdict accuracy {r['verdict_accuracy']:.2%}  skip rate {r['skip_rate']:.2%}  "
-                    + "  ".join(f"{k} {v:.2%}" for k, v in r["per_attribute"].items())
+                    + "  ".join(f"{k} {v:.2%}" for k, v in r["per_attribute"].items() if v is not None)
+                )
+                print(
+                    f"{'':9s} count read right per class: "
+                    + "  ".join(f"{k}: {v:.2%}" for k, v in r["per_count_class"].items())
                 )
         return 0
     if not args.images or not args.prompt:
@@ -130,12 +135,16 @@ def cmd_judge(args) -> int:
                         "prompt": args.prompt,
                         "verdict": v.label,
                         "p_match": round(v.p_match, 4),
-                        "reading": v.reading,
+                        "reading": v.reading,  # count 6 = six or more
+                        "count_label": vocab.count_label(v.reading["count"][0]),
                     }
                 )
             )
         else:
-            seen = ", ".join(f"{k}={val} ({p:.0%})" for k, (val, p) in v.reading.items())
+            seen = ", ".join(
+                f"{k}={vocab.count_label(val) if k == 'count' else val} ({p:.0%})"
+                for k, (val, p) in v.reading.items()
+            )
             print(f"{path}: {v.label} (P(match)={v.p_match:.3f}; read {seen})")
     return 0
 
@@ -225,7 +234,7 @@ def cmd_evaluate(args) -> int:
     cfg = load_config(args.config).evaluate
     overrides = {
         k: getattr(args, k)
-        for k in ("n_seen", "n_unseen", "images_per_prompt", "best_of", "reward", "inception")
+        for k in ("n_seen", "n_unseen", "images_per_prompt", "best_of", "keep", "reward", "inception")
         if getattr(args, k) is not None
     }
     cfg = from_dict(type(cfg), to_dict(cfg) | overrides, "evaluate")
@@ -270,9 +279,10 @@ def cmd_pretrain(args) -> int:
     from .models.pretrain import pretrain
 
     cfg = load_config(args.config).pretrain
-    report = pretrain(cfg, args.out)
+    report = pretrain(cfg, args.out, until=args.until)
     print(json.dumps(report, indent=2))
-    print(f"pipeline: {Path(args.out) / 'pipeline'}  clip: {Path(args.out) / 'clip'}")
+    if args.until is None:
+        print(f"pipeline: {Path(args.out) / 'pipeline'}  clip: {Path(args.out) / 'clip'}")
     return 0
 
 
@@ -330,10 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--n-seen", dest="n_seen", type=int, help="seen evaluation prompts (default 60)")
     sp.add_argument("--n-unseen", dest="n_unseen", type=int, help="unseen evaluation prompts (default 60)")
-    sp.add_argument("--images-per-prompt", dest="images_per_prompt", type=int)
     sp.add_argument(
-        "--best-of", dest="best_of", type=int, help="candidates per prompt for rejection sampling"
+        "--images-per-prompt",
+        dest="images_per_prompt",
+        type=int,
+        help="judged images per prompt of every model, the same seeds for all (default 20)",
     )
+    sp.add_argument(
+        "--best-of",
+        dest="best_of",
+        type=int,
+        help="rejection sampling keeps the best KEEP of BEST_OF (default 4 of 16; evaluated at that ratio)",
+    )
+    sp.add_argument("--keep", type=int, help="images per Fig. 3 set and rejection sampling's k (default 4)")
     sp.add_argument("--reward", help="reward model folder (default: RUN/reward)")
     sp.add_argument("--inception", help="local Inception-v3 FID weights: adds true FID")
     sp.set_defaults(func=cmd_evaluate)
@@ -406,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--out", required=True, help="work folder; rerun the same command to resume")
     sp.add_argument("--config", help="TOML or JSON config file (table [pretrain])")
+    sp.add_argument(
+        "--until",
+        choices=("clip", "vae"),
+        help="stop after this stage (e.g. to train CLIP and VAE while the UNet's config is still being chosen)",
+    )
     sp.set_defaults(func=cmd_pretrain)
 
     sp = world.add_parser("perturb", help="the rule-based perturbations of a prompt (Appendix E)")

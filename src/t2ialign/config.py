@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .world import vocab
-from .world.dataset import CAPTION_TEMPLATES, DEFAULT_CAPTION_WEIGHTS
+from .world.dataset import DEFAULT_CAPTION_RATES, DEFAULT_COUNT_ERROR_RATE, check_caption_rates
 
 
 class ConfigError(ValueError):
@@ -50,8 +50,12 @@ class JudgeTrainConfig:
     """Training of the world judge's small CNN (``t2ialign world train-judge``)."""
 
     size: int = 64  # image side in pixels; the judge resizes other sizes to this
-    n_train: int = 40_000  # distinct rendered images; each epoch augments them afresh
-    n_val: int = 2_000  # rendered validation images (clean and degraded halves)
+    # distinct rendered images (world.judge.random_scene: the count class uniform over 0, 1-5 and 6+, so
+    # 1/7 are empty and 1/7 have 6-7 shapes); each epoch augments them afresh. 56,000 keeps 8,000 per
+    # count class, what each of 1-5 had when the judge read only those (40,000 for 7 classes left the
+    # degraded shape accuracy at 93% instead of 97%).
+    n_train: int = 56_000
+    n_val: int = 2_000  # validation renders, drawn the same way (judged clean and degraded)
     epochs: int = 6
     batch_size: int = 128
     lr: float = 2e-3  # AdamW peak learning rate; linear warm-up (10% of steps, at most 200), cosine to 0
@@ -81,16 +85,23 @@ class PretrainDataConfig:
     n_images: int = 100_000  # distinct renders (uint8 64x64x3: 1.2 GB in memory while training)
     size: int = 64  # image side in pixels; the VAE maps it to a (4, size/4, size/4) latent
     seed: int = 0
-    # Which attributes captions name (see world.dataset.CAPTION_TEMPLATES). Uniform weights make half of
-    # the captions omit the count and half omit the background, like web alt-text, which rarely counts.
-    caption_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CAPTION_WEIGHTS))
+    # Web-like captions (world.dataset.web_caption): the share of captions that name each attribute
+    # besides the object, drawn independently. The count is named seldom, as on the web, so that the base
+    # model's count errors come from its data and feedback has something to add (docs/world.md).
+    caption_rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CAPTION_RATES))
+    count_error_rate: float = DEFAULT_COUNT_ERROR_RATE  # share of named counts that are off by one
+    # One caption per pool image, fixed, as an alt-text is: the count information in D_pre is then
+    # bounded by the pool, and more steps cannot make up for it. False draws a fresh caption every time
+    # an image is used (world v4).
+    fixed_captions: bool = True
 
     def __post_init__(self):
         if self.n_images < 1 or self.size < 32 or self.size % 4:
             raise ConfigError("pretrain.data needs n_images >= 1 and a size >= 32 divisible by 4")
-        for name, w in self.caption_weights.items():
-            if name not in CAPTION_TEMPLATES or w < 0:
-                raise ConfigError(f"pretrain.data.caption_weights: bad entry {name!r} = {w!r}")
+        try:
+            check_caption_rates(self.caption_rates, self.count_error_rate)
+        except ValueError as e:
+            raise ConfigError(f"pretrain.data: {e}") from None
 
 
 @dataclass
@@ -137,12 +148,18 @@ class UnetPretrainConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     cross_attention: tuple[bool, ...] = (False, True, True)
     layers_per_block: int = 2
-    attention_head_dim: int = 8
+    # attention heads per level (diffusers keeps SD-1's name, attention_head_dim, for the head count)
+    attention_head_dim: tuple[int, ...] = (8, 8, 8)
     # the shipped v4 UNet: 18,000 steps (v2 8,000, v3 12,000; shape accuracy 32-45% -> 63-69% -> 78-90%)
     steps: int = 18_000
     batch_size: int = 64
-    lr: float = 1e-3  # constant after warm-up (EMA averages): raise `steps` and rerun to train further
+    lr: float = 1e-3  # AdamW peak, after a linear warm-up
     warmup_steps: int = 500
+    # "cosine" decays the learning rate to 0 at `steps`, so the end of the learning curve shows whether more
+    # pre-training would help; "constant" (world v4) lets a finished UNet be trained further by raising
+    # `steps` and rerunning (its identity is then its config without the steps).
+    lr_schedule: str = "cosine"
+    snapshot_steps: int = 2_000  # the EMA UNet saved every N steps (unet_snapshots/), for the learning curve
     cfg_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
     # "epsilon" (SD v1) or "v_prediction"; a zero terminal SNR needs v_prediction. The shipped world model
     # v1 used epsilon without it, and its backgrounds followed the noise seed more than the prompt.
@@ -155,14 +172,23 @@ class UnetPretrainConfig:
             tuple(self.block_out_channels),
             tuple(self.cross_attention),
         )
+        self.attention_head_dim = tuple(self.attention_head_dim)
         if len(self.cross_attention) != len(self.block_out_channels) or not any(self.cross_attention):
             raise ConfigError("pretrain.unet.cross_attention needs one flag per level, at least one true")
+        if len(self.attention_head_dim) != len(self.block_out_channels) or min(self.attention_head_dim) < 1:
+            raise ConfigError("pretrain.unet.attention_head_dim needs one head count >= 1 per level")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(
                 f"pretrain.unet.prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}"
             )
         if self.zero_terminal_snr and self.prediction_type != "v_prediction":
             raise ConfigError("pretrain.unet.zero_terminal_snr needs prediction_type = v_prediction")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ConfigError(
+                f"pretrain.unet.lr_schedule must be cosine or constant, got {self.lr_schedule!r}"
+            )
+        if self.snapshot_steps < 0:
+            raise ConfigError(f"pretrain.unet.snapshot_steps must be >= 0, got {self.snapshot_steps}")
 
 
 @dataclass
@@ -249,7 +275,7 @@ class RewardConfig:
                 raise ConfigError(f"reward.{name} must be >= 1, got {getattr(self, name)}")
 
 
-FINETUNE_WEIGHTS = ("reward", "labels", "uniform")
+FINETUNE_WEIGHTS = ("reward", "labels", "uniform", "none")
 
 
 @dataclass
@@ -265,7 +291,9 @@ class FinetuneConfig:
     reward: str | None = None  # reward model folder (``t2ialign reward train``); None = RUN/reward
     # "reward": w = r_phi(x, z) for every image of D_model, labeled or not (the paper);
     # "labels": w = the mean human label (good 1, bad 0), so only labeled images of D_human take part;
-    # "uniform": w = 1 for every image of D_model, a reward-free control (what the reward itself adds)
+    # "uniform": w = 1 for every image of D_model, a reward-free control (what the reward itself adds);
+    # "none": w = 0, so only the D_pre term trains: the same compute spent on D_pre alone (a control of
+    # what feedback adds beyond more pre-training; needs beta > 0)
     weights: str = "reward"
     use_unlabeled: bool = True  # D_model = D_human + D_unlabel (False: D_human only, Table 2 column 2)
     # beyond the paper: k > 0 keeps only each prompt's k images of highest weight in D_model (with the
@@ -313,11 +341,13 @@ class FinetuneConfig:
             )
         if self.top_k_per_prompt < 0:
             raise ConfigError(f"finetune.top_k_per_prompt must be >= 0, got {self.top_k_per_prompt}")
-        if self.top_k_per_prompt and self.weights == "uniform":
+        if self.top_k_per_prompt and self.weights in ("uniform", "none"):
             raise ConfigError(
-                "finetune.top_k_per_prompt ranks images by their weight: with weights = 'uniform' every "
-                "image ties; use weights = 'reward' or 'labels'"
+                f"finetune.top_k_per_prompt ranks images by their weight: with weights = '{self.weights}' "
+                "every image ties; use weights = 'reward' or 'labels'"
             )
+        if self.weights == "none" and self.beta <= 0:
+            raise ConfigError("finetune.weights = 'none' trains on D_pre alone: it needs beta > 0")
         if len(self.reward_range) != 2 or self.reward_range[0] >= self.reward_range[1]:
             raise ConfigError(
                 f"finetune.reward_range must be [low, high] with low < high, got {self.reward_range}"
@@ -355,8 +385,20 @@ class EvaluateConfig:
 
     n_seen: int = 60  # evaluation prompts of seen objects and templates, never given feedback
     n_unseen: int = 60  # half unseen prompts of seen objects, half prompts of unseen objects
-    images_per_prompt: int = 4  # the paper compares sets of 4 images (rejection sampling keeps 4 of 16)
-    best_of: int = 16  # candidates per prompt for the "rejection" model
+    # Judged images per prompt of every model, seed indices 0..N-1 (the same seeds for every model, which
+    # pairs them): 120 prompts x 20 = 2,400 per model, so that a paired difference of count on the 15
+    # seen count prompts is known to a few points. More images per prompt, not more prompts: the count
+    # prompts are few (36 seen, 4 unseen-prompt in all) and each evaluation prompt is one feedback loses.
+    images_per_prompt: int = 20
+    # Rejection sampling keeps the best `keep` of `best_of` candidates by reward (the paper: 4 of 16). Fig. 3
+    # shows sets of `keep` images: the first `keep` seeds of a model, and for rejection sampling the best
+    # `keep` of the first `best_of` candidates, exactly the paper's. The world evaluation of rejection
+    # sampling keeps the best images_per_prompt of images_per_prompt x best_of / keep candidates (the
+    # paper's 1 in 4; best 20 of 80 at the defaults), which must be a whole number.
+    best_of: int = 16
+    keep: int = 4  # <= best_of and <= images_per_prompt
+    bootstrap_resamples: int = 4000  # resamples of the paired bootstrap over prompts (evaluate.paired)
+    bootstrap_seed: int = 0  # seed of those resamples: same run, same intervals
     reward: str | None = None  # reward model folder; None = RUN/reward
     inception: str | None = None  # local Inception-v3 FID weights (.pth / .safetensors) for true FID
     # sampling of every model: steps, guidance, scheduler, batch size, precision, seed (role is always eval)
@@ -364,11 +406,26 @@ class EvaluateConfig:
     seed: int = 0  # which prompts are the evaluation prompts
 
     def __post_init__(self):
-        for name in ("n_seen", "n_unseen", "images_per_prompt", "best_of"):
+        for name in ("n_seen", "n_unseen", "images_per_prompt", "best_of", "keep", "bootstrap_resamples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"evaluate.{name} must be >= 1, got {getattr(self, name)}")
-        if self.best_of < self.images_per_prompt:
-            raise ConfigError("evaluate.best_of must be >= evaluate.images_per_prompt")
+        if self.keep > self.best_of:
+            raise ConfigError(f"evaluate.keep ({self.keep}) must be <= evaluate.best_of ({self.best_of})")
+        if self.keep > self.images_per_prompt:
+            raise ConfigError(
+                f"evaluate.keep ({self.keep}) must be <= evaluate.images_per_prompt ({self.images_per_prompt}): "
+                "Fig. 3 shows each model's first `keep` images"
+            )
+        if (self.images_per_prompt * self.best_of) % self.keep:
+            raise ConfigError(
+                f"evaluate.images_per_prompt x best_of / keep = {self.images_per_prompt} x {self.best_of} / "
+                f"{self.keep} is no whole number of rejection-sampling candidates per prompt"
+            )
+
+    @property
+    def rejection_candidates(self) -> int:
+        """Candidates per prompt of the evaluated rejection sampling, which keeps images_per_prompt of them."""
+        return self.images_per_prompt * self.best_of // self.keep
 
 
 @dataclass

@@ -2,11 +2,12 @@
 
 prompts -> D_pre and the judge -> feedback images (human + unlabeled) -> simulated labelers (Table 1) ->
 reward model (Eq. 1-3) and its evaluation against CLIP score (Fig. 4) -> fine-tuning (Eq. 4) with the
-Table 2 ablation -> rejection sampling -> evaluation on 60 seen + 60 unseen prompts -> side-by-side
-votes (Fig. 3) -> report.html. Each step says what it did; stage times go to metrics.json ("timings").
+Table 2 ablation -> rejection sampling -> evaluation on 60 seen + 60 unseen prompts (9 images each per
+model, paired with base on the same seeds) -> side-by-side votes (Fig. 3, 4 images per prompt) ->
+report.html. Each step says what it did; stage times go to metrics.json ("timings").
 
 ``--scale paper`` runs at the paper's sizes (2,700 feedback prompts, ~27k labeled and ~16k unlabeled
-images, 120 evaluation prompts) and states its expected time first.
+images, 120 evaluation prompts, 20 judged images of each per model) and states its expected time first.
 """
 
 from __future__ import annotations
@@ -37,11 +38,17 @@ class Scale:
     reward_seeds: int  # seeds of the Fig. 4 evaluation
     unseen_labeled_prompts: int  # per unseen split: labeled prompts for Fig. 4's unseen sets
     n_eval: int  # 60 seen + 60 unseen in the paper
+    # Judged images per evaluation prompt of every model (the same seeds: evaluate.paired pairs them). The
+    # issue asks for >= 1,000 per model in the demo and >= 2,000 at the paper's scale: 120 x 9 = 1,080 and
+    # 120 x 20 = 2,400. Rejection sampling then keeps the best 9 of 36 (best 20 of 80) candidates; the
+    # demo's ~7,600 evaluation images (base, 3 fine-tuned models, rejection's extra candidates) are what its
+    # 15 minutes allow. Fig. 3 still shows 4 images of each of the 120 prompts.
+    eval_images_per_prompt: int
 
 
 SCALES = {
-    "demo": Scale(120, 6, 4, 200, 2_000, 3, 40, 60),
-    "paper": Scale(None, 10, 6, 3_000, 20_000, 3, 200, 60),
+    "demo": Scale(120, 6, 4, 200, 2_000, 3, 40, 60, 9),
+    "paper": Scale(None, 10, 6, 3_000, 20_000, 3, 200, 60, 20),
 }
 # Throughputs of the demo's stages as measured by `make demo` on the 2-core machine, to state the expected
 # time of a run before it starts.
@@ -51,7 +58,9 @@ RATES = {"generate_img_s": 16.5, "finetune_img_s": 190.0, "judge_img_s": 900.0}
 def expected_minutes(scale: Scale, n_feedback: int) -> float:
     gen = n_feedback * (scale.human_per_prompt + scale.unlabeled_per_prompt)
     gen += 2 * scale.unseen_labeled_prompts * scale.human_per_prompt  # Fig. 4's unseen sets
-    gen += 2 * scale.n_eval * (4 * 4 + 16 - 4)  # base + 3 fine-tuned models x 4 images, rejection's 16
+    # base + 3 fine-tuned models x m images per prompt, and rejection sampling's 4m candidates of which the
+    # first m are base's images
+    gen += 2 * scale.n_eval * (4 + 3) * scale.eval_images_per_prompt
     ft = 3 * scale.finetune_steps * 64  # three Table 2 runs, 32 + 32 images per step
     judge = 3 * gen
     return (
@@ -80,7 +89,9 @@ def plan(scale_name: str, finetune_steps: int | None = None) -> str:
         f"scale {scale_name}: {n_fb} feedback prompts x {scale.human_per_prompt} labeled images "
         f"({n_fb * scale.human_per_prompt:,}) + {scale.unlabeled_per_prompt} unlabeled "
         f"({n_fb * scale.unlabeled_per_prompt:,}); {2 * scale.unseen_labeled_prompts} unseen prompts labeled for "
-        f"Fig. 4; 3 fine-tuning runs of {scale.finetune_steps} steps; {2 * scale.n_eval} evaluation prompts. "
+        f"Fig. 4; 3 fine-tuning runs of {scale.finetune_steps} steps; {2 * scale.n_eval} evaluation prompts "
+        f"x {scale.eval_images_per_prompt} images = {2 * scale.n_eval * scale.eval_images_per_prompt:,} judged "
+        "images per model. "
         f"Expected time on a 2-core CPU: about {expected_minutes(scale, n_fb):.0f} minutes."
     )
 
@@ -240,8 +251,13 @@ def run_demo(run: Path, scale_name: str = "demo", finetune_steps: int | None = N
                     f"  {name:16s} {r['steps']} steps on {r['n_model']} images ({r['images_per_second']} img/s)"
                 )
 
-        with stage("evaluate", "8. evaluate: base, fine-tuned (x3) and rejection sampling (best 4 of 16)"):
-            ecfg = EvaluateConfig(n_seen=scale.n_eval, n_unseen=scale.n_eval)
+        m = scale.eval_images_per_prompt
+        with stage(
+            "evaluate",
+            f"8. evaluate: base, fine-tuned (x3) and rejection sampling (best {m} of {4 * m}), "
+            f"{m} images per prompt, paired with base",
+        ):
+            ecfg = EvaluateConfig(n_seen=scale.n_eval, n_unseen=scale.n_eval, images_per_prompt=m)
             models = {"base": {"kind": "pipeline", "path": None}}
             for name in TABLE2:
                 models[f"finetuned:{name}"] = {
@@ -272,7 +288,8 @@ def _grid(store, ev: dict, path: Path) -> None:
     prompts = {p["text"]: p for p in store.list_prompts()}
     for text in ev["prompts"]["seen"]:
         first.setdefault(prompts[text]["category"], text)
-    images = json.loads((store.run_dir / "evaluate" / "images.json").read_text())["images"]
+    listing = json.loads((store.run_dir / "evaluate" / "images.json").read_text())
+    images = listing.get("sets") or listing["images"]  # the 4 images per prompt that Fig. 3 shows
     tiles = []
     for model in images:
         for text in first.values():

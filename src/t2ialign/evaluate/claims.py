@@ -20,7 +20,8 @@ SCORERS: tuple[str, ...] = ("reward", "reward_no_pc", "reward_half_data", "clip_
 QUESTIONS: tuple[str, ...] = ("alignment", "fidelity")
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
-# a comparison of two scorers whose difference is smaller than its noise (|z| < Z_CRIT) proves neither way
+# A difference smaller than its noise proves neither way: two scorers with |z| < Z_CRIT (Fig. 4), or a
+# model's paired difference from base whose 95% interval contains zero (gain claims, see gain_verdict).
 WITHIN_NOISE = "within noise"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, WITHIN_NOISE, NOT_MEASURED)
 Z_CRIT = 1.96  # two-sided 95%
@@ -93,6 +94,61 @@ def _pct(frac: Any, digits: int = 1) -> str:
 
 def _points(delta: float) -> str:
     return f"{100 * delta:+.1f} points"
+
+
+# --- paired differences from base (evaluate.paired) ----------------------------------------------------------
+
+
+def paired_stat(metrics: dict, section: str, model: str | None, *keys: str) -> dict | None:
+    """``evaluate.<section>.<model>.<keys...>`` (section paired, paired_attribute or paired_reward) when it
+    holds a number and a 95% interval, else None."""
+    stat = _get(metrics, "evaluate", section, model, *keys) if model else None
+    ci = _get(stat, "ci95")
+    if not (_isnum(_get(stat, "delta")) and isinstance(ci, list) and len(ci) == 2 and all(map(_isnum, ci))):
+        return None
+    return stat
+
+
+def gain_verdict(stat: dict, target: float = 0.0) -> bool | str:
+    """The rule of every gain claim: a gain is reproduced only when its paired 95% interval excludes zero
+    on the right side (and the gain reaches ``target``); WITHIN_NOISE when the interval contains zero;
+    False when it lies below zero, or above zero with a gain under the target."""
+    lo, hi = stat["ci95"]
+    if lo > 0:
+        return stat["delta"] >= target - EPS
+    if hi < 0:
+        return False
+    return WITHIN_NOISE
+
+
+def keep_verdict(stat: dict, tolerance: float) -> bool | str:
+    """A claim that a model keeps an ability (loses at most ``tolerance``): reproduced when the paired 95%
+    interval lies above -tolerance, not reproduced when it lies below, WITHIN_NOISE when it straddles it."""
+    lo, hi = stat["ci95"]
+    if lo >= -tolerance - EPS:
+        return True
+    if hi < -tolerance - EPS:
+        return False
+    return WITHIN_NOISE
+
+
+def _all_verdicts(verdicts: list) -> bool | str:
+    """Several comparisons that must all hold: False if one fails, True if all hold, else within noise."""
+    if any(v is False for v in verdicts):
+        return False
+    return True if all(v is True for v in verdicts) else WITHIN_NOISE
+
+
+def paired_text(stat: dict, scale: float = 100.0, unit: str = " points", fmt: str = "+.1f") -> str:
+    """'+12.3 points, 95% CI [+4.1, +20.5], 15 prompts / 300 image pairs'."""
+    lo, hi = (scale * x for x in stat["ci95"])
+    return (
+        f"{format(scale * stat['delta'], fmt)}{unit}, 95% CI [{format(lo, fmt)}, {format(hi, fmt)}], "
+        f"{stat.get('n_prompts', '?')} prompts / {stat.get('n_images', '?')} image pairs"
+    )
+
+
+NO_PAIRED = "no paired interval (rerun `t2ialign evaluate` with base among the models)"
 
 
 # --- models in the evaluate section ---------------------------------------------------------------------------
@@ -267,8 +323,11 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
     """The paper's claims, each with what this run measured and a verdict.
 
     Each claim is ``{"id", "section", "claim", "paper", "measured", "criterion", "verdict", "command"}``;
-    verdict is "reproduced", "not reproduced", "within noise" (Fig. 4's comparisons of two scorers whose
-    difference is not significant at 95%, see ``accuracy_z``) or "not measured" (a number it needs is missing).
+    verdict is "reproduced", "not reproduced", "within noise" or "not measured" (a number it needs is
+    missing). Within noise: Fig. 4's comparisons of two scorers whose difference is not significant at 95%
+    (``accuracy_z``), and every gain of a model over base whose paired 95% interval (``evaluate.paired``,
+    a bootstrap over prompts on the same prompts and seeds) contains zero: a gain is reproduced only when
+    its interval excludes zero on the right side (``gain_verdict``).
     """
     out: list[dict[str, Any]] = []
 
@@ -351,19 +410,27 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
     def align(model, group, category):
         return _get(models, model, "alignment", group, category, "alignment") if model else None
 
+    def gain_claim(model, group, category, target):
+        """(measured, ok) of "model raises alignment over base" by the paired rule (gain_verdict)."""
+        a, b = align(model, group, category), align(base, group, category)
+        if not (_isnum(a) and _isnum(b)):
+            return None, None
+        shares = f"{model} {_pct(a)} vs base {_pct(b)}"
+        stat = paired_stat(metrics, "paired", model, group, category)
+        if stat is None:
+            return f"{shares} ({_points(a - b)}); {NO_PAIRED}", None
+        return f"{model} − base {paired_text(stat)} ({shares})", gain_verdict(stat, target)
+
+    rule = "its paired 95% interval (bootstrap over prompts) above zero; within noise when it contains zero"
     for g, gain in COUNT_GAIN.items():
-        a, b = align(ft, g, "count"), align(base, g, "count")
-        ok = measured = None
-        if _isnum(a) and _isnum(b):
-            measured = f"{ft} {_pct(a)} vs base {_pct(b)} ({_points(a - b)})"
-            ok = a - b >= gain - EPS
+        measured, ok = gain_claim(ft, g, "count", gain) if base else (None, None)
         out.append(
             _claim(
                 f"finetune_count_{g}",
                 "Sec. 4.2, Fig. 2",
                 f"Fine-tuning improves count alignment ({g.replace('_', ' ')} prompts)",
                 "fine-tuned model adheres to the prompt's count (Fig. 2, Fig. 3a)",
-                f"count alignment gain >= {100 * gain:.0f} points (issue target)",
+                f"count alignment gain >= {100 * gain:.0f} points (issue target) with {rule}",
                 COMMANDS["evaluate"],
                 measured,
                 ok,
@@ -371,16 +438,24 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
         )
     deltas = {c: (align(ft, "all", c), align(base, "all", c)) for c in ("color", "background")}
     ok = measured = None
-    if all(_isnum(a) and _isnum(b) for a, b in deltas.values()):
-        measured = "; ".join(f"{c} {_pct(a)} vs {_pct(b)} ({_points(a - b)})" for c, (a, b) in deltas.items())
-        ok = all(a - b >= -KEEP_TOLERANCE - EPS for a, b in deltas.values())
+    if base and all(_isnum(a) and _isnum(b) for a, b in deltas.values()):
+        stats = {c: paired_stat(metrics, "paired", ft, "all", c) for c in deltas}
+        if any(v is None for v in stats.values()):
+            measured = (
+                "; ".join(f"{c} {_pct(a)} vs {_pct(b)} ({_points(a - b)})" for c, (a, b) in deltas.items())
+                + f"; {NO_PAIRED}"
+            )
+        else:
+            measured = f"{ft} − base: " + "; ".join(f"{c} {paired_text(v)}" for c, v in stats.items())
+            ok = _all_verdicts([keep_verdict(v, KEEP_TOLERANCE) for v in stats.values()])
     out.append(
         _claim(
             "finetune_keeps_color_background",
             "Sec. 4.2",
             "Fine-tuning keeps color and background alignment (all evaluation prompts)",
             "base already reliable on colors and backgrounds; fine-tuned adheres to them too",
-            f"each loses at most {100 * KEEP_TOLERANCE:.0f} points (issue target)",
+            f"each loses at most {100 * KEEP_TOLERANCE:.0f} points (issue target): its paired 95% interval "
+            f"lies above -{100 * KEEP_TOLERANCE:.0f} points; within noise when it straddles that",
             COMMANDS["evaluate"],
             measured,
             ok,
@@ -388,18 +463,18 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
     )
 
     # Sec. 4.3: rejection sampling.
-    a, b = align(rej, "all", "all"), align(base, "all", "all")
-    ok = measured = None
-    if _isnum(a) and _isnum(b):
-        measured = f"{rej} {_pct(a)} vs base {_pct(b)} ({_points(a - b)})"
-        ok = a - b >= REJECTION_GAIN - EPS
+    measured, ok = gain_claim(rej, "all", "all", REJECTION_GAIN) if base and rej else (None, None)
+    selection = _get(models, rej, "selection") if rej else None
+    if measured is not None and isinstance(selection, str):
+        measured = f"{selection}: {measured}"
     out.append(
         _claim(
             "rejection_sampling_alignment",
             "Sec. 4.3, Fig. 3(b)",
-            "Rejection sampling (best 4 of 16 by reward) improves alignment over 4 random images",
+            "Rejection sampling (the best 1 in 4 by reward; the paper's 4 of 16) improves alignment over "
+            "random images",
             "46% of queries with >= 7 of 9 votes",
-            f"alignment gain >= {100 * REJECTION_GAIN:.0f} points (issue target)",
+            f"alignment gain >= {100 * REJECTION_GAIN:.0f} points (issue target) with {rule}",
             COMMANDS["evaluate"],
             measured,
             ok,
@@ -453,15 +528,23 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
     r_tuned = {n: v for n, v in r_tuned.items() if _isnum(v)}
     ok = measured = None
     if _isnum(r_base) and r_tuned:
-        measured = f"base {r_base:.3f}; " + ", ".join(f"{n} {v:.3f}" for n, v in r_tuned.items())
-        ok = all(v > r_base for v in r_tuned.values())
+        stats = {n: paired_stat(metrics, "paired_reward", n, "all") for n in r_tuned}
+        if any(v is None for v in stats.values()):
+            measured = f"base {r_base:.3f}; " + ", ".join(f"{n} {v:.3f}" for n, v in r_tuned.items())
+            measured += f"; {NO_PAIRED}"
+        else:
+            measured = f"base {r_base:.3f}; " + "; ".join(
+                f"{n} {r_tuned[n]:.3f} ({paired_text(v, 1.0, '', '+.3f')})" for n, v in stats.items()
+            )
+            ok = _all_verdicts([gain_verdict(v) for v in stats.values()])
     out.append(
         _claim(
             "table2_reward",
             "Table 2",
             "Every fine-tuned model has a higher average reward than the original",
             "0.43 -> 0.69 / 0.79 / 0.79",
-            "mean reward of each fine-tuned model > base",
+            "mean reward of each fine-tuned model > base, each paired 95% interval above zero; within noise "
+            "when one contains zero",
             COMMANDS["table2"],
             measured,
             ok,

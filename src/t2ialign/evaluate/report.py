@@ -25,6 +25,7 @@ from typing import Any
 from .. import __version__
 from ..fsutil import atomic_write
 from ..labeling.stats import PAPER_TABLE1
+from ..world import vocab
 from ..world.prompts import CATEGORIES
 from .claims import (
     ABLATIONS,
@@ -338,7 +339,106 @@ def _section_evaluate(metrics: dict) -> str:
         ax.set_title(f"Alignment per category, {g.replace('_', ' ')} prompts")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         parts.append(_img(_png(fig), f"alignment chart, {g}"))
+    parts.append(_paired_tables(ev, cats, groups))
     return "\n".join(parts)
+
+
+def _delta_cell(stat: Any) -> Any:
+    """'+12.3 [+4.1, +20.5] 15/300' in points, bold when the interval excludes zero; '—' when missing."""
+    if not isinstance(stat, dict) or not _isnum(stat.get("delta")):
+        return "—"
+    ci = stat.get("ci95")
+    sizes = f" {_num(stat.get('n_prompts'), 'd')}/{_num(stat.get('n_images'), 'd')}"
+    if not (isinstance(ci, list) and len(ci) == 2 and all(_isnum(x) for x in ci)):
+        return f"{100 * stat['delta']:+.1f} [no interval]{sizes}"
+    text = _e(f"{100 * stat['delta']:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]{sizes}")
+    return Raw(f"<b>{text}</b>" if ci[0] > 0 or ci[1] < 0 else text)
+
+
+def _paired_tables(ev: dict, cats: list[str], groups: list[str]) -> str:
+    """The paired differences from base (evaluate.paired, paired_attribute): two tables and a forest plot."""
+    paired = ev.get("paired")
+    head = "<h3>Paired difference from base: same prompts and seeds, 95% interval by a bootstrap over prompts</h3>"
+    if not isinstance(paired, dict) or not paired:
+        why = "no model named base was evaluated" if "paired" in ev else "this evaluation predates them"
+        return head + (
+            f'<p class="nm">not measured ({_e(why)}; run <code>{_e(COMMANDS["evaluate"])}</code>)</p>'
+        )
+    parts = [
+        head,
+        "<p>Cells: model − base in points of aligned share, [95% interval], prompts / image pairs. Bold: the "
+        "interval excludes zero, the only case a gain counts as reproduced. Prompts are resampled within "
+        "each group and category, so pooled cells keep the evaluation's mix; intervals over few prompts "
+        "(the unseen-prompt split has 4 count prompts) are rough and tend to be too narrow.</p>",
+    ]
+    rows = [
+        [name, g] + [_delta_cell(_get(by_group, g, c)) for c in cats]
+        for name, by_group in paired.items()
+        for g in groups
+        if isinstance(_get(by_group, g), dict)
+    ]
+    parts.append(_table(["model", "group"] + cats, rows))
+    attrs = ev.get("paired_attribute")
+    if isinstance(attrs, dict) and attrs:
+        present = {
+            a
+            for m in attrs.values()
+            if isinstance(m, dict)
+            for v in m.values()
+            if isinstance(v, dict)
+            for a in v
+        }
+        names = [a for a in vocab.ATTRIBUTES if a in present] + sorted(present - set(vocab.ATTRIBUTES))
+        rows = [
+            [name, g] + [_delta_cell(_get(by_group, g, a)) for a in names]
+            for name, by_group in attrs.items()
+            for g in groups
+            if isinstance(_get(by_group, g), dict)
+        ]
+        parts.append(
+            "<h4>Per attribute: the judge reads the attribute the prompt names (over the prompts naming it)</h4>"
+            + _table(["model", "group"] + names, rows)
+        )
+    png = _forest(paired, cats, groups)
+    if png:
+        parts.append(_img(png, "forest plot of paired differences from base"))
+    return "\n".join(parts)
+
+
+def _forest(paired: dict, cats: list[str], groups: list[str]) -> bytes | None:
+    """One panel per group: each model's paired difference per category, points with 95% intervals."""
+    models = list(paired)
+    rows = [(c, m) for c in cats for m in models]
+    if not any(_isnum(_get(paired, m, g, c, "delta")) for g in groups for c, m in rows):
+        return None
+    fig = _new_figure(2.6 * len(groups) + 1.5, 0.9 + 0.22 * len(rows))
+    colors = [f"C{i % 10}" for i in range(len(models))]
+    labeled: set[str] = set()  # one legend entry per model
+    for i, g in enumerate(groups):
+        # one x scale for every panel: the groups compare at a glance
+        ax = fig.add_subplot(1, len(groups), i + 1, sharex=fig.axes[0] if fig.axes else None)
+        for y, (c, m) in enumerate(rows):
+            stat = _get(paired, m, g, c)
+            d, ci = _get(stat, "delta"), _get(stat, "ci95")
+            if not _isnum(d):
+                continue
+            color = colors[models.index(m)]
+            if isinstance(ci, list) and len(ci) == 2 and all(_isnum(x) for x in ci):
+                ax.plot([100 * ci[0], 100 * ci[1]], [y, y], color=color, lw=1.5)
+            ax.plot([100 * d], [y], "o", color=color, ms=3.5, label=None if m in labeled else m)
+            labeled.add(m)
+        ax.axvline(0, color="gray", lw=0.8, ls="--")
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_yticks([k * len(models) + (len(models) - 1) / 2 for k in range(len(cats))])  # block centres
+        ax.set_yticklabels(cats if i == 0 else [], fontsize=8)
+        for k in range(1, len(cats)):
+            ax.axhline(k * len(models) - 0.5, color="#ddd", lw=0.6)
+        ax.set_title(g.replace("_", " "), fontsize=9)
+        ax.set_xlabel("model − base (points)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("Paired difference from base with 95% intervals (bootstrap over prompts)", fontsize=10)
+    return _png(fig)
 
 
 def _finetune_data(rep: dict) -> str:
@@ -578,7 +678,8 @@ def _section_grids(
 ) -> str:
     if not isinstance(grids, dict) or not isinstance(grids.get("images"), dict) or not grids["images"]:
         return _not_measured(COMMANDS["grids"])
-    images = grids["images"]
+    # the Fig. 3 sets (4 images per prompt) where evaluate wrote them, not every judged image
+    images = grids["sets"] if isinstance(grids.get("sets"), dict) and grids["sets"] else grids["images"]
     models = list(images)
     groups = grids.get("prompts") if isinstance(grids.get("prompts"), dict) else {}
     if not groups:  # no groups recorded: every prompt of the first model in one group
@@ -599,7 +700,8 @@ def _section_grids(
 
     parts = [
         f"<p>Up to {GRID_PER_CATEGORY} prompts per category and group (the first in the evaluation's order); "
-        "one row per prompt, each model's images with the same seeds.</p>"
+        "one row per prompt, each model's images with the same seeds: the sets Fig. 3 shows (a model's first "
+        "seeds; rejection sampling's best of the first candidates).</p>"
     ]
     for g, texts in groups.items():
         if not isinstance(texts, list):
@@ -639,8 +741,11 @@ def _section_claims(metrics: dict) -> str:
     counts = {v: sum(c["verdict"] == v for c in found) for v in VERDICTS}
     return (
         "<p>" + _e(", ".join(f"{n} {v}" for v, n in counts.items())) + ". Thresholds come from the project's "
-        "issues where the paper states none; a claim is not measured when a number it needs is missing; a "
-        "comparison of two scorers is within noise when their difference is under 1.96 standard errors.</p>"
+        "issues where the paper states none; a claim is not measured when a number it needs is missing. A "
+        "gain of a model over base counts as reproduced only when its paired 95% interval (same prompts and "
+        "seeds, bootstrap over prompts) lies above zero, and is within noise when the interval contains "
+        "zero; a comparison of two scorers is within noise when their difference is under 1.96 standard "
+        "errors.</p>"
         + _table(["where", "claim", "paper", "this run", "criterion", "verdict"], rows, "claims")
     )
 

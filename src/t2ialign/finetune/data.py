@@ -130,7 +130,8 @@ def model_examples(
 
     weights = "reward": r_phi(x, z) of every image, labeled or not, computed once (the paper);
     weights = "labels": the mean good/bad label of labeled D_human images (skips ignored);
-    weights = "uniform": 1 for every image (a control: fine-tuning on the model's own samples, no reward).
+    weights = "uniform": 1 for every image (a control: fine-tuning on the model's own samples, no reward);
+    weights = "none": 0 for every image (a control: only the D_pre term trains, at the same compute).
     top_k_per_prompt = k > 0 then keeps each prompt's k images of highest weight.
     """
     from ..reward.data import labeled_images
@@ -146,8 +147,9 @@ def model_examples(
     else:
         roles = ("human", "unlabeled") if cfg.use_unlabeled else ("human",)
         rows = [r for role in roles for r in store.list_images(role=role) if r["prompt"] in seen]
-    if cfg.weights == "uniform":
-        items = [{"sha256": r["sha256"], "prompt": r["prompt"], "weight": 1.0} for r in rows]
+    if cfg.weights in ("uniform", "none"):
+        w = 1.0 if cfg.weights == "uniform" else 0.0
+        items = [{"sha256": r["sha256"], "prompt": r["prompt"], "weight": w} for r in rows]
     elif cfg.weights == "reward":
         if reward_model is None:
             raise ValueError("weights = 'reward' needs a trained reward model")

@@ -113,10 +113,14 @@ def create_comparison(
 
 def sets_from_evaluate(path: str | Path, first: str, second: str) -> dict[str, tuple[list[str], list[str]]]:
     """Sets for :func:`create_comparison` from ``t2ialign evaluate``'s ``RUN/evaluate/images.json``
-    (``{"prompts": ..., "images": {model name: {prompt: [sha256, ...]}}}``): the images of models
-    ``first`` and ``second`` (names as given to evaluate: base, finetuned, rejection, ...) on every
-    evaluation prompt both have images of. Fig. 3 (a) is finetuned vs base, (b) rejection vs base,
-    (c) finetuned vs rejection."""
+    (``{"prompts": ..., "images": {model name: {prompt: [sha256, ...]}}, "sets": {the same}}``): the sets
+    of models ``first`` and ``second`` (names as given to evaluate: base, finetuned, rejection, ...) on
+    every evaluation prompt both have images of. Fig. 3 (a) is finetuned vs base, (b) rejection vs base,
+    (c) finetuned vs rejection.
+
+    The sets are "sets", the paper's 4 images per prompt (a model's first 4 seeds; rejection sampling's
+    best 4 of 16), not the many more images per prompt the world evaluation judges ("images"); a file
+    written before evaluate judged more than 4 has only "images", which are then the sets."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -127,6 +131,10 @@ def sets_from_evaluate(path: str | Path, first: str, second: str) -> dict[str, t
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, dict):
         raise ValueError(f'{path} has no "images" object: not written by `t2ialign evaluate`')
+    if "sets" in data:
+        images = data["sets"]
+        if not isinstance(images, dict):
+            raise ValueError(f'{path}: "sets" must be an object, model name -> prompt -> sha256s')
     for model in (first, second):
         if model not in images or not isinstance(images[model], dict):
             raise ValueError(
@@ -370,7 +378,8 @@ def render_distance(judge, images, references: int = FIDELITY_REFERENCES) -> lis
     """How far each image is from clean renders of what it shows: an image-quality proxy of the world.
 
     The judge reads each image's count, colour, shape and background (its most likely values); the
-    renderer draws ``references`` clean images of that reading (fixed seeds). Features are the channel
+    renderer draws ``references`` clean images of that reading (fixed seeds; ``render_scene``, so an empty
+    reading gets empty references and a "6+" reading six shapes). Features are the channel
     means and standard deviations of the judge's first conv blocks, statistics of edges and textures that
     blur, noise, compression and smeared shapes move. The distance is the RMS over features of
     (feature - references' mean) / references' std: about 1 for a clean render, more for worse images. It
@@ -380,9 +389,8 @@ def render_distance(judge, images, references: int = FIDELITY_REFERENCES) -> lis
     import torch
 
     from ..world import vocab
-    from ..world.judge import to_batch
-    from ..world.prompts import PromptSpec
-    from ..world.render import render
+    from ..world.judge import HEAD_VALUES, to_batch
+    from ..world.render import Scene, render_scene
 
     net = judge.net
 
@@ -400,15 +408,17 @@ def render_distance(judge, images, references: int = FIDELITY_REFERENCES) -> lis
 
     probs = judge.read(images)
     feats = features(images)
-    refs: dict[PromptSpec, tuple[torch.Tensor, torch.Tensor]] = {}
+    refs: dict[Scene, tuple[torch.Tensor, torch.Tensor]] = {}
     out = []
     for i in range(len(feats)):
-        reading = PromptSpec(
-            **{kind: vocab.values(kind)[int(probs[kind][i].argmax())] for kind in vocab.ATTRIBUTES}
+        # count class 6 ("six or more") is drawn as six shapes
+        reading = Scene(
+            **{kind: HEAD_VALUES[kind][int(probs[kind][i].argmax())] for kind in vocab.ATTRIBUTES}
         )
         if reading not in refs:
             renders = [
-                render(reading, seed=1_000_000 + k, size=judge.config.size).image for k in range(references)
+                render_scene(reading, seed=1_000_000 + k, size=judge.config.size).image
+                for k in range(references)
             ]
             f = features(renders)
             refs[reading] = (f.mean(dim=0), f.std(dim=0) + 1e-3)

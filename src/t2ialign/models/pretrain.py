@@ -40,11 +40,11 @@ from ..checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
-from ..config import PretrainConfig, to_dict
+from ..config import PretrainConfig, PretrainDataConfig, to_dict
 from ..fsutil import atomic_write
 from ..reward.embed import clip_features
 from ..world import vocab
-from ..world.dataset import caption_for
+from ..world.dataset import caption_for, web_caption
 from ..world.prompts import PromptSpec
 from ..world.render import render, stable_seed
 from .tokenizer import MAX_LENGTH, build_clip_tokenizer, grammar_corpus
@@ -90,23 +90,29 @@ def _publish(tmp: Path, final: Path) -> None:
 class Pool:
     """The rendered images (N, H, W, 3) uint8 and their full scenes, with seeded web-like captions."""
 
-    def __init__(self, root: Path, caption_weights: dict[str, float]):
+    def __init__(self, root: Path, data: PretrainDataConfig):
         self.images = np.load(root / "images.npy", mmap_mode="r")
         self.scenes = [PromptSpec(*row) for row in json.loads((root / "scenes.json").read_text())]
-        total = sum(caption_weights.values())
-        self.templates = list(caption_weights)
-        self.probs = np.array([caption_weights[t] / total for t in self.templates])
+        self.data = data
+        self._fixed: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.scenes)
 
+    def caption(self, i: int, rng: np.random.Generator) -> str:
+        """Image i's caption: its own fixed one (seeded by the pool seed and i), or a fresh draw from rng."""
+        d = self.data
+        if not d.fixed_captions:
+            return web_caption(self.scenes[i], rng, d.caption_rates, d.count_error_rate)
+        if i not in self._fixed:
+            own = np.random.default_rng(stable_seed("pool-caption", d.seed, i))
+            self._fixed[i] = web_caption(self.scenes[i], own, d.caption_rates, d.count_error_rate)
+        return self._fixed[i]
+
     def batch(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(indices, images (n, H, W, 3) uint8, captions) drawn with rng."""
         idx = np.sort(rng.integers(len(self), size=n))
-        templates = rng.choice(len(self.templates), size=n, p=self.probs)
-        captions = [
-            caption_for(self.scenes[i], self.templates[t]) for i, t in zip(idx, templates, strict=True)
-        ]
+        captions = [self.caption(int(i), rng) for i in idx]
         return idx, np.asarray(self.images[idx]), captions
 
 
@@ -157,12 +163,16 @@ def train_loop(
     ema_decay: float | None = None,
     schedule: str = "cosine",
     progress: bool = True,
+    snapshot: Callable[[int], None] | None = None,
+    snapshot_steps: int = 0,
 ) -> tuple[nn.Module, list[float]]:
     """AdamW with warm-up + cosine, gradient clipping at 1, optional EMA, checkpoints every N steps.
 
     ``loss_fn(step)`` must draw its data and noise from the step alone. Resumes from the newest checkpoint
-    under ``root`` (refusing one made with another config). Returns the module (its EMA weights if EMA is
-    on) and the loss history of this call.
+    under ``root`` (refusing one made with another config). Every ``snapshot_steps`` steps,
+    ``snapshot(step)`` is called with the module holding its EMA weights (for a learning curve), then
+    training goes on with the raw ones. Returns the module (its EMA weights if EMA is on) and the loss
+    history of this call.
     """
     from diffusers.training_utils import EMAModel
 
@@ -207,6 +217,13 @@ def train_loop(
                 tensors.update({f"ema.{i}": t for i, t in enumerate(ema.shadow_params)})
                 state["ema_step"] = ema.optimization_step
             save_checkpoint(root, step + 1, tensors, state, keep=keep)
+        if snapshot is not None and snapshot_steps and (step + 1) % snapshot_steps == 0:
+            if ema is not None:
+                ema.store(params)
+                ema.copy_to(params)
+            snapshot(step + 1)
+            if ema is not None:
+                ema.restore(params)
     if ema is not None:
         ema.copy_to(params)
     module.eval()
@@ -427,6 +444,33 @@ def embed_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor
     return torch.cat(out)
 
 
+def save_pipeline(final: Path, vae, text_encoder, tokenizer, unet, sched, full: dict) -> None:
+    """A stock ``StableDiffusionPipeline`` of these parts (DPM-Solver++ on the training schedule), saved to
+    a temporary folder, then renamed into place; ``t2ialign.json`` records the config that made it."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler.from_config(sched.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    _strip_local_paths(tmp)
+    atomic_write(
+        tmp / "t2ialign.json",
+        (json.dumps({"t2ialign_version": __version__, "pretrain_config": full}, indent=1) + "\n").encode(),
+    )
+    _publish(tmp, final)
+
+
 # --- the whole pretraining -------------------------------------------------------------------------------
 
 
@@ -439,9 +483,11 @@ def _strip_local_paths(pipeline_dir: Path) -> None:
             atomic_write(path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 
-def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dict:
-    """Run (or resume) every stage into ``out``; returns the measured figures."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, until: str | None = None) -> dict:
+    """Run (or resume) every stage into ``out``, or those up to ``until`` ("clip" or "vae", the latter with
+    the pool's latents); returns the measured figures."""
+    if until not in (None, "clip", "vae"):
+        raise ValueError(f"until must be 'clip' or 'vae', got {until!r}")
     from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer
 
     out = Path(out)
@@ -449,11 +495,13 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     full = to_dict(cfg)
     atomic_write(out / "pretrain_config.json", (json.dumps(full, indent=1) + "\n").encode())
     # what each stage depends on: a finished stage is reused only under the same settings
+    pool_cfg = {k: full["data"][k] for k in ("n_images", "size", "seed")}
     stage_cfg = {
         # zero_shot_n only sizes the report, not the model
         "clip": {k: v for k, v in full["clip"].items() if k != "zero_shot_n"}
         | {"data": full["data"], "seed": cfg.seed},
-        "vae": full["vae"] | {"data": full["data"], "seed": cfg.seed},
+        # the VAE sees images only: captions are not part of what it depends on
+        "vae": full["vae"] | {"data": pool_cfg, "seed": cfg.seed},
     }
     stage_cfg["unet"] = full["unet"] | {"clip": stage_cfg["clip"], "vae": stage_cfg["vae"]}
     report: dict = {}
@@ -464,7 +512,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         build_clip_tokenizer().save_pretrained(out / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
     build_pool(cfg, out / "data", progress)
-    pool = Pool(out / "data", cfg.data.caption_weights)
+    pool = Pool(out / "data", cfg.data)
 
     # 3. CLIP
     clip = make_clip(cfg, tokenizer)
@@ -517,6 +565,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         )
         _publish(tmp, out / "clip")
     report["clip_zero_shot"] = json.loads((out / "clip" / "DONE").read_text())["zero_shot"]
+    if until == "clip":
+        return report
 
     # 4. VAE
     vae = make_vae(cfg)
@@ -548,7 +598,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             warmup=v.warmup_steps,
             weight_decay=0.0,
             root=out / "checkpoints" / "vae",
-            config=full["vae"] | {"data": full["data"], "seed": cfg.seed},
+            config=stage_cfg["vae"],
             checkpointing_steps=cfg.checkpointing_steps,
             keep=cfg.checkpoints_total_limit,
             progress=progress,
@@ -561,6 +611,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         _publish(tmp, out / "vae")
     scaling = vae.config.scaling_factor
     encode_pool(vae, pool, out / "latents", stage_cfg["vae"], progress)
+    if until == "vae":
+        return report
     latents = np.load(out / "latents" / "latents.npy", mmap_mode="r")
 
     # 5. text encoder = the CLIP text tower, frozen; every caption embedded once
@@ -575,10 +627,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     # 6. UNet
     unet = make_unet(cfg, latents.shape[-1])
     sched = noise_scheduler(cfg.unet.prediction_type, cfg.unet.zero_terminal_snr)
-    # The UNet's learning rate is constant after warm-up (EMA does the averaging), so a finished UNet can be
-    # trained further by raising unet.steps and rerunning: its identity is its config without the steps.
+    # With a constant learning rate a finished UNet can be trained further by raising unet.steps and
+    # rerunning: its identity is then its config without the steps. A cosine schedule depends on them.
     u = cfg.unet
-    unet_id = {k: v for k, v in stage_cfg["unet"].items() if k != "steps"}
+    extendable = u.lr_schedule == "constant"
+    unet_id = {k: v for k, v in stage_cfg["unet"].items() if k != "steps" or not extendable}
     done_steps = (
         json.loads((out / "unet" / "DONE").read_text()).get("steps", 0) if _done(out / "unet", unet_id) else 0
     )
@@ -614,8 +667,12 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             checkpointing_steps=cfg.checkpointing_steps,
             keep=cfg.checkpoints_total_limit,
             ema_decay=u.ema_decay,
-            schedule="constant",
+            schedule=u.lr_schedule,
             progress=progress,
+            snapshot=lambda step: save_pipeline(
+                out / "snapshots" / f"step_{step:06d}", vae, text_encoder, tokenizer, unet, sched, full
+            ),
+            snapshot_steps=u.snapshot_steps,
         )
         tmp = out / "unet.tmp"
         unet.save_pretrained(tmp)
@@ -623,25 +680,6 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
         _publish(tmp, out / "unet")
 
     # 7. assemble a stock StableDiffusionPipeline
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(sched.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    tmp = out / "pipeline.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    _strip_local_paths(tmp)
-    atomic_write(
-        tmp / "t2ialign.json",
-        (json.dumps({"t2ialign_version": __version__, "pretrain_config": full}, indent=1) + "\n").encode(),
-    )
-    _publish(tmp, out / "pipeline")
+    save_pipeline(out / "pipeline", vae, text_encoder, tokenizer, unet, sched, full)
     report["seconds"] = round(time.time() - t0, 1)
     return report

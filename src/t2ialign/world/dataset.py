@@ -1,9 +1,10 @@
 """D_pre, the shapes world's pre-training dataset: an unlimited, seeded stream of (image, caption) pairs.
 
 Every item is a full scene (all four attributes drawn uniformly, unseen objects included, as the paper's
-LAION holds objects its feedback never shows) with a caption that names a random subset of its
-attributes, through every template of the grammar, plain object names included. Like web alt-text, a
-caption is true but often incomplete.
+LAION holds objects its feedback never shows) with a web-like caption: like alt-text, it names the object
+and each other attribute only sometimes, and it states counts seldom and not always right (people
+miscount; a caption says "three" of four stars). Rates in ``DEFAULT_CAPTION_RATES`` and
+``DEFAULT_COUNT_ERROR_RATE``; docs/world.md says why these values.
 """
 
 from __future__ import annotations
@@ -28,7 +29,43 @@ CAPTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "color_background": ("color", "background"),
     "count_background": ("count", "background"),
 }
-DEFAULT_CAPTION_WEIGHTS: dict[str, float] = {name: 1.0 for name in CAPTION_TEMPLATES}
+# How often a caption names each attribute besides the object (independently), and how often a stated
+# count is off by one. World v4 named each attribute half the time, always right: its data stated the
+# count correctly in half the captions, so feedback had nothing to add about counts (issue 14).
+DEFAULT_CAPTION_RATES: dict[str, float] = {"count": 0.1, "color": 0.6, "background": 0.5}
+DEFAULT_COUNT_ERROR_RATE = 0.2
+CAPTIONED = ("count", "color", "background")
+
+
+def check_caption_rates(rates: dict[str, float], count_error_rate: float) -> None:
+    """ValueError unless ``rates`` gives a probability for exactly count, color and background."""
+    if set(rates) != set(CAPTIONED):
+        raise ValueError(f"caption rates must name exactly {', '.join(CAPTIONED)}; got {', '.join(rates)}")
+    for name, r in rates.items():
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"caption rate of {name!r} must be in [0, 1], got {r}")
+    if not 0.0 <= count_error_rate <= 1.0:
+        raise ValueError(f"count error rate must be in [0, 1], got {count_error_rate}")
+
+
+def web_caption(
+    scene: PromptSpec,
+    rng: np.random.Generator,
+    rates: dict[str, float] = DEFAULT_CAPTION_RATES,
+    count_error_rate: float = DEFAULT_COUNT_ERROR_RATE,
+) -> str:
+    """A web-like caption of a full scene: each of count, color and background named with its rate; a
+    named count is off by one with probability ``count_error_rate`` (one -> two, five -> four, else
+    either neighbour). Always four draws from ``rng``, so captions of later items do not shift."""
+    u = rng.random(4)
+    named = {k: getattr(scene, k) for k, x in zip(CAPTIONED, u[:3], strict=True) if x < rates[k]}
+    if "count" in named and u[3] < count_error_rate:
+        c = named["count"]
+        up = c == vocab.MIN_COUNT or (c != vocab.MAX_COUNT and u[3] < count_error_rate / 2)
+        named["count"] = c + 1 if up else c - 1
+    if not named:
+        return caption_for(scene, "plain")
+    return PromptSpec(scene.shape, **named).text()
 
 
 def caption_for(scene: PromptSpec, template: str) -> str:
@@ -52,22 +89,15 @@ class PretrainDataset(Dataset):
         length: int,
         seed: int = 0,
         size: int = DEFAULT_SIZE,
-        caption_weights: dict[str, float] | None = None,
+        caption_rates: dict[str, float] | None = None,
+        count_error_rate: float = DEFAULT_COUNT_ERROR_RATE,
         shapes=None,
     ):
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
-        weights = dict(DEFAULT_CAPTION_WEIGHTS if caption_weights is None else caption_weights)
-        for name, w in weights.items():
-            if name not in CAPTION_TEMPLATES:
-                raise ValueError(f"unknown caption template {name!r}; known: {', '.join(CAPTION_TEMPLATES)}")
-            if w < 0:
-                raise ValueError(f"caption weight of {name!r} must be >= 0, got {w}")
-        total = sum(weights.values())
-        if total <= 0:
-            raise ValueError("caption weights sum to zero")
-        self.templates = list(weights)
-        self.probs = np.array([weights[t] / total for t in self.templates])
+        self.caption_rates = dict(DEFAULT_CAPTION_RATES if caption_rates is None else caption_rates)
+        check_caption_rates(self.caption_rates, count_error_rate)
+        self.count_error_rate = count_error_rate
         self.shapes = list(vocab.SHAPES if shapes is None else shapes)
         for s in self.shapes:
             vocab.check_shape(s)
@@ -77,6 +107,7 @@ class PretrainDataset(Dataset):
         return self.length
 
     def scene(self, i: int) -> tuple[PromptSpec, str]:
+        """(the full scene of item i, its caption)."""
         rng = np.random.default_rng(stable_seed("d_pre", self.seed, i))
         scene = PromptSpec(
             shape=self.shapes[rng.integers(len(self.shapes))],
@@ -84,16 +115,16 @@ class PretrainDataset(Dataset):
             color=vocab.values("color")[rng.integers(len(vocab.COLORS))],
             background=vocab.values("background")[rng.integers(len(vocab.BACKGROUNDS))],
         )
-        return scene, self.templates[rng.choice(len(self.templates), p=self.probs)]
+        return scene, web_caption(scene, rng, self.caption_rates, self.count_error_rate)
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.length:
             raise IndexError(i)
-        scene, template = self.scene(i)
+        scene, caption = self.scene(i)
         image = render(scene, seed=stable_seed("d_pre_image", self.seed, i), size=self.size).image
         pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
         return {
             "pixel_values": pixels,
-            "caption": caption_for(scene, template),
+            "caption": caption,
             "attributes": scene.as_dict(),
         }

@@ -2,9 +2,12 @@
 prompt as good, bad or skip. It is the simulated human labeler and the automatic alignment metric.
 
 A small CNN with one softmax head per attribute, trained on renders under heavy degradation
-(``degrade.train_augment``) so that it reads blurry, imperfect images too. Its verdict is transparent:
-P(match) is the product, over the attributes the prompt names, of P(attribute = asked value); good above
-``good_threshold``, bad below ``bad_threshold``, skip (unsure, as the paper's labelers may) in between.
+(``degrade.train_augment``) so that it reads blurry, imperfect images too. The count head reads 0 (no
+shape), 1 to 5, and 6 meaning "six or more" (``vocab.JUDGE_COUNTS``), so an empty or over-drawn image is
+an error of count, not a "one" or a "five". Its verdict is transparent: P(match) is the product, over the
+attributes the prompt names, of P(attribute = asked value), times P(count >= 1) when the prompt names no
+count; good above ``good_threshold``, bad below ``bad_threshold``, skip (unsure, as the paper's labelers
+may) in between.
 Weights ship with the package (safetensors + config.json); ``t2ialign world train-judge`` remakes them.
 """
 
@@ -29,10 +32,20 @@ from ..config import JudgeTrainConfig, to_dict
 from . import vocab
 from .degrade import degrade, train_augment
 from .prompts import PromptSpec, parse_prompt
-from .render import render, stable_seed
+from .render import Scene, render_scene, stable_seed
 
 DEFAULT_JUDGE_PATH = Path(__file__).parent / "judge_weights"
-HEADS = {kind: len(vocab.values(kind)) for kind in vocab.ATTRIBUTES}  # count 5, color 9, shape 10, bg 8
+# What each head reads, in class-index order. Count: 0, 1, ..., 5 and 6 = "six or more" (class index of a
+# count k is min(k, 6), ``vocab.count_class``); the others: the prompts' vocabulary.
+HEAD_VALUES: dict[str, list] = {
+    kind: list(vocab.JUDGE_COUNTS) if kind == "count" else vocab.values(kind) for kind in vocab.ATTRIBUTES
+}
+HEADS = {kind: len(v) for kind, v in HEAD_VALUES.items()}  # count 7, color 9, shape 10, background 8
+
+
+def class_index(kind: str, value) -> int:
+    """Class index of an attribute value in the judge's head (a count of 6 or more is class 6)."""
+    return vocab.count_class(value) if kind == "count" else vocab.index(kind, value)
 
 
 class JudgeNet(nn.Module):
@@ -61,7 +74,7 @@ class JudgeNet(nn.Module):
 class Verdict:
     label: str  # "good", "bad" or "skip"
     p_match: float  # P(every attribute the prompt names is as asked)
-    reading: dict  # attribute -> (most likely value, its probability)
+    reading: dict  # attribute -> (most likely value, its probability); count 6 means six or more
 
 
 def decide(p_match: float, good_threshold: float, bad_threshold: float) -> str:
@@ -76,12 +89,24 @@ def decide(p_match: float, good_threshold: float, bad_threshold: float) -> str:
 def match_probability(probs: dict[str, torch.Tensor], specs: list[PromptSpec]) -> torch.Tensor:
     """P(match) per image: product over each prompt's named attributes of P(attribute = asked value).
 
-    probs: attribute -> (N, n_values) softmax probabilities; specs: N prompts. Returns (N,).
+    Every prompt asks for at least one object, so a prompt that names no count ("A red colored circle")
+    has the factor P(count >= 1) = 1 - P(count class 0) instead: an empty image is bad for every prompt,
+    whatever the shape and color heads guess about the shape that is not there. A named count k (1-5)
+    uses class k alone, so six shapes for "Five circles" are as wrong as four.
+
+    probs: attribute -> (N, n_classes) softmax probabilities (count: 7 classes); specs: N prompts.
+    Returns (N,).
     """
+    if probs["count"].shape[1] != HEADS["count"]:
+        raise ValueError(
+            f"count probabilities need {HEADS['count']} classes (0-5 and 6+), got {probs['count'].shape[1]}"
+        )
     out = torch.ones(len(specs), dtype=torch.float64)
     for i, spec in enumerate(specs):
+        if spec.count is None:
+            out[i] *= 1.0 - float(probs["count"][i, 0])
         for kind, value in spec.constrained().items():
-            out[i] *= float(probs[kind][i, vocab.index(kind, value)])
+            out[i] *= float(probs[kind][i, class_index(kind, value)])
     return out
 
 
@@ -139,8 +164,14 @@ class Judge:
                 f"no judge at {path} (needs config.json and model.safetensors); train one with `t2ialign world train-judge`"
             )
         meta = json.loads(cfg_file.read_text())
+        if meta["vocab"]["count"] == list(range(vocab.MIN_COUNT, vocab.MAX_COUNT + 1)):
+            raise ValueError(
+                f"judge at {path} is an old 5-class judge (counts 1-5 only): it reads an empty image as "
+                f"'one' and six shapes as 'five'; retrain it with `t2ialign world train-judge --out DIR` "
+                f"(count classes 0-5 and 6+) or use the shipped judge"
+            )
         for kind in vocab.ATTRIBUTES:
-            if meta["vocab"][kind] != vocab.values(kind):
+            if meta["vocab"][kind] != HEAD_VALUES[kind]:
                 raise ValueError(
                     f"judge at {path} was trained on another {kind} vocabulary: {meta['vocab'][kind]}"
                 )
@@ -157,7 +188,7 @@ class Judge:
         meta = {
             "t2ialign_version": __version__,
             "config": to_dict(self.config),
-            "vocab": {kind: vocab.values(kind) for kind in vocab.ATTRIBUTES},
+            "vocab": HEAD_VALUES,  # the heads' classes; count 6 = six or more
             **(extra or {}),
         }
         (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -181,7 +212,7 @@ class Judge:
             reading = {}
             for kind in vocab.ATTRIBUTES:
                 j = int(probs[kind][i].argmax())
-                reading[kind] = (vocab.values(kind)[j], round(float(probs[kind][i, j]), 4))
+                reading[kind] = (HEAD_VALUES[kind][j], round(float(probs[kind][i, j]), 4))
             label = decide(float(p_match[i]), self.config.good_threshold, self.config.bad_threshold)
             out.append(Verdict(label, float(p_match[i]), reading))
         return out
@@ -190,28 +221,64 @@ class Judge:
 # --- training -------------------------------------------------------------------------------------------
 
 
-def _targets(specs: list[PromptSpec]) -> dict[str, torch.Tensor]:
-    return {k: torch.tensor([vocab.index(k, getattr(s, k)) for s in specs]) for k in vocab.ATTRIBUTES}
+NO_SHAPE = -1  # target of the shape and color heads on an empty scene: nothing to read
 
 
-def render_set(
-    n: int, namespace: str, size: int, progress: bool = True
-) -> tuple[np.ndarray, list[PromptSpec]]:
-    """n renders of uniformly random full specs (all shapes, unseen objects included), seeded by namespace."""
-    images = np.empty((n, size, size, 3), np.uint8)
-    specs = []
-    for i in tqdm(range(n), desc=f"render {namespace}", disable=not progress, leave=False):
-        rng = np.random.default_rng(stable_seed(namespace, i))
-        spec = PromptSpec(
-            shape=vocab.values("shape")[rng.integers(HEADS["shape"])],
-            count=vocab.values("count")[rng.integers(HEADS["count"])],
-            color=vocab.values("color")[rng.integers(HEADS["color"])],
-            background=vocab.values("background")[rng.integers(HEADS["background"])],
+def _targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
+    """Class index per attribute, (N,) each; NO_SHAPE for the shape and color of an empty scene."""
+    return {
+        k: torch.tensor(
+            [
+                NO_SHAPE if k in ("shape", "color") and s.count == 0 else class_index(k, getattr(s, k))
+                for s in scenes
+            ]
         )
-        r = render(spec, seed=i, size=size)
-        images[i] = r.image
-        specs.append(r.spec)
-    return images, specs
+        for k in vocab.ATTRIBUTES
+    }
+
+
+def head_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of one head, (B, n_classes) logits against (B,) class indices, over the rows whose
+    target is not NO_SHAPE.
+
+    An empty image has no shape or color, so those heads learn nothing from it: what they read there
+    means nothing, and the verdict does not lean on it (``match_probability``'s factor P(count >= 1)).
+    (Training them toward the uniform distribution on empty images instead measured the same in the
+    selftest, and is one more rule.)
+    """
+    if not bool((target != NO_SHAPE).any()):
+        return logits.sum() * 0.0  # a batch of empty images only: no shape to learn from
+    return F.cross_entropy(logits, target, ignore_index=NO_SHAPE)
+
+
+def random_scene(rng: np.random.Generator) -> Scene:
+    """A uniformly random full scene for the judge: shape, color and background uniform, and the count
+    class uniform over 0, 1, ..., 5, 6+ (6+ is 6 or 7 shapes, half each).
+
+    So empty and over-drawn images are 1/7 of the data each, as often as every count a prompt can ask:
+    the count head sees balanced classes, and its prior favours no count over another.
+    """
+    count = int(rng.integers(len(vocab.JUDGE_COUNTS)))
+    if count == vocab.MANY:
+        count += int(rng.integers(2))  # 6 or 7
+    return Scene(
+        shape=vocab.values("shape")[rng.integers(HEADS["shape"])],
+        count=count,
+        color=vocab.values("color")[rng.integers(HEADS["color"])],
+        background=vocab.values("background")[rng.integers(HEADS["background"])],
+    )
+
+
+def render_set(n: int, namespace: str, size: int, progress: bool = True) -> tuple[np.ndarray, list[Scene]]:
+    """n renders of random scenes (``random_scene``: all shapes, unseen objects included; 0 to 7 shapes),
+    seeded by namespace. Returns (n, size, size, 3) uint8 images and their scenes."""
+    images = np.empty((n, size, size, 3), np.uint8)
+    scenes = []
+    for i in tqdm(range(n), desc=f"render {namespace}", disable=not progress, leave=False):
+        scene = random_scene(np.random.default_rng(stable_seed(namespace, i)))
+        images[i] = render_scene(scene, seed=i, size=size).image
+        scenes.append(scene)
+    return images, scenes
 
 
 def train_judge(config: JudgeTrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
@@ -238,7 +305,7 @@ def train_judge(config: JudgeTrainConfig, out_dir: str | Path, progress: bool = 
             batch = np.stack([train_augment(images[i], rng) for i in idx])
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
             logits = net(x)
-            loss = sum(F.cross_entropy(logits[k], targets[k][idx]) for k in HEADS)
+            loss = sum(head_loss(logits[k], targets[k][idx]) for k in HEADS)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -255,28 +322,59 @@ def train_judge(config: JudgeTrainConfig, out_dir: str | Path, progress: bool = 
 # --- validation -----------------------------------------------------------------------------------------
 
 
-def _test_prompt(truth: PromptSpec, rng: np.random.Generator) -> tuple[PromptSpec, str]:
-    """A prompt of a random category about this image: the true one (expect good) or one with a single
-    attribute changed (expect bad), half and half."""
+SCENE_GROUPS = ("empty", "1-5", "6+")  # selftest verdicts are also reported per group of scene counts
+
+
+def _scene_group(count: int) -> str:
+    return "empty" if count == 0 else "6+" if count >= vocab.MANY else "1-5"
+
+
+def _test_prompt(truth: Scene, rng: np.random.Generator) -> tuple[PromptSpec, str]:
+    """A prompt of a random category about this image: the true one or one with a single attribute
+    changed (expect bad), half and half.
+
+    A prompt can only ask for 1-5 shapes, so for an empty scene it asks for one and for 6-7 shapes for
+    five, the nearest counts, and the "true" prompt is expected bad when it names a count (and always
+    for an empty image); a prompt naming no count is expected good on an over-drawn image.
+    """
     from dataclasses import replace
 
     category = ("count", "color", "background", "combination")[rng.integers(4)]
     keep = {"count": ("count",), "color": ("color",), "background": ("background",)}.get(
         category, ("count", "color", "background")
     )
-    spec = PromptSpec(shape=truth.shape, **{k: getattr(truth, k) for k in keep})
+    asked = {
+        "count": min(max(truth.count, vocab.MIN_COUNT), vocab.MAX_COUNT),
+        "color": truth.color,
+        "background": truth.background,
+    }
+    spec = PromptSpec(shape=truth.shape, **{k: asked[k] for k in keep})
     if rng.random() < 0.5:
-        return spec, "good"
+        right = truth.count >= 1 and spec.count in (None, truth.count)
+        return spec, "good" if right else "bad"
     kind = list(spec.constrained())[rng.integers(len(spec.constrained()))]
     others = [v for v in vocab.values(kind) if v != getattr(spec, kind)]
     return replace(spec, **{kind: others[rng.integers(len(others))]}), "bad"
 
 
+def _verdict_stats(labels: list[str], expected: list[str]) -> dict:
+    answered = [(lab, e) for lab, e in zip(labels, expected, strict=True) if lab != "skip"]
+    return {
+        "n": len(labels),
+        "verdict_accuracy": round(sum(a == e for a, e in answered) / max(1, len(answered)), 4),
+        "skip_rate": round(1 - len(answered) / max(1, len(labels)), 4),
+    }
+
+
 def selftest(judge: Judge, n: int = 2000, seed: int = 0, progress: bool = True) -> dict:
     """The judge on n fresh renders (seeds disjoint from training), clean and degraded.
 
+    The renders are drawn as in training (``random_scene``): 1/7 empty, 1/7 with 6-7 shapes. Per set:
     verdict_accuracy: correct verdicts among non-skipped ones, over true and single-attribute-perturbed
-    prompts (half each); skip_rate: share skipped; per_attribute: accuracy of the most likely value.
+    prompts (half each; see ``_test_prompt``); skip_rate: share skipped; per_attribute: accuracy of the
+    most likely value (count over all seven classes; color and shape over images that have a shape);
+    per_count_class: count accuracy per class "0" ... "5", "6+"; by_scene: the verdict statistics for
+    empty, 1-5 and 6+ scenes apart ("1-5" is comparable to a judge that never saw the other two).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -284,20 +382,34 @@ def selftest(judge: Judge, n: int = 2000, seed: int = 0, progress: bool = True) 
     rng = np.random.default_rng(stable_seed("selftest", seed))
     degraded = np.stack([degrade(im, rng) for im in images])
     cases = [_test_prompt(t, rng) for t in truths]
+    targets = _targets(truths)
+    groups = [_scene_group(t.count) for t in truths]
     report = {}
     for name, batch in (("clean", images), ("degraded", degraded)):
         probs = judge.read(batch)
         per_attr = {}
         for kind in vocab.ATTRIBUTES:
-            pred = probs[kind].argmax(dim=1)
-            per_attr[kind] = round(float((pred == _targets(truths)[kind]).float().mean()), 4)
+            pred, target = probs[kind].argmax(dim=1), targets[kind]
+            has = target != NO_SHAPE
+            per_attr[kind] = round(float((pred[has] == target[has]).float().mean()), 4) if has.any() else None
+        count_pred = probs["count"].argmax(dim=1)
+        per_count = {}
+        for c in vocab.JUDGE_COUNTS:
+            rows = targets["count"] == c
+            if rows.any():
+                per_count[vocab.count_label(c)] = round(float((count_pred[rows] == c).float().mean()), 4)
         p_match = match_probability(probs, [c[0] for c in cases])
         labels = [decide(float(p), judge.config.good_threshold, judge.config.bad_threshold) for p in p_match]
-        answered = [(lab, c[1]) for lab, c in zip(labels, cases, strict=True) if lab != "skip"]
+        expected = [c[1] for c in cases]
+        by_scene = {}
+        for g in SCENE_GROUPS:
+            rows = [i for i in range(n) if groups[i] == g]
+            if rows:
+                by_scene[g] = _verdict_stats([labels[i] for i in rows], [expected[i] for i in rows])
         report[name] = {
-            "n": n,
-            "verdict_accuracy": round(sum(a == e for a, e in answered) / max(1, len(answered)), 4),
-            "skip_rate": round(1 - len(answered) / n, 4),
+            **_verdict_stats(labels, expected),
             "per_attribute": per_attr,
+            "per_count_class": per_count,
+            "by_scene": by_scene,
         }
     return report

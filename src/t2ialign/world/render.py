@@ -4,6 +4,10 @@
 background's texture. Attributes that the caption leaves open ("Two circles" says nothing of color) are
 drawn at random from the seed, and returned, so every image has a full ground truth.
 
+``render_scene(scene, seed)`` draws a full :class:`Scene`, whose count may also be 0 (background only) or
+6-7: scenes that no prompt or caption asks for, which the judge needs to learn that an empty or
+over-drawn image is no "one" or "five". Prompts, captions and the pre-training data stay at 1-5.
+
 Everything is numpy + PIL, anti-aliased by 4x supersampling of each shape's mask. Images are uint8
 arrays of shape (size, size, 3); the default size is 64, the resolution of the world's base models.
 """
@@ -23,8 +27,17 @@ from .prompts import PromptSpec, parse_prompt
 DEFAULT_SIZE = 64
 _SS = 4  # supersampling factor of shape masks
 
-# Radius range of a shape, as a fraction of the image side, by count: more shapes, smaller shapes.
-_RADIUS = {1: (0.13, 0.22), 2: (0.11, 0.18), 3: (0.10, 0.15), 4: (0.09, 0.13), 5: (0.085, 0.12)}
+# Radius range of a shape, as a fraction of the image side, by count: more shapes, smaller shapes. 6 and
+# 7 (judge scenes only) continue the trend a little below five's, so size alone does not give them away.
+_RADIUS = {
+    1: (0.13, 0.22),
+    2: (0.11, 0.18),
+    3: (0.10, 0.15),
+    4: (0.09, 0.13),
+    5: (0.085, 0.12),
+    6: (0.08, 0.11),
+    7: (0.075, 0.10),
+}
 _GAP = 0.045  # minimum free space between two shapes' circumscribed circles, fraction of the side
 
 
@@ -43,6 +56,33 @@ class Rendered:
 
     def pil(self) -> Image.Image:
         return Image.fromarray(self.image)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A full scene for the judge: every attribute set, count from 0 to 7 (``vocab.SCENE_COUNTS``).
+
+    Unlike a :class:`PromptSpec` (counts 1-5, what prompts may ask), a scene may be empty or over-drawn.
+    Shape and color of an empty scene are drawn but not seen.
+    """
+
+    shape: str
+    count: int
+    color: str
+    background: str
+
+    def __post_init__(self):
+        vocab.check_shape(self.shape)
+        vocab.check_scene_count(self.count)
+        vocab.check_color(self.color)
+        vocab.check_background(self.background)
+
+
+@dataclass(frozen=True)
+class RenderedScene:
+    image: np.ndarray  # (H, W, 3) uint8
+    scene: Scene
+    placements: tuple[Placement, ...]  # empty for count 0
 
 
 def stable_seed(*parts) -> int:
@@ -71,26 +111,54 @@ def render(prompt: str | PromptSpec, seed: int, size: int = DEFAULT_SIZE) -> Ren
         raise ValueError(f"size must be an integer >= 16 pixels, got {size!r}")
     rng = np.random.default_rng(stable_seed("render", seed, spec.text(), size))
     full = complete_spec(spec, rng)
-    image = background_texture(full.background, rng, size)
-    placements = place_shapes(full.count, rng, size)
+    image, placements = _draw(full.shape, full.count, full.color, full.background, rng, size)
+    return Rendered(image, full, placements)
+
+
+def render_scene(scene: Scene, seed: int, size: int = DEFAULT_SIZE) -> RenderedScene:
+    """Render a judge scene (0 to 7 shapes; see :class:`Scene`). Same (scene, seed, size) -> same pixels.
+
+    Seeded apart from :func:`render`, so a scene's pixels are not those of the same caption's render.
+    """
+    if not isinstance(scene, Scene):
+        raise TypeError(f"render_scene takes a Scene, got {type(scene).__name__}")
+    if not isinstance(size, int) or size < 16:
+        raise ValueError(f"size must be an integer >= 16 pixels, got {size!r}")
+    parts = (scene.shape, scene.count, scene.color, scene.background)
+    rng = np.random.default_rng(stable_seed("scene", seed, *parts, size))
+    image, placements = _draw(*parts, rng, size)
+    return RenderedScene(image, scene, placements)
+
+
+def _draw(
+    shape: str, count: int, color: str, background: str, rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, tuple[Placement, ...]]:
+    """The pixels of a full scene: texture, placements, shapes, color jitter, shading (in this rng order)."""
+    image = background_texture(background, rng, size)
+    placements = place_shapes(count, rng, size)
     alpha = np.zeros((size, size), np.float32)
     for p in placements:
-        _stamp_shape(alpha, full.shape, p)
-    rgb = np.asarray(vocab.COLORS[full.color], np.float32) / 255.0
+        _stamp_shape(alpha, shape, p)
+    rgb = np.asarray(vocab.COLORS[color], np.float32) / 255.0
     rgb = np.clip(rgb + rng.normal(0.0, 0.03, 3), 0.0, 1.0)  # per-image color jitter: a category, not a value
     # mild top-to-bottom shading of the shapes, as if lit from above
     shade = 1.0 + 0.06 * (0.5 - np.linspace(0.0, 1.0, size, dtype=np.float32))[:, None, None]
     fg = np.clip(rgb[None, None, :] * shade, 0.0, 1.0)
     out = image * (1.0 - alpha[..., None]) + fg * alpha[..., None]
-    return Rendered(np.round(out * 255.0).astype(np.uint8), full, tuple(placements))
+    return np.round(out * 255.0).astype(np.uint8), tuple(placements)
 
 
 # --- shapes ----------------------------------------------------------------------------------------------
 
 
 def place_shapes(count: int, rng: np.random.Generator, size: int) -> list[Placement]:
-    """Random non-overlapping placements (rejection sampling; shrinks the shapes if space runs out)."""
-    vocab.check_count(count)
+    """Random non-overlapping placements (rejection sampling; shrinks the shapes if space runs out).
+
+    count: 0 to 7 (``vocab.SCENE_COUNTS``); 0 gives no placements and draws nothing from rng.
+    """
+    vocab.check_scene_count(count)
+    if count == 0:
+        return []
     lo, hi = _RADIUS[count]
     gap = _GAP * size
     scale = 1.0

@@ -52,6 +52,15 @@ BACKGROUNDS: dict[str, str] = {
 COUNT_WORDS: dict[int, str] = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 MIN_COUNT, MAX_COUNT = 1, 5
 
+# Counts beyond the prompts', for the judge only. Prompts and captions ask for one to five shapes (above);
+# the judge must also tell an empty image (0) and an over-drawn one (six or more) from those, so the
+# renderer's judge scenes (``render.render_scene``) draw 0 to 7 shapes, and the judge's count head reads
+# the classes in JUDGE_COUNTS: 0, 1, ..., 5 and MANY, which stands for "six or more". The class index of a
+# count k is min(k, MANY) (``count_class``): 6 and 7 shapes are both class 6.
+SCENE_COUNTS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
+MANY = MAX_COUNT + 1
+JUDGE_COUNTS: tuple[int, ...] = tuple(range(0, MANY + 1))
+
 # Shapes that the pre-training data (the renderer) draws but the feedback set never shows: the paper's
 # "unseen objects" (footnote 1). Chosen so that each has a seen shape of similar complexity.
 DEFAULT_UNSEEN_OBJECTS: tuple[str, ...] = ("heart", "hexagon")
@@ -81,6 +90,28 @@ def check_count(count: int) -> int:
     if isinstance(count, bool) or not isinstance(count, int) or not MIN_COUNT <= count <= MAX_COUNT:
         raise ValueError(f"count must be an integer from {MIN_COUNT} to {MAX_COUNT}, got {count!r}")
     return count
+
+
+def check_scene_count(count: int) -> int:
+    """A count the renderer can draw for the judge (SCENE_COUNTS: 0 to 7), not only the prompts' 1-5."""
+    if isinstance(count, bool) or not isinstance(count, int) or count not in SCENE_COUNTS:
+        raise ValueError(
+            f"a scene has {SCENE_COUNTS[0]} to {SCENE_COUNTS[-1]} shapes (prompts ask for "
+            f"{MIN_COUNT} to {MAX_COUNT}), got {count!r}"
+        )
+    return count
+
+
+def count_class(count: int) -> int:
+    """The judge's count class of a number of shapes: the count itself up to five, MANY (6) above."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"a count is an integer >= 0, got {count!r}")
+    return min(count, MANY)
+
+
+def count_label(count_class_value: int) -> str:
+    """How a count class reads to people: "0" ... "5", and "6+" for MANY (six or more)."""
+    return f"{MANY}+" if count_class_value >= MANY else str(count_class_value)
 
 
 def index(kind: str, value) -> int:
