@@ -65,7 +65,7 @@ def run(tmp_path):
 
 @pytest.fixture
 def app(run, clock):
-    app = create_app(run, ADMIN_SECRET, k=2, lease_seconds=60, clock=clock)
+    app = create_app(run, ADMIN_SECRET, k=2, lease_seconds=60, clock=clock, login_attempts=1000)
     yield app
     app.state.store.close()
 
@@ -80,6 +80,11 @@ def new_labeler(client, name) -> dict:
     r = client.post("/api/admin/labelers", json={"name": name}, headers=ADMIN)
     assert r.status_code == 201, r.text
     return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def lease(client, headers) -> list[int]:
+    """The ids of the labeler's next screen, leased to them (labels are accepted only for leased work)."""
+    return [im["id"] for im in client.get("/api/next", headers=headers).json()["images"]]
 
 
 def labels(app) -> list[tuple[int, int, str]]:
@@ -215,7 +220,8 @@ def test_role_endpoint_matrix(client, app):
 
 def test_labelers_see_and_change_only_their_own_labels(client, app):
     ann, bob = new_labeler(client, "ann"), new_labeler(client, "bob")
-    img, other = image_ids(app)[:2]
+    img, other = lease(client, bob)[:2]
+    assert lease(client, ann)[:2] == [img, other]  # k = 2: both are sent to the same screen
     assert client.post("/api/labels", json={"image_id": img, "value": "good"}, headers=bob).status_code == 200
     assert client.get("/api/labels", headers=ann).json() == []
     assert [r["image_id"] for r in client.get("/api/labels", headers=bob).json()] == [img]
@@ -370,7 +376,7 @@ def test_the_database_commits_durably(app):
 
 def test_a_resend_makes_one_label_and_a_new_answer_replaces_it(client, app):
     ann = new_labeler(client, "ann")
-    img = image_ids(app)[0]
+    img = lease(client, ann)[0]
     for value in ("good", "good", "bad"):
         r = client.post("/api/labels", json={"image_id": img, "value": value}, headers=ann)
         assert r.json() == {"image_id": img, "value": value}
@@ -489,7 +495,7 @@ def test_a_labeled_image_is_never_assigned_again_to_its_labeler(client, app, clo
 
 def test_admin_export_streams_one_json_object_per_label(client, app):
     ann = new_labeler(client, "ann")
-    ids = image_ids(app)
+    ids = lease(client, ann)
     for i, v in zip(ids[:3], ("good", "bad", "skip"), strict=True):
         client.post("/api/labels", json={"image_id": i, "value": v}, headers=ann)
     r = client.get("/api/admin/export.jsonl", headers=ADMIN)

@@ -93,7 +93,7 @@ def test_export_import_export_is_byte_identical(store, tmp_path, suffix):
     first = tmp_path / f"first{suffix}"
     export_labels(store, first)
     with empty_run(tmp_path / "new") as new:
-        counts = import_labels(new, first)
+        counts = import_labels(new, first, images_from=store.run_dir)
         assert counts["prompts"] == 4 and counts["images"] == 8 and counts["labelers"] == 3
         assert counts["labels"] == {"new": 20, "replaced": 0, "unchanged": 0}
         export_labels(new, tmp_path / f"second{suffix}")
@@ -104,7 +104,8 @@ def test_export_import_export_is_byte_identical(store, tmp_path, suffix):
                 "sim-1": True,
                 "sim-2": True,
             }
-        assert not new.image_path(new.list_images()[0]["sha256"]).exists()  # files are not carried
+        # the files came from the run given (an export carries none), checked against their sha256
+        assert all(new.image_path(im["sha256"]).is_file() for im in new.list_images())
         again = import_labels(new, first)  # into a run that has them: nothing changes
         assert again["labels"] == {"new": 0, "replaced": 0, "unchanged": 20} and again["images"] == 0
 
@@ -113,7 +114,7 @@ def test_jsonl_import_then_parquet_export_equals_parquet_export(store, tmp_path)
     export_labels(store, tmp_path / "a.jsonl")
     export_labels(store, tmp_path / "a.parquet")
     with empty_run(tmp_path / "new") as new:
-        import_labels(new, tmp_path / "a.jsonl")
+        import_labels(new, tmp_path / "a.jsonl", images_from=store.run_dir)
         export_labels(new, tmp_path / "b.parquet")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
@@ -191,12 +192,12 @@ def test_import_that_contradicts_the_run_writes_nothing(store, tmp_path):
         prompt = next(p for p in build_prompt_set() if p.text == "Two circles")
         new.add_prompts([type(prompt)(prompt.text, prompt.category, "unseen_prompt", prompt.spec)])
         with pytest.raises(ValueError, match="prompt 'Two circles' is stored in this run"):
-            import_labels(new, tmp_path / "a.jsonl")
+            import_labels(new, tmp_path / "a.jsonl", images_from=store.run_dir)
         assert len(new.list_prompts()) == 1 and new.list_images() == [] and label_rows(new) == []
     with empty_run(tmp_path / "other") as other:
         other.add_labeler("sim-1")  # a person named like a simulated labeler
         with pytest.raises(ValueError, match="labeler 'sim-1' is a person in this run"):
-            import_labels(other, tmp_path / "a.jsonl")
+            import_labels(other, tmp_path / "a.jsonl", images_from=store.run_dir)
         assert other.list_prompts() == [] and label_rows(other) == []
 
 
@@ -218,7 +219,7 @@ def test_cli_export_and_import(store, tmp_path, capsys):
     out = tmp_path / "l.parquet"
     assert _cli(["export", str(store.run_dir), str(out)]) == 0
     assert "20 labels written" in capsys.readouterr().out
-    assert _cli(["import", str(tmp_path / "copy"), str(out)]) == 0
+    assert _cli(["import", str(tmp_path / "copy"), str(out), "--images-from", str(store.run_dir)]) == 0
     assert json.loads(capsys.readouterr().out)["labels"]["new"] == 20
     (tmp_path / "bad.jsonl").write_text('{"label": "good"}\n')
     with pytest.raises(ValueError, match="line 1: missing column"):

@@ -445,6 +445,12 @@ def test_a_full_query_takes_no_more_votes(client, app, run):
     create_comparison(store, "c", "fine-tuned", "original", run[1], raters_per_query=2)
     query_id = store.comparison_queries(store.comparison("c")["id"])[0]["id"]
     raters = [new_rater(client, n) for n in ("ann", "bob", "cat")]
+    # ann and bob are handed the query; cat is sent elsewhere, and a vote on it anyway is refused
+    assert [client.get("/api/compare/next", headers=h).json()["query"]["id"] == query_id for h in raters] == [
+        True,
+        True,
+        False,
+    ]
     vote = {"query_id": query_id, "alignment": "A", "fidelity": "B"}
     assert [client.post("/api/compare/votes", json=vote, headers=h).status_code for h in raters] == [
         200,

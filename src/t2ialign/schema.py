@@ -150,6 +150,23 @@ class LeaseRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=_utcnow)
 
 
+class SessionRow(Base):
+    """A signed-in browser of a labeler: the cookie holds a random session id, the database its sha256.
+
+    Distinct from the labeler's token, so that signing out, revoking or rotating ends a session on the
+    server (a cookie that still holds the id is refused), and the token itself never sits in a cookie.
+    """
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index(None, "labeler_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"))
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
 @dataclass(frozen=True)
 class ImageState:
     """How far one image to label (role human) is, as seen by one labeler; see :meth:`Store.assign_images`.

@@ -18,16 +18,20 @@ shows the tallies.
     GET  /api/compare/next             lease my next query          GET  /api/admin/compare  tallies (admin)
     POST /api/compare/votes {query_id, alignment, fidelity}    my vote on a query; final, a resend is a no-op
 
-Every label goes through ``service.submit_label``, the code path of the simulated labelers too, and is
-committed before the answer is sent. Input is validated before anything is written; errors are 4xx with a
+Every label goes through ``service`` (``submit_leased_label``: only work leased to the labeler, or a change
+of their own answer, and never beyond k; the simulated labelers use the same store upsert), and is
+committed before the answer is sent. Security (the threat model is ``tests/test_labeling_security.py``):
+server-side sessions, a sign-in rate limit, a Host allow-list, cross-site checks and headers (``Guard``). Input is validated before anything is written; errors are 4xx with a
 ``detail`` message.
 
 (No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations, and those name
 dependencies local to ``create_app``.)
 """
 
+import asyncio
 import contextlib
 import json
+import math
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -39,13 +43,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..store import Store, VoteConflict
+from ..store import NotLeased, Store, VoteConflict
 from . import assignment, auth, pages, sidebyside
-from .service import submit_label
+from .service import submit_leased_label
 
-COOKIE = "t2ialign_token"
+COOKIE = "t2ialign_session"  # a server-side session id (see auth.new_session), never the token itself
 MAX_BODY_BYTES = 16 * 1024  # labels and logins are tiny; anything bigger is refused unread (413)
 DEFAULT_LEASE_SECONDS = 15 * 60
+DEFAULT_SESSION_SECONDS = 12 * 3600  # a working day; then sign in again
+# Failed sign-ins (wrong token at /api/login or in a Bearer header) allowed per client address and window;
+# beyond, 429 with Retry-After. Tokens are 256 random bits, but the admin secret is chosen by a person.
+DEFAULT_LOGIN_ATTEMPTS = 10
+DEFAULT_LOGIN_WINDOW_SECONDS = 60.0
+# How long a request's body may take to arrive once its head has (a half-sent body holds a worker).
+DEFAULT_BODY_TIMEOUT_SECONDS = 10.0
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _INT64_MAX = 2**63 - 1
 
 
@@ -82,8 +94,8 @@ class BodyLimit:
     """ASGI middleware: reads the whole request body first and answers 413 if it exceeds ``max_bytes``,
     whether the size is declared (Content-Length) or not (chunked), before the app sees any of it."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS):
+        self.app, self.max_bytes, self.timeout_seconds = app, max_bytes, timeout_seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -93,7 +105,12 @@ class BodyLimit:
             return await self._too_large(scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:  # a client that sends its body slowly, or never finishes it, is answered 408
+                message = await asyncio.wait_for(receive(), self.timeout_seconds)
+            except TimeoutError:
+                detail = f"the request body did not arrive within {self.timeout_seconds:g} s"
+                headers = {"Connection": "close"}
+                return await JSONResponse({"detail": detail}, 408, headers=headers)(scope, receive, send)
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -118,6 +135,107 @@ class BodyLimit:
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
+# --- headers, Host and cross-site checks ------------------------------------------------------------------
+
+
+class Guard:
+    """ASGI middleware, outermost: the checks every request passes and the headers every answer carries.
+
+    - ``allowed_hosts`` (if given): a request whose Host is not listed is refused (400). Without it a page
+      on an attacker's domain that resolves to this server (DNS rebinding) would be same-origin with it.
+    - A state-changing request (POST, PUT, PATCH, DELETE) sent by a browser from another site is refused
+      (403): ``Sec-Fetch-Site`` must be same-origin or none, and ``Origin``, when sent, must be this
+      server's. SameSite=Strict cookies already keep other sites' requests anonymous; this also covers
+      body-less POSTs such as /api/undo from a same-site but other-origin page. Clients that send neither
+      header (curl, scripts with a Bearer token) are not browsers and pass.
+    - Every answer gets ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``,
+      ``X-Frame-Options: DENY`` and, unless it set its own (images), ``Cache-Control: no-store``: labels
+      and tokens must not stay in a shared cache or a browser's history.
+    """
+
+    def __init__(self, app, allowed_hosts: tuple[str, ...] | None = None):
+        self.app = app
+        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        refusal = None
+        if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
+            refusal = (400, "unknown Host: this server answers only to the names it is configured with")
+        elif scope["method"] in _STATE_CHANGING:
+            site = headers.get(b"sec-fetch-site")
+            origin = headers.get(b"origin")
+            if site is not None and site not in (b"same-origin", b"none"):
+                refusal = (403, "cross-site request refused")
+            elif origin is not None and origin.decode("latin-1").lower().partition("://")[2] != host:
+                refusal = (403, "cross-origin request refused: Origin is not this server")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"cache-control", b"no-store"),
+                ]
+                message = {
+                    **message,
+                    "headers": list(message.get("headers", []))
+                    + [(k, v) for k, v in extra if k not in names],
+                }
+            await send(message)
+
+        if refusal is not None:
+            response = JSONResponse({"detail": refusal[1]}, status_code=refusal[0])
+            return await response(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_with_headers)
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port: "example.org:8000" -> "example.org", "[::1]:80" -> "[::1]"."""
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+class LoginLimiter:
+    """Failed sign-ins per client address in a sliding window; ``retry_after`` says when one may try again.
+
+    Memory is bounded: at most ``max_clients`` addresses are tracked; beyond, the stalest are forgotten
+    (an attacker with that many addresses is not slowed by a per-address limit anyway).
+    """
+
+    def __init__(self, attempts: int, window_seconds: float, max_clients: int = 10_000):
+        self.attempts, self.window, self.max_clients = attempts, window_seconds, max_clients
+        self.failures: dict[str, list[float]] = {}
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        times = [t for t in self.failures.get(client, ()) if t > now - self.window]
+        if times:
+            self.failures[client] = times
+        else:
+            self.failures.pop(client, None)
+        return times
+
+    def retry_after(self, client: str, now: float) -> int | None:
+        """Seconds to wait if ``client`` used up its failed attempts, else None."""
+        times = self._recent(client, now)
+        if len(times) < self.attempts:
+            return None
+        return max(1, math.ceil(times[-self.attempts] + self.window - now))
+
+    def failed(self, client: str, now: float) -> None:
+        if client not in self.failures and len(self.failures) >= self.max_clients:
+            stalest = sorted(self.failures, key=lambda c: self.failures[c][-1])[: self.max_clients // 10 + 1]
+            for c in stalest:
+                del self.failures[c]
+        self.failures.setdefault(client, []).append(now)
+
+
 # --- the app ----------------------------------------------------------------------------------------------
 
 
@@ -125,11 +243,16 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _printable(x: Any) -> str | int:
+    """A part of an error location that any JSON encoder takes: a field name may hold a lone surrogate."""
+    return x if isinstance(x, int) else str(x).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _error_message(errors: list[dict[str, Any]]) -> str:
     """One readable line from pydantic's errors, e.g. "value: Input should be 'good', 'bad' or 'skip'"."""
     parts = []
     for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        loc = ".".join(str(_printable(p)) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "; ".join(parts) or "invalid request"
 
@@ -141,17 +264,41 @@ def create_app(
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     db_url: str | None = None,
     clock: Callable[[], datetime] = _utcnow,
+    allowed_hosts: tuple[str, ...] | None = None,
+    session_seconds: float = DEFAULT_SESSION_SECONDS,
+    login_attempts: int = DEFAULT_LOGIN_ATTEMPTS,
+    login_window_seconds: float = DEFAULT_LOGIN_WINDOW_SECONDS,
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
 ) -> FastAPI:
     """The labeling app over the run in ``run_dir`` (database at ``db_url`` if given).
 
     ``k``: labels wanted per image, from distinct labelers. ``lease_seconds``: how long a screen's images
     stay reserved for the labeler who got them. ``clock``: the current UTC time (tests move it). Creates
-    or updates the admin account so that ``admin_secret`` is its token; refuses an empty or short secret.
+    or updates the admin account so that ``admin_secret`` is its token; refuses an empty or weak secret.
+
+    ``allowed_hosts``: the Host names the server answers to (None: any; ``t2ialign label serve`` always
+    gives a list). ``session_seconds``: how long a sign-in lasts. ``login_attempts`` failed sign-ins per
+    client address in ``login_window_seconds``, then 429. ``body_timeout_seconds``: a request body that has
+    not arrived in this time is answered 408.
     """
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
         raise ValueError(f"k must be an integer in [1, 1000], got {k!r}")
     if not isinstance(lease_seconds, int | float) or not 1 <= lease_seconds <= 7 * 24 * 3600:
         raise ValueError(f"lease_seconds must be in [1, 604800], got {lease_seconds!r}")
+    for name, value, lo, hi in (
+        ("session_seconds", session_seconds, 60, 30 * 24 * 3600),
+        ("login_attempts", login_attempts, 1, 10_000),
+        ("login_window_seconds", login_window_seconds, 1, 24 * 3600),
+        ("body_timeout_seconds", body_timeout_seconds, 0.01, 3600),
+    ):
+        if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    if allowed_hosts is not None and (
+        isinstance(allowed_hosts, str)
+        or not allowed_hosts
+        or not all(isinstance(h, str) and h for h in allowed_hosts)
+    ):
+        raise ValueError(f"allowed_hosts must be a non-empty list of host names, got {allowed_hosts!r}")
     admin_secret = auth.check_admin_secret(admin_secret)
     store = Store.open(run_dir, db_url=db_url)
     auth.ensure_admin(store, admin_secret)
@@ -165,34 +312,62 @@ def create_app(
         title="t2ialign labeling", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     app.state.store = store
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, timeout_seconds=body_timeout_seconds)
+    app.add_middleware(Guard, allowed_hosts=None if allowed_hosts is None else tuple(allowed_hosts))
+    limiter = LoginLimiter(login_attempts, login_window_seconds)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        return JSONResponse(
-            {"detail": _error_message(errors), "errors": json.loads(json.dumps(errors, default=str))},
-            status_code=422,
-        )
+        # Location, message and type only: echoing the input back would reflect what the client sent, and
+        # NaN, infinity or a lone surrogate in it made the encoder fail (500).
+        errors = [
+            {
+                "loc": [_printable(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg")),
+                "type": str(e.get("type")),
+            }
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": _error_message(errors), "errors": errors}, status_code=422)
 
     # --- who is asking ---------------------------------------------------------------------------------
 
-    def _token(request: Request) -> str | None:
+    def _client(request: Request) -> str:
+        # The peer's address; behind a proxy named in --forwarded-allow-ips, uvicorn puts the client's here.
+        return request.client.host if request.client else "unknown"
+
+    def _check_not_limited(request: Request) -> None:
+        wait = limiter.retry_after(_client(request), clock().timestamp())
+        if wait is not None:
+            raise HTTPException(
+                429, f"too many failed sign-ins: try again in {wait} s", headers={"Retry-After": str(wait)}
+            )
+
+    def _bearer(request: Request) -> str | None:
         header = request.headers.get("authorization")
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
-        return request.cookies.get(COOKIE)
+        if header is None:
+            return None
+        scheme, _, token = header.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
 
     def account_or_none(request: Request) -> auth.Account | None:
-        return auth.authenticate(store, _token(request))
+        token = _bearer(request)
+        if token is None:  # a browser: the session cookie
+            return auth.session_account(store, request.cookies.get(COOKIE), clock())
+        _check_not_limited(request)
+        acc = auth.authenticate(store, token)
+        if acc is None:
+            limiter.failed(_client(request), clock().timestamp())
+        return acc
 
     def account(request: Request) -> auth.Account:
         acc = account_or_none(request)
         if acc is None:
             detail = "sign in first: send Authorization: Bearer TOKEN (or sign in on the page)"
-            if _token(request):
+            if _bearer(request) is not None:
                 detail = "invalid token"
+            elif request.cookies.get(COOKIE):
+                detail = "your session ended (signed out, expired or revoked): sign in again"
             raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
         return acc
 
@@ -250,16 +425,29 @@ def create_app(
     # --- sign in ---------------------------------------------------------------------------------------
 
     @app.post("/api/login")
-    def login(body: LoginIn, response: Response):
+    def login(body: LoginIn, request: Request, response: Response):
+        _check_not_limited(request)
         acc = auth.authenticate(store, body.token)
         if acc is None:
+            limiter.failed(_client(request), clock().timestamp())
             raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+        session_id = auth.new_session(store, acc, session_seconds, clock())
         # HttpOnly: page scripts cannot read it; SameSite=Strict: other sites cannot send requests with it.
-        response.set_cookie(COOKIE, body.token, httponly=True, samesite="strict", path="/")
+        # Secure when the request came over TLS (behind a proxy: when it forwards X-Forwarded-Proto).
+        response.set_cookie(
+            COOKIE,
+            session_id,
+            max_age=int(session_seconds),
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=request.url.scheme == "https",
+        )
         return {"name": acc.name, "is_admin": acc.is_admin}
 
     @app.post("/api/logout")
-    def logout(response: Response):
+    def logout(request: Request, response: Response):
+        auth.end_session(store, request.cookies.get(COOKIE))  # on the server: a copied cookie is dead too
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return {"ok": True}
 
@@ -286,7 +474,10 @@ def create_app(
         found = store.images_by_id([body.image_id])
         if not found or found[0]["role"] != "human":
             raise HTTPException(404, f"unknown image id {body.image_id} (no image to label has this id)")
-        submit_label(store, acc.id, body.image_id, body.value)  # committed when it returns
+        try:  # committed when it returns
+            submit_leased_label(store, acc.id, body.image_id, body.value, k=k, now=clock())
+        except NotLeased as e:
+            raise HTTPException(409, str(e)) from None
         return {"image_id": body.image_id, "value": body.value}
 
     @app.delete("/api/labels/{image_id}")
@@ -381,7 +572,9 @@ def create_app(
         if not store.comparison_queries(query_ids=[body.query_id]):
             raise HTTPException(404, f"unknown query id {body.query_id}")
         try:  # committed when it returns
-            status = sidebyside.submit_vote(store, acc.id, body.query_id, body.alignment, body.fidelity)
+            status = sidebyside.submit_vote(
+                store, acc.id, body.query_id, body.alignment, body.fidelity, leased_at=clock()
+            )
         except VoteConflict as e:
             raise HTTPException(409, str(e)) from None
         return {

@@ -12,12 +12,15 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from ..store import Store
 
 ADMIN_NAME = "admin"
 TOKEN_BYTES = 32
 MIN_ADMIN_SECRET_CHARS = 16
+MIN_ADMIN_SECRET_KINDS = 3  # of lower case, upper case, digits, symbols
+MIN_ADMIN_SECRET_DISTINCT = 10
 MAX_TOKEN_CHARS = 256  # anything longer is not one of ours; refuse it before hashing
 # Names appear in exports and on the admin page: keep them plain.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -38,6 +41,15 @@ def new_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _is_text(s: str) -> bool:
+    """False for a string that UTF-8 cannot encode (a lone surrogate, which JSON's \\ud800 can make)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_labeler_name(name: str) -> str:
@@ -61,6 +73,20 @@ def check_admin_secret(secret: str | None) -> str:
         )
     if len(secret) < MIN_ADMIN_SECRET_CHARS:
         raise ValueError(f"the admin secret must have at least {MIN_ADMIN_SECRET_CHARS} characters")
+    # Length alone lets "aaaaaaaaaaaaaaaa" and "password12345678" through: a person's choice must also
+    # mix kinds of characters and not repeat a few. token_urlsafe(32) passes with near certainty.
+    kinds = sum(
+        any(test(c) for c in secret)
+        for test in (str.islower, str.isupper, str.isdigit, lambda c: not c.isalnum())
+    )
+    if kinds < MIN_ADMIN_SECRET_KINDS or len(set(secret)) < MIN_ADMIN_SECRET_DISTINCT:
+        raise ValueError(
+            f"the admin secret is too weak: use at least {MIN_ADMIN_SECRET_KINDS} of lower case, upper case, "
+            f"digits and symbols, and at least {MIN_ADMIN_SECRET_DISTINCT} distinct characters "
+            '(make one with: python -c "import secrets; print(secrets.token_urlsafe(32))")'
+        )
+    if not _is_text(secret):
+        raise ValueError("the admin secret must be plain text (it holds an unpaired surrogate)")
     return secret
 
 
@@ -78,7 +104,7 @@ def ensure_admin(store: Store, admin_secret: str) -> int:
 
 def authenticate(store: Store, token: str | None) -> Account | None:
     """The account whose token this is, or None."""
-    if not token or len(token) > MAX_TOKEN_CHARS:
+    if not token or len(token) > MAX_TOKEN_CHARS or not _is_text(token):
         return None
     digest = hash_token(token)
     row = store.labeler_by_token_hash(digest)
@@ -86,3 +112,39 @@ def authenticate(store: Store, token: str | None) -> Account | None:
     if row is None or not hmac.compare_digest(row["token_hash"], digest):
         return None
     return Account(id=row["id"], name=row["name"], is_admin=row["is_admin"])
+
+
+# --- sessions: what the cookie holds, instead of the token ---------------------------------------------------
+
+
+def new_session(store: Store, account: Account, lifetime_seconds: float, now: datetime) -> str:
+    """Start a server-side session for ``account``; returns its random id (for the cookie), stores a hash."""
+    session_id = new_token()
+    store.add_session(account.id, hash_token(session_id), now + timedelta(seconds=lifetime_seconds))
+    return session_id
+
+
+def session_account(store: Store, session_id: str | None, now: datetime) -> Account | None:
+    """The account of an active session, or None (unknown, expired, signed out or revoked)."""
+    if not session_id or len(session_id) > MAX_TOKEN_CHARS or not _is_text(session_id):
+        return None
+    row = store.labeler_by_session(hash_token(session_id), now)
+    return None if row is None else Account(id=row["id"], name=row["name"], is_admin=row["is_admin"])
+
+
+def end_session(store: Store, session_id: str | None) -> None:
+    if session_id and len(session_id) <= MAX_TOKEN_CHARS and _is_text(session_id):
+        store.delete_session(hash_token(session_id))
+
+
+def revoke_labeler(store: Store, name: str) -> None:
+    """Revoke a labeler's access at once: no token signs in as them, their open sessions end, their leases
+    are dropped (the images go back to the pool). Their labels stay; ``rotate_token`` gives access back."""
+    store.set_labeler_token(name, None)
+
+
+def rotate_token(store: Store, name: str) -> str:
+    """A new token for labeler ``name`` (the old one and every session end); returned once, stored hashed."""
+    token = new_token()
+    store.set_labeler_token(name, hash_token(token))
+    return token

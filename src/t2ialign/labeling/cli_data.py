@@ -64,7 +64,7 @@ def cmd_import(args) -> int:
         args.input
     )  # validated before Store.open, which may create the run: a bad file writes nothing
     with Store.open(args.run, db_url=args.db_url) as store:
-        counts = write_labels(store, rows)
+        counts = write_labels(store, rows, images_from=args.images_from)
     print(json.dumps(counts, indent=2))
     return 0
 
@@ -253,6 +253,11 @@ def add_commands(label_subparsers) -> None:
     sp = label_subparsers.add_parser("import", help="read labels from an export into a run")
     _add_run_args(sp)
     sp.add_argument("input", metavar="IN", help="a .jsonl or .parquet label export")
+    sp.add_argument(
+        "--images-from",
+        metavar="RUN",
+        help="run directory holding the image files of images new to RUN (an export carries no files)",
+    )
     sp.set_defaults(func=cmd_import)
 
     sp = label_subparsers.add_parser("stats", help="Table 1 class balance, agreement, progress")

@@ -1,4 +1,4 @@
-"""``t2ialign label serve | add-labeler``: run the labeling web app, create labeler accounts.
+"""``t2ialign label serve | add-labeler | revoke | rotate``: run the labeling web app, manage accounts.
 
 ``add_commands(label_subparsers)`` registers both on the ``label`` subparsers of the main CLI; each sets
 ``func`` to a function of ``args`` that returns 0 or raises ValueError for bad input.
@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ..store import open_existing
 
 ADMIN_SECRET_ENV = "T2IALIGN_ADMIN_SECRET"
+_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]{0,252}[a-z0-9])?|\[[0-9a-f:.]+\]")
 
 
 def read_admin_secret(secret_file: str | None, environ=os.environ) -> str:
@@ -33,17 +35,89 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from .app import create_app
+    from .http import protocol
 
     secret = read_admin_secret(args.admin_secret_file)  # before anything else: no secret, no server
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+    for name in ("head_timeout", "body_timeout", "keep_alive_timeout"):
+        value = getattr(args, name)
+        if not 0 < value <= 3600:
+            raise ValueError(f"--{name.replace('_', '-')} must be in (0, 3600] seconds, got {value}")
+    hosts = allowed_hosts(args.host, args.allowed_host)
     open_existing(args.run, args.db_url).close()
-    app = create_app(args.run, secret, k=args.k, lease_seconds=args.lease_seconds, db_url=args.db_url)
-    print(
-        f"labeling {args.run} at http://{args.host}:{args.port}/ (k={args.k}); admin page: /admin", flush=True
+    app = create_app(
+        args.run,
+        secret,
+        k=args.k,
+        lease_seconds=args.lease_seconds,
+        db_url=args.db_url,
+        allowed_hosts=hosts,
+        body_timeout_seconds=args.body_timeout,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    print(
+        f"labeling {args.run} at http://{args.host}:{args.port}/ (k={args.k}); admin page: /admin; "
+        f"answers to Host {', '.join(hosts)}",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http=protocol(args.head_timeout),
+        timeout_keep_alive=args.keep_alive_timeout,
+        # X-Forwarded-For / -Proto are believed only from the proxies named; by default from nobody, so a
+        # client cannot choose the address that the access log and the sign-in rate limit see.
+        proxy_headers=args.forwarded_allow_ips is not None,
+        forwarded_allow_ips=args.forwarded_allow_ips or "",
+        server_header=False,
+    )
     return 0
+
+
+def allowed_hosts(bind_host: str, extra: list[str] | None) -> tuple[str, ...]:
+    """The Host names the server answers to: those given with --allowed-host, else the address it listens
+    on and, for a loopback or wildcard address, localhost's names. ValueError for a malformed name."""
+    hosts = list(extra or [])
+    if not hosts:
+        hosts = [bind_host]
+        if bind_host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+            hosts += ["127.0.0.1", "localhost", "[::1]"]
+    out = []
+    for h in hosts:
+        h = h.strip().lower()
+        if ":" in h and not h.startswith("["):
+            h = f"[{h}]"  # an IPv6 address, as it appears in a Host header
+        if not _HOST.fullmatch(h):
+            raise ValueError(f"--allowed-host {h!r} is not a host name or IP address (no port, no scheme)")
+        if h not in out and h not in ("0.0.0.0", "[::]"):
+            out.append(h)
+    return tuple(out)
+
+
+def _change_token(args, revoke: bool) -> int:
+    from .auth import revoke_labeler, rotate_token
+
+    with open_existing(args.run, args.db_url) as store:
+        if revoke:
+            revoke_labeler(store, args.name)
+            print(f"labeler {args.name} revoked: their token and open sessions no longer work (labels kept)")
+        else:
+            token = rotate_token(store, args.name)
+            print(
+                f"labeler {args.name} has a new token (shown only now; the old one and their sessions ended):"
+            )
+            print(token)
+    return 0
+
+
+def cmd_revoke(args) -> int:
+    return _change_token(args, revoke=True)
+
+
+def cmd_rotate(args) -> int:
+    return _change_token(args, revoke=False)
 
 
 def cmd_add_labeler(args) -> int:
@@ -57,7 +131,8 @@ def cmd_add_labeler(args) -> int:
 
 def add_commands(label_subparsers) -> None:
     """Register serve and add-labeler on the ``t2ialign label`` subparsers."""
-    from .app import DEFAULT_LEASE_SECONDS
+    from .app import DEFAULT_BODY_TIMEOUT_SECONDS, DEFAULT_LEASE_SECONDS
+    from .http import DEFAULT_HEAD_TIMEOUT_SECONDS
 
     sp = label_subparsers.add_parser(
         "serve",
@@ -78,7 +153,50 @@ def add_commands(label_subparsers) -> None:
     )
     sp.add_argument("--admin-secret-file", help=f"file holding the admin secret (else ${ADMIN_SECRET_ENV})")
     sp.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sp.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name the server answers to (repeat for several; default: the --host address, and "
+        "localhost's names for a loopback one). Behind a proxy: the public name, e.g. labels.example.org",
+    )
+    sp.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are "
+        "believed (default: none)",
+    )
+    sp.add_argument(
+        "--head-timeout",
+        type=float,
+        default=DEFAULT_HEAD_TIMEOUT_SECONDS,
+        help="seconds a connection has to send a complete request head, else it is closed",
+    )
+    sp.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT_SECONDS,
+        help="seconds a request body has to arrive, else 408",
+    )
+    sp.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=5.0,
+        help="seconds an idle keep-alive connection stays open",
+    )
     sp.set_defaults(func=cmd_serve)
+
+    for name, func, text in (
+        ("revoke", cmd_revoke, "revoke a labeler's access at once (token and sessions); labels are kept"),
+        ("rotate", cmd_rotate, "give a labeler a new token (printed once); the old one and sessions end"),
+    ):
+        sp = label_subparsers.add_parser(name, help=text)
+        sp.add_argument("run", metavar="RUN", help="run directory")
+        sp.add_argument("name", metavar="NAME", help="labeler name")
+        sp.add_argument(
+            "--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)"
+        )
+        sp.set_defaults(func=func)
 
     sp = label_subparsers.add_parser("add-labeler", help="create a labeler account and print its token once")
     sp.add_argument("run", metavar="RUN", help="run directory")

@@ -21,8 +21,18 @@ import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
 from ..fsutil import atomic_write
-from ..store import LABEL_VALUES, ROLES, ImageRow, LabelerRow, LabelRow, PromptRow, Store
+from ..store import IMAGES_DIRNAME, LABEL_VALUES, ROLES, ImageRow, LabelerRow, LabelRow, PromptRow, Store
 from ..world.prompts import CATEGORIES, SPLITS, parse_prompt
+from .auth import ADMIN_NAME, check_labeler_name
+
+
+def _name_ok(name: str) -> bool:
+    try:
+        check_labeler_name(name)
+    except ValueError:
+        return False
+    return True
+
 
 SCHEMA = pa.schema(
     [
@@ -125,7 +135,10 @@ def export_labels(store: Store, path: str | Path) -> int:
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buf, **PARQUET_OPTIONS)
         data = buf.getvalue()
-    atomic_write(path, data)
+    try:
+        atomic_write(path, data)
+    except OSError as e:  # e.g. /sys/x.jsonl or a read-only folder: a message, not a traceback
+        raise ValueError(f"cannot write {path}: {e.strerror or e}") from e
     return len(rows)
 
 
@@ -215,6 +228,13 @@ def _validate(where: str, row: dict) -> dict[str, Any]:
             fail(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
         return v
 
+    def labeler_name() -> str:
+        # The names people see on /admin: the app's own rule (no NUL, control or bidi characters).
+        v = row["labeler"]
+        if not isinstance(v, str) or not (v == ADMIN_NAME or _name_ok(v)):
+            fail(f"labeler must be a labeler name (letters, digits, . _ @ -), got {v!r}")
+        return v
+
     sha = row["image_sha256"]
     if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
         fail(f"image_sha256 must be 64 lowercase hex digits, got {sha!r}")
@@ -242,7 +262,7 @@ def _validate(where: str, row: dict) -> dict[str, Any]:
         "category": category,
         "split": one_of("split", SPLITS),
         "spec": spec,
-        "labeler": text("labeler"),
+        "labeler": labeler_name(),
         "is_simulated": row["labeler_is_simulated"],
         "value": one_of("label", LABEL_VALUES),
         "model_id": text("model_id"),
@@ -295,20 +315,25 @@ def read_labels(path: str | Path) -> list[dict[str, Any]]:
     return [r for _, r in rows]
 
 
-def import_labels(store: Store, path: str | Path) -> dict[str, Any]:
+def import_labels(store: Store, path: str | Path, images_from: str | Path | None = None) -> dict[str, Any]:
     """Recreate the labels of an export (.jsonl or .parquet) in this run, with their prompts, images and
     labelers; return counts of what was new, replaced and unchanged.
 
     Every row is validated first (:func:`read_labels`) and everything is written in one transaction, so
     a bad file writes nothing. See :func:`write_labels`.
     """
-    return write_labels(store, read_labels(path))
+    return write_labels(store, read_labels(path), images_from=images_from)
 
 
-def write_labels(store: Store, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def write_labels(
+    store: Store, rows: list[dict[str, Any]], images_from: str | Path | None = None
+) -> dict[str, Any]:
     """Write rows of :func:`read_labels` into the run, in one transaction.
 
-    Images are recorded without their files (which the export does not carry). What the run already
+    The export does not carry image files: an image the run does not hold yet must have its file in the
+    run already, or in the run directory ``images_from`` (copied from there, its sha256 checked); else a
+    ValueError names it and nothing is written. An image row without its file would be handed to labelers
+    as a broken picture, and its labels would train on nothing. What the run already
     holds must agree with the rows: a prompt, image or labeler of the same name but other fields is an
     error. A label the run already has for the same (image, labeler) is replaced by the row's, value and
     times, as a resend replaces a label. This restores recorded labels, so it writes them directly rather
@@ -319,7 +344,11 @@ def write_labels(store: Store, rows: list[dict[str, Any]]) -> dict[str, Any]:
     labelers = {r["labeler"]: {"is_simulated": r["is_simulated"]} for r in rows}
     counts = {"rows": len(rows), "prompts": 0, "images": 0, "labelers": 0}
     counts["labels"] = {"new": 0, "replaced": 0, "unchanged": 0}
+    copies = _files_to_copy(store, sorted(images), images_from)
     with store.session() as s:
+        for sha, src in copies:  # inside the transaction: a failed copy writes no rows
+            if store.put_image_bytes(_read_image(src)) != sha:
+                raise ValueError(f"{src} does not hash to {sha}: not the image the labels are about")
         prompt_ids = _ensure_prompts(s, prompts, counts)
         image_ids = _ensure_images(s, images, prompt_ids, counts)
         labeler_ids = _ensure_labelers(s, labelers, counts)
@@ -345,6 +374,35 @@ def write_labels(store: Store, rows: list[dict[str, Any]]) -> dict[str, Any]:
             s.execute(update(LabelRow), changed)
         counts["labels"]["new"], counts["labels"]["replaced"] = len(new), len(changed)
     return counts
+
+
+def _files_to_copy(store: Store, shas: list[str], images_from: str | Path | None) -> list[tuple[str, Path]]:
+    """(sha256, source file) for each image the run has neither as a row nor as a file; ValueError naming
+    the first one whose file is nowhere to be found."""
+    known: set[str] = set()
+    with store.session() as s:
+        for i in range(0, len(shas), _CHUNK):
+            known.update(s.scalars(select(ImageRow.sha256).where(ImageRow.sha256.in_(shas[i : i + _CHUNK]))))
+    copies = []
+    for sha in shas:
+        if sha in known or store.image_path(sha).is_file():
+            continue
+        src = None if images_from is None else Path(images_from) / IMAGES_DIRNAME / sha[:2] / f"{sha}.png"
+        if src is None or not src.is_file():
+            where = "" if images_from is None else f" nor in {images_from}"
+            raise ValueError(
+                f"image {sha} has no file in the run{where}: copy the images first, or pass the run that "
+                "holds them (label import --images-from RUN)"
+            )
+        copies.append((sha, src))
+    return copies
+
+
+def _read_image(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from e
 
 
 def _ensure_prompts(s, prompts: dict[str, dict], counts: dict) -> dict[str, int]:

@@ -4,6 +4,8 @@ simulated feedback is stored exactly as people's is."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from ..store import LABEL_VALUES, Store
 
 
@@ -14,6 +16,17 @@ def submit_label(store: Store, labeler_id: int, image_id: int, value: str) -> No
     the old one. Raises ValueError for an unknown image or labeler or a value outside good/bad/skip.
     """
     submit_labels(store, [(labeler_id, image_id, value)])
+
+
+def submit_leased_label(
+    store: Store, labeler_id: int, image_id: int, value: str, k: int, now: datetime
+) -> None:
+    """:func:`submit_label` for the web app: accepted only as an answer to an image leased to this labeler
+    (active at ``now``) with fewer than ``k`` labels, or as a change of their own earlier answer; else
+    ``store.NotLeased`` and nothing is written. Labelers cannot choose what they label."""
+    if value not in LABEL_VALUES:
+        raise ValueError(f"label must be one of {', '.join(LABEL_VALUES)}, got {value!r}")
+    store.set_labels([(image_id, labeler_id, value)], leased_at=now, k=k)
 
 
 def submit_labels(store: Store, labels: list[tuple[int, int, str]]) -> None:

@@ -164,14 +164,22 @@ def get_comparison(store: Store, name: str) -> dict[str, Any]:
 # --- votes --------------------------------------------------------------------------------------------------
 
 
-def submit_vote(store: Store, labeler_id: int, query_id: int, alignment: str, fidelity: str) -> str:
+def submit_vote(
+    store: Store,
+    labeler_id: int,
+    query_id: int,
+    alignment: str,
+    fidelity: str,
+    leased_at: datetime | None = None,
+) -> str:
     """Record one rater's vote on one query, answers as shown (A, B or tie); committed when this returns.
 
     Returns "new", or "unchanged" for a resend of the same vote. Raises ``store.VoteConflict`` when the
     rater voted otherwise before (a vote is final) or the query has all its votes, ValueError for an
-    unknown query or rater or an answer outside A / B / tie.
+    unknown query or rater or an answer outside A / B / tie. With ``leased_at`` (the web app), a new vote
+    needs the query leased to the rater at that time (``store.NotLeased``, a VoteConflict, otherwise).
     """
-    counts = submit_votes(store, [(labeler_id, query_id, alignment, fidelity)])
+    counts = store.add_votes([(query_id, labeler_id, alignment, fidelity)], leased_at=leased_at)
     return "new" if counts["new"] else "unchanged"
 
 

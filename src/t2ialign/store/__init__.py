@@ -39,8 +39,9 @@ from ..schema import (
     LeaseRow,
     PromptRow,
     QueryState,
+    SessionRow,
 )
-from ._common import DB_FILENAME, IMAGES_DIRNAME, METRICS_FILENAME, StoreError, VoteConflict
+from ._common import DB_FILENAME, IMAGES_DIRNAME, METRICS_FILENAME, NotLeased, StoreError, VoteConflict
 from .comparisons import MAX_COMPARISON_SET, shown_to_choice
 from .core import Store, open_existing
 from .engine import MIGRATIONS_DIR, SQLITE_BUSY_TIMEOUT_MS, SUPPORTED_DIALECTS, alembic_config, make_engine
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_COMPARISON_SET",
     "METRICS_FILENAME",
     "MIGRATIONS_DIR",
+    "NotLeased",
     "NAMING_CONVENTION",
     "ROLES",
     "SHOWN_SIDES",
@@ -72,6 +74,7 @@ __all__ = [
     "LeaseRow",
     "PromptRow",
     "QueryState",
+    "SessionRow",
     "Store",
     "StoreError",
     "VoteConflict",

@@ -28,6 +28,11 @@ class VoteConflict(ValueError):
     on the query, or the query has all the votes it wants (the web app answers 409)."""
 
 
+class NotLeased(VoteConflict):
+    """An answer to work that was not handed to this labeler (no active lease, and no earlier answer of
+    theirs to change), or to an item that has all the answers it wants; the web app answers 409."""
+
+
 # --- files ------------------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,17 @@ from ..schema import (
     PromptRow,
     QueryState,
 )
-from ._common import _INT64, VoteConflict, _as_utc, _check_int, _check_one_of, _check_str, _check_utc, _chunks
+from ._common import (
+    _INT64,
+    NotLeased,
+    VoteConflict,
+    _as_utc,
+    _check_int,
+    _check_one_of,
+    _check_str,
+    _check_utc,
+    _chunks,
+)
 
 
 class ComparisonsMixin:
@@ -233,7 +243,9 @@ class ComparisonsMixin:
                 for v, name, simulated in s.execute(q)
             ]
 
-    def add_votes(self, votes: list[tuple[int, int, str, str]]) -> dict[str, int]:
+    def add_votes(
+        self, votes: list[tuple[int, int, str, str]], leased_at: datetime | None = None
+    ) -> dict[str, int]:
         """Record side-by-side votes ``(query_id, labeler_id, alignment, fidelity)``, answers as the rater
         saw them (A, B or tie), in one transaction: all or nothing. Returns counts of new and unchanged votes.
 
@@ -242,7 +254,12 @@ class ComparisonsMixin:
         answers changes nothing, other answers raise :class:`VoteConflict`; so does a vote that would give
         a query more than its comparison's raters_per_query. Votes on one query are serialized (SQLite: the
         write lock; PostgreSQL: a row lock on the query), so concurrent raters cannot overfill a query.
+
+        ``leased_at`` (the web app's path): a new vote needs a lease of the query to this rater that is
+        still active at ``leased_at``, else :class:`NotLeased`: raters answer only what they were handed.
         """
+        if leased_at is not None:
+            leased_at = _check_utc("leased_at", leased_at)
         for query_id, labeler_id, alignment, fidelity in votes:
             _check_int("query_id", query_id, 1, _INT64[1])
             _check_int("labeler_id", labeler_id, 1, _INT64[1])
@@ -289,6 +306,13 @@ class ComparisonsMixin:
                 for q, lab, a, f in s.execute(rows):
                     stored[(q, lab)] = (a, f)
                     n_votes[q] += 1
+            leased: set[tuple[int, int]] = set()
+            if leased_at is not None:
+                for chunk in _chunks(query_ids, 500):
+                    rows = select(ComparisonLeaseRow.query_id, ComparisonLeaseRow.labeler_id).where(
+                        ComparisonLeaseRow.query_id.in_(chunk), ComparisonLeaseRow.expires_at > leased_at
+                    )
+                    leased.update((q, lab) for q, lab in s.execute(rows))
             new = []
             for q, lab, alignment, fidelity in votes:
                 shown, wanted = queries[q]
@@ -300,6 +324,10 @@ class ComparisonsMixin:
                         )
                     counts["unchanged"] += 1
                     continue
+                if leased_at is not None and (q, lab) not in leased:
+                    raise NotLeased(
+                        f"query {q} is not leased to you (or its lease expired): ask /api/compare/next for work"
+                    )
                 n_votes[q] += 1
                 if n_votes[q] > wanted:
                     raise VoteConflict(f"query {q} has all the {wanted} votes it wants already")

@@ -10,8 +10,18 @@ from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ..schema import LABEL_VALUES, ImageRow, ImageState, LabelerRow, LabelRow, LeaseRow, PromptRow, _utcnow
-from ._common import _INT64, _as_utc, _check_int, _check_one_of, _check_str, _chunks
+from ..schema import (
+    LABEL_VALUES,
+    ImageRow,
+    ImageState,
+    LabelerRow,
+    LabelRow,
+    LeaseRow,
+    PromptRow,
+    SessionRow,
+    _utcnow,
+)
+from ._common import _INT64, NotLeased, _as_utc, _check_int, _check_one_of, _check_str, _check_utc, _chunks
 
 
 class LabelsMixin:
@@ -44,12 +54,25 @@ class LabelsMixin:
         """
         self.set_labels([(image_id, labeler_id, value)])
 
-    def set_labels(self, labels: list[tuple[int, int, str]]) -> None:
+    def set_labels(
+        self, labels: list[tuple[int, int, str]], leased_at: datetime | None = None, k: int | None = None
+    ) -> None:
         """:meth:`set_label` for many (image_id, labeler_id, value) in one transaction: all or nothing.
 
         Every label is validated (values, and that each image and labeler exists) before anything is
-        written. One commit for the lot is what makes bulk labeling fast (a commit is an fsync).
+        written. One commit for the lot is what makes bulk labeling fast (a commit is an fsync). A resend
+        of the same value changes nothing, not even ``updated_at`` (which orders undo).
+
+        ``leased_at`` (the web app's path): a label that is not a change of the labeler's own earlier one
+        needs a lease on the image to this labeler that is still active at ``leased_at``, and with ``k``
+        the image must have fewer than k labels; else :class:`NotLeased`, and nothing is written. So a
+        labeler can answer only what they were handed, a late answer after the lease expired is refused,
+        and no image gets more than k labels. Labels of one image are serialized for this check (SQLite:
+        the write lock; PostgreSQL: a row lock on the image).
         """
+        if leased_at is not None:
+            leased_at = _check_utc("leased_at", leased_at)
+        _check_int("k", k, 1, 100_000, nullable=True)
         for image_id, labeler_id, value in labels:
             _check_one_of("label value", value, LABEL_VALUES)
             _check_int("image_id", image_id, 1, _INT64[1])
@@ -69,6 +92,8 @@ class LabelsMixin:
                     unknown = sorted(set(chunk) - found)
                     if unknown:
                         raise ValueError(f"unknown {what} id {unknown[0]}")
+            if leased_at is not None:
+                _check_leased(s, labels, leased_at, k)
             now = _utcnow()
             for chunk in _chunks(labels, 500):
                 stmt = insert(LabelRow).values(
@@ -80,6 +105,8 @@ class LabelsMixin:
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["image_id", "labeler_id"],
                     set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+                    # a resend of the same value is no change: updated_at (the undo order) stays
+                    where=LabelRow.value != stmt.excluded.value,
                 )
                 s.execute(stmt)
 
@@ -119,6 +146,61 @@ class LabelsMixin:
             if row is None:
                 return None
             return {"id": row.id, "name": row.name, "is_admin": row.is_admin, "token_hash": row.token_hash}
+
+    # --- sessions, revocation, rotation ----------------------------------------------------------------
+
+    def add_session(self, labeler_id: int, id_hash: str, expires_at: datetime) -> None:
+        """Record a sign-in: the sha256 of a fresh random session id (never the id itself) of a labeler."""
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        _check_str("id_hash", id_hash)
+        expires_at = _check_utc("expires_at", expires_at)
+        with self.session() as s:
+            if s.get(LabelerRow, labeler_id) is None:
+                raise ValueError(f"unknown labeler id {labeler_id}")
+            s.add(SessionRow(id_hash=id_hash, labeler_id=labeler_id, expires_at=expires_at))
+
+    def labeler_by_session(self, id_hash: str, now: datetime) -> dict[str, Any] | None:
+        """The labeler (id, name, is_admin) of the session whose id hashes to ``id_hash``, if it is still
+        active at ``now`` and the labeler has a token (a revoked one has none); else None."""
+        _check_str("id_hash", id_hash)
+        now = _check_utc("now", now)
+        q = (
+            select(LabelerRow)
+            .join(SessionRow, SessionRow.labeler_id == LabelerRow.id)
+            .where(
+                SessionRow.id_hash == id_hash, SessionRow.expires_at > now, LabelerRow.token_hash.is_not(None)
+            )
+            .limit(1)
+        )
+        with self.session() as s:
+            row = s.scalar(q)
+            return None if row is None else {"id": row.id, "name": row.name, "is_admin": row.is_admin}
+
+    def delete_session(self, id_hash: str) -> bool:
+        """End one session (sign out); True if there was one."""
+        _check_str("id_hash", id_hash)
+        with self.session() as s:
+            return s.execute(delete(SessionRow).where(SessionRow.id_hash == id_hash)).rowcount > 0
+
+    def set_labeler_token(self, name: str, token_hash: str | None) -> int:
+        """Give labeler ``name`` a new token hash (rotate) or none (revoke: no token signs in as them),
+        end all their sessions and drop their leases, in one transaction; their labels stay. Their id.
+
+        Refuses the admin (its token is the server's admin secret) and unknown names."""
+        _check_str("labeler name", name)
+        _check_str("token_hash", token_hash, nullable=True)
+        with self.session() as s:
+            row = s.scalar(select(LabelerRow).where(LabelerRow.name == name))
+            if row is None:
+                raise ValueError(f"no labeler named {name!r} in this run")
+            if row.is_admin:
+                raise ValueError(
+                    f"{name!r} is the admin: change the admin secret and restart the server instead"
+                )
+            row.token_hash = token_hash
+            s.execute(delete(SessionRow).where(SessionRow.labeler_id == row.id))
+            s.execute(delete(LeaseRow).where(LeaseRow.labeler_id == row.id))
+            return row.id
 
     def images_by_id(self, image_ids: list[int]) -> list[dict[str, Any]]:
         """The images with these ids (id, sha256, role, model_id, seed, prompt_id, prompt, category), in the
@@ -264,6 +346,47 @@ class LabelsMixin:
                 .where(LabelRow.labeler_id == labeler_id, ImageRow.role == "human")
             )
         return {"images": images, "labeled_k_times": done, "labels": int(labels), "mine": mine}
+
+
+def _check_leased(s: Session, labels: list[tuple[int, int, str]], now: datetime, k: int | None) -> None:
+    """NotLeased unless every label is a change of the labeler's own or answers an active lease of theirs
+    on an image with fewer than ``k`` labels (counting the new ones of this batch); see ``set_labels``."""
+    image_ids = sorted({i for i, _, _ in labels})
+    if s.bind.dialect.name == "postgresql":  # one lock order: no deadlock between two writers
+        s.execute(
+            select(ImageRow.id).where(ImageRow.id.in_(image_ids)).order_by(ImageRow.id).with_for_update()
+        )
+    pairs = {(i, lab) for i, lab, _ in labels}
+    mine = {
+        (i, lab)
+        for i, lab in s.execute(
+            select(LabelRow.image_id, LabelRow.labeler_id).where(LabelRow.image_id.in_(image_ids))
+        )
+        if (i, lab) in pairs
+    }
+    leased = {
+        (i, lab)
+        for i, lab in s.execute(
+            select(LeaseRow.image_id, LeaseRow.labeler_id).where(
+                LeaseRow.image_id.in_(image_ids), LeaseRow.expires_at > now
+            )
+        )
+    }
+    counts = dict(
+        s.execute(
+            select(LabelRow.image_id, func.count())
+            .where(LabelRow.image_id.in_(image_ids))
+            .group_by(LabelRow.image_id)
+        ).all()
+    )
+    for i, lab, _ in labels:
+        if (i, lab) in mine:
+            continue  # a change of their own answer (or a resend): always theirs to make
+        if (i, lab) not in leased:
+            raise NotLeased(f"image {i} is not leased to you (or its lease expired): ask /api/next for work")
+        counts[i] = counts.get(i, 0) + 1
+        if k is not None and counts[i] > k:
+            raise NotLeased(f"image {i} has all the {k} labels it wants already")
 
 
 # --- assignment helpers -----------------------------------------------------------------------------------
