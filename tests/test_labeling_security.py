@@ -207,6 +207,43 @@ def test_3_the_cookie_holds_a_session_and_sign_out_ends_it_on_the_server(client,
     assert r.status_code == 401 and "session ended" in r.json()["detail"]
 
 
+def test_a_chosen_session_id_is_never_adopted_and_each_sign_in_gets_a_fresh_one(client):
+    planted = {"Cookie": f"{COOKIE}=attacker-chosen"}  # session fixation: plant an id, wait for a sign-in
+    assert client.get("/api/me", headers=planted).status_code == 401
+    r = client.post("/api/login", json={"token": ADMIN_SECRET}, headers=planted)
+    first = r.cookies[COOKIE]
+    assert r.status_code == 200 and first != "attacker-chosen"
+    assert client.post("/api/login", json={"token": ADMIN_SECRET}).cookies[COOKIE] != first
+
+
+def test_the_cookie_is_secure_behind_tls_and_never_readable_by_scripts(run):
+    app = create_app(run, ADMIN_SECRET)
+    try:
+        with TestClient(app, base_url="https://testserver") as c:
+            cookie = c.post("/api/login", json={"token": ADMIN_SECRET}).headers["set-cookie"].lower()
+            assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    finally:
+        app.state.store.close()
+
+
+def test_a_cross_site_sign_in_is_refused(client):
+    # login CSRF: signing the victim into the attacker's account would collect their labels under it
+    r = client.post("/api/login", json={"token": ADMIN_SECRET}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and COOKIE not in r.headers.get("set-cookie", "")
+
+
+def test_tokens_in_the_query_string_do_not_authenticate(client):
+    assert client.get(f"/api/me?token={ADMIN_SECRET}").status_code == 401
+
+
+def test_a_revoked_labeler_frees_their_leases(client, app, run):
+    ann, bob = new_labeler(client, "ann"), new_labeler(client, "bob")
+    client.get("/api/next", headers=new_labeler(client, "cat"))
+    held = lease(client, ann)
+    assert main(["label", "revoke", str(run), "ann"]) == 0
+    assert lease(client, bob) == held  # the images ann held are handed out again at once
+
+
 def test_a_session_expires(run, clock):
     app = create_app(run, ADMIN_SECRET, clock=clock, session_seconds=3600)
     try:
