@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -112,6 +113,8 @@ class LabelerRow(Base):
     token_hash: Mapped[str | None] = mapped_column(String)
     is_admin: Mapped[bool] = mapped_column(default=False)
     is_simulated: Mapped[bool] = mapped_column(default=False)
+    # Excluded from the training labels (a careless rater, see labeling.stats.rater_quality); rows kept.
+    excluded: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=_utcnow)
 
 

@@ -8,7 +8,7 @@ JSON, authenticated by ``Authorization: Bearer TOKEN`` or the cookie that ``/api
     GET  /api/labels                   my labels                    POST /api/labels  {image_id, value}
     DELETE /api/labels/{image_id}      remove my label              POST /api/undo    remove my last answer
     GET  /images/{sha256}.png          an image of the run
-    GET  /api/admin/stats              label_summary (admin)        GET  /api/admin/export.jsonl (admin)
+    GET  /api/admin/stats              label_summary, raters (admin)        GET  /api/admin/export.jsonl (admin)
     POST /api/admin/labelers {name}    new account, its token once (admin)
 
 Side-by-side evaluation (paper Fig. 3; ``sidebyside``): the page ``/compare`` shows one query (a prompt,
@@ -507,9 +507,9 @@ def create_app(
     # --- admin -----------------------------------------------------------------------------------------
 
     def _summary() -> dict[str, Any]:
-        from .stats import label_summary  # imported when first asked for, not at every server start
+        from .stats import label_summary, rater_quality  # imported when first asked, not at server start
 
-        return label_summary(store)
+        return {**label_summary(store), "raters": rater_quality(store)}
 
     @app.get("/api/admin/stats")
     def stats(acc: Admin):

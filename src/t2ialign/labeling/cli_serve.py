@@ -112,6 +112,14 @@ def _change_token(args, revoke: bool) -> int:
     return 0
 
 
+def cmd_exclude(args) -> int:
+    with open_existing(args.run, args.db_url) as store:
+        store.set_excluded(args.name, not args.include)
+    what = "included in" if args.include else "excluded from"
+    print(f"labeler {args.name} {what} the training labels (their labels stay in the run)")
+    return 0
+
+
 def cmd_revoke(args) -> int:
     return _change_token(args, revoke=True)
 
@@ -197,6 +205,15 @@ def add_commands(label_subparsers) -> None:
             "--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)"
         )
         sp.set_defaults(func=func)
+
+    sp = label_subparsers.add_parser(
+        "exclude", help="exclude a labeler's labels from training (a careless rater); rows are kept"
+    )
+    sp.add_argument("run", metavar="RUN", help="run directory")
+    sp.add_argument("name", metavar="NAME", help="labeler name")
+    sp.add_argument("--include", action="store_true", help="include them again")
+    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
+    sp.set_defaults(func=cmd_exclude)
 
     sp = label_subparsers.add_parser("add-labeler", help="create a labeler account and print its token once")
     sp.add_argument("run", metavar="RUN", help="run directory")

@@ -229,6 +229,21 @@ def _table(rows: dict[str, dict[str, Any]], first: str) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _raters(raters: dict[str, dict]) -> dict[str, dict]:
+    """The rater-quality rows as the admin table shows them (flags as one text, n/a for missing)."""
+    return {
+        name: {
+            "labels": r["labels"],
+            "agreement": "n/a" if r["agreement"] is None else f"{r['agreement']:.0%} of {r['compared']}",
+            "per minute": "n/a" if r["per_minute"] is None else r["per_minute"],
+            "skip rate": "n/a" if r["skip_rate"] is None else f"{r['skip_rate']:.0%}",
+            "excluded": "yes" if r["excluded"] else "",
+            "flags": ", ".join(r["flags"]),
+        }
+        for name, r in raters.items()
+    }
+
+
 def admin_page(account: Account, summary: dict[str, Any], k: int, nonce: str) -> str:
     """Progress, per-labeler counts, agreement and the class balance (paper Table 1); accounts; export."""
     progress = summary.get("progress", {})
@@ -243,6 +258,10 @@ def admin_page(account: Account, summary: dict[str, Any], k: int, nonce: str) ->
 distinct labelers; {_format(progress.get("labels"))} labels in all.</p>
 {_table({m: {"images": n} for m, n in hist.items()}, "labels on an image")}
 <h2>Labels per labeler</h2>{_table(per_labeler, "labeler")}
+<h2>Raters</h2>
+<p>Agreement with the majority of the others, answers per minute and skip rate; flagged raters deserve a
+look, and <code>t2ialign label exclude RUN NAME</code> keeps their labels out of training.</p>
+{_table(_raters(summary.get("raters", {})), "labeler")}
 <h2>Agreement</h2>
 <p>Fleiss' kappa: <b>{"n/a" if kappa is None else _format(kappa)}</b></p>
 <h3>Majority vote per category (share of images)</h3>{_table(summary.get("majority_share", {}), "category")}

@@ -181,3 +181,84 @@ def format_table1(table1: dict, paper: dict | None = PAPER_TABLE1) -> str:
             line += f"   {paper[c]['good']:11.1f} {paper[c]['bad']:6.1f} {paper[c]['skip']:6.1f}"
         lines.append(line)
     return "\n".join(lines)
+
+
+# --- careless raters ----------------------------------------------------------------------------------------
+
+# A rater is flagged for a look when, over at least MIN_COMPARED answers, they agree with the majority of
+# the others less often than this; careful people on binary judgements of the paper's kind agree far more.
+AGREEMENT_FLOOR = 0.7
+MIN_COMPARED = 10
+# Faster than this, three images per screen cannot have been looked at (the paper's raters: ~1 per 5 s).
+MAX_ANSWERS_PER_MINUTE = 30.0
+MAX_SKIP_RATE = 0.3
+
+
+def rater_quality(store: Store) -> dict[str, dict]:
+    """Per labeler, the signs of careless rating that the admin view shows: {name: {...}}.
+
+    - ``labels``: number of answers; ``skip_rate``: share of them that are skip (None without answers).
+    - ``agreement``: share of their good/bad answers that equal the majority of the *other* labelers'
+      good/bad answers on the same image (images where the others tie or said nothing are left out);
+      ``compared``: how many answers that is. Leaving the rater out of the majority keeps a careless
+      rater from agreeing with themself.
+    - ``per_minute``: answers per minute, from the median time between consecutive answers (robust to
+      breaks); None with fewer than two answers or when they all came at once (bulk or simulated).
+    - ``excluded``: excluded from the training labels (``t2ialign label exclude``).
+    - ``flags``: "low agreement", "fast", "skips a lot" when the thresholds above are passed.
+    """
+    with store.session() as s:
+        labelers = {
+            i: (name, excluded)
+            for i, name, excluded in s.execute(
+                select(LabelerRow.id, LabelerRow.name, LabelerRow.excluded).where(
+                    LabelerRow.is_admin.is_(False)
+                )
+            )
+        }
+        rows = s.execute(
+            select(LabelRow.image_id, LabelRow.labeler_id, LabelRow.value, LabelRow.created_at)
+            .join(ImageRow, LabelRow.image_id == ImageRow.id)
+            .where(ImageRow.role == "human")
+            .order_by(LabelRow.labeler_id, LabelRow.created_at)
+        ).all()
+    by_image: dict[int, Counter] = {}
+    for image_id, _, value, _ in rows:
+        by_image.setdefault(image_id, Counter())[value] += 1
+    answers: dict[int, list[tuple[int, str, object]]] = {i: [] for i in labelers}
+    for image_id, lab, value, created in rows:
+        answers.setdefault(lab, []).append((image_id, value, created))
+    out = {}
+    for lab, (name, excluded) in sorted(labelers.items(), key=lambda x: x[1][0]):
+        mine = answers.get(lab, [])
+        n = len(mine)
+        skips = sum(v == "skip" for _, v, _ in mine)
+        agree = compared = 0
+        for image_id, value, _ in mine:
+            if value == "skip":
+                continue
+            others = by_image[image_id].copy()
+            others[value] -= 1
+            if others["good"] != others["bad"]:
+                compared += 1
+                agree += value == ("good" if others["good"] > others["bad"] else "bad")
+        gaps = sorted((b[2] - a[2]).total_seconds() for a, b in zip(mine, mine[1:], strict=False))
+        median_gap = gaps[len(gaps) // 2] if gaps else 0.0
+        row = {
+            "labels": n,
+            "skip_rate": round(skips / n, 4) if n else None,
+            "agreement": round(agree / compared, 4) if compared else None,
+            "compared": compared,
+            "per_minute": round(60.0 / median_gap, 2) if median_gap > 0 else None,
+            "excluded": bool(excluded),
+        }
+        flags = []
+        if compared >= MIN_COMPARED and row["agreement"] < AGREEMENT_FLOOR:
+            flags.append("low agreement")
+        if row["per_minute"] is not None and row["per_minute"] > MAX_ANSWERS_PER_MINUTE:
+            flags.append("fast")
+        if n >= MIN_COMPARED and skips / n > MAX_SKIP_RATE:
+            flags.append("skips a lot")
+        row["flags"] = flags
+        out[name] = row
+    return out

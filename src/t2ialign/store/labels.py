@@ -202,6 +202,24 @@ class LabelsMixin:
             s.execute(delete(LeaseRow).where(LeaseRow.labeler_id == row.id))
             return row.id
 
+    def set_excluded(self, name: str, excluded: bool) -> int:
+        """Exclude labeler ``name`` from the training labels (or include them again); their rows stay, and
+        they can still sign in. Returns their id; ValueError for an unknown name."""
+        _check_str("labeler name", name)
+        if not isinstance(excluded, bool):
+            raise ValueError(f"excluded must be a bool, got {excluded!r}")
+        with self.session() as s:
+            row = s.scalar(select(LabelerRow).where(LabelerRow.name == name))
+            if row is None:
+                raise ValueError(f"no labeler named {name!r} in this run")
+            row.excluded = excluded
+            return row.id
+
+    def excluded_labeler_ids(self) -> set[int]:
+        """Ids of the labelers excluded from the training labels (see :meth:`set_excluded`)."""
+        with self.session() as s:
+            return set(s.scalars(select(LabelerRow.id).where(LabelerRow.excluded.is_(True))))
+
     def images_by_id(self, image_ids: list[int]) -> list[dict[str, Any]]:
         """The images with these ids (id, sha256, role, model_id, seed, prompt_id, prompt, category), in the
         order given; unknown ids are left out."""

@@ -1,0 +1,87 @@
+"""Careless raters are visible: agreement with the others' majority, speed and skips, in the admin view;
+and a labeler can be excluded from the training labels without losing their rows."""
+
+import random
+from datetime import timedelta
+
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from t2ialign.cli import main
+from t2ialign.labeling.app import create_app
+from t2ialign.labeling.simulate import simulated_answer
+from t2ialign.labeling.stats import rater_quality
+from t2ialign.store import LabelerRow, LabelRow, Store
+from test_labeling_app import ADMIN, ADMIN_SECRET, make_run
+
+
+def _label(store, run_noise: dict[str, float], seed=0) -> None:
+    """Every image labeled by each labeler: the truth (a seeded coin per image) through the simulated
+    labeler's noise model (``simulated_answer``), one answer every ``12 s`` per labeler."""
+    images = store.list_images()
+    truth = {im["sha256"]: random.Random(f"truth:{im['sha256']}").choice(["good", "bad"]) for im in images}
+    for name, noise in run_noise.items():
+        lab = store.add_labeler(name)
+        store.set_labels(
+            [
+                (im["id"], lab, simulated_answer(truth[im["sha256"]], noise, 0.05, seed, name, im["sha256"]))
+                for im in images
+            ]
+        )
+        with store.session() as s:  # answers 12 s apart: 5 per minute (a careful pace)
+            for j, row in enumerate(s.scalars(sa.select(LabelRow).where(LabelRow.labeler_id == lab))):
+                row.created_at = row.created_at + timedelta(seconds=12 * j)
+
+
+def test_a_high_noise_simulated_labeler_stands_out(tmp_path):
+    make_run(tmp_path / "run", n_prompts=10, per_prompt=6)  # 60 images
+    with Store.open(tmp_path / "run") as store:
+        _label(store, {"ann": 0.05, "bob": 0.05, "cat": 0.05, "dan": 0.05, "careless": 0.45})
+        q = rater_quality(store)
+    assert q["careless"]["flags"] == ["low agreement"]
+    assert all(q[n]["flags"] == [] for n in ("ann", "bob", "cat", "dan"))
+    assert q["careless"]["agreement"] < 0.7 < min(q[n]["agreement"] for n in ("ann", "bob", "cat", "dan"))
+    assert all(q[n]["compared"] >= 40 and 4.9 < q[n]["per_minute"] < 5.1 for n in q)
+    assert all(q[n]["skip_rate"] < 0.2 for n in q)
+
+
+def test_fast_and_skipping_raters_are_flagged(tmp_path):
+    make_run(tmp_path / "run", n_prompts=4, per_prompt=4)
+    with Store.open(tmp_path / "run") as store:
+        ids = [im["id"] for im in store.list_images()]
+        fast = store.add_labeler("fast")
+        store.set_labels([(i, fast, "skip" if j % 2 else "good") for j, i in enumerate(ids)])
+        with store.session() as s:  # one answer a second
+            for j, row in enumerate(s.scalars(sa.select(LabelRow).where(LabelRow.labeler_id == fast))):
+                row.created_at = row.created_at + timedelta(seconds=j)
+        q = rater_quality(store)["fast"]
+    assert q["flags"] == ["fast", "skips a lot"] and q["per_minute"] == 60.0 and q["skip_rate"] == 0.5
+    assert q["agreement"] is None and q["compared"] == 0  # nobody else to agree with
+
+
+def test_the_admin_view_shows_raters_and_exclude_keeps_the_rows(tmp_path, capsys):
+    run = tmp_path / "run"
+    make_run(run, n_prompts=10, per_prompt=6)
+    with Store.open(run) as store:
+        _label(store, {"ann": 0.05, "bob": 0.05, "cat": 0.05, "careless": 0.45})
+    assert main(["label", "exclude", str(run), "careless"]) == 0
+    assert "excluded from the training labels" in capsys.readouterr().out
+    assert main(["label", "exclude", str(run), "nobody"]) == 2
+    app = create_app(run, ADMIN_SECRET)
+    try:
+        with TestClient(app) as c:
+            raters = c.get("/api/admin/stats", headers=ADMIN).json()["raters"]
+            assert raters["careless"]["excluded"] is True and raters["careless"]["flags"] == ["low agreement"]
+            page = c.get("/admin", headers=ADMIN).text
+            assert "Raters" in page and "low agreement" in page and "t2ialign label exclude" in page
+        store = app.state.store
+        with store.session() as s:
+            careless = s.scalar(sa.select(LabelerRow.id).where(LabelerRow.name == "careless"))
+        assert store.excluded_labeler_ids() == {careless}
+        with store.session() as s:  # excluded, not deleted
+            assert s.scalar(sa.select(sa.func.count()).select_from(LabelRow)) == 4 * 60
+    finally:
+        app.state.store.close()
+    assert main(["label", "exclude", str(run), "careless", "--include"]) == 0
+    with Store.open(run) as store:
+        assert store.excluded_labeler_ids() == set()
