@@ -85,3 +85,33 @@ def test_the_admin_view_shows_raters_and_exclude_keeps_the_rows(tmp_path, capsys
     assert main(["label", "exclude", str(run), "careless", "--include"]) == 0
     with Store.open(run) as store:
         assert store.excluded_labeler_ids() == set()
+
+
+def test_an_online_backup_restores(tmp_path, capsys):
+    # README, "Deploying the labeling app": the backup is taken while the app serves, then restored.
+    run = tmp_path / "run"
+    make_run(run, n_prompts=2, per_prompt=3)
+    with Store.open(run) as store:
+        _label(store, {"ann": 0.05, "bob": 0.05})
+        app = create_app(run, ADMIN_SECRET)
+        try:
+            with TestClient(app) as c:  # the server holds the database open while the backup runs
+                assert c.get("/healthz").status_code == 200
+                assert main(["label", "backup", str(run), str(tmp_path / "b.db")]) == 0
+        finally:
+            app.state.store.close()
+        expected = [(r.image_id, r.labeler_id, r.value) for r in _rows(store)]
+    assert "integrity_check ok" in capsys.readouterr().out
+    assert main(["label", "backup", str(run), str(tmp_path / "b.db")]) == 2  # never overwrites
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    (restored / "t2ialign.db").write_bytes((tmp_path / "b.db").read_bytes())
+    with Store.open(restored) as store:
+        assert [(r.image_id, r.labeler_id, r.value) for r in _rows(store)] == expected and len(expected) == 12
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+
+
+def _rows(store):
+    with store.session() as s:
+        return list(s.scalars(sa.select(LabelRow).order_by(LabelRow.id)))

@@ -7,6 +7,7 @@ returns 0 or raises ValueError for bad input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -90,6 +91,47 @@ def cmd_stats(args) -> int:
     )
     for name, n in summary["per_labeler"].items():
         print(f"  {name}: {n}")
+    return 0
+
+
+def backup_sqlite(store, dest: str | Path) -> Path:
+    """A consistent copy of a run's SQLite database at ``dest``, taken with SQLite's online backup API
+    while the app may be writing (it copies a snapshot page by page; writers wait at most briefly).
+    Refuses an existing ``dest`` and a PostgreSQL run (use pg_dump there)."""
+    import sqlite3
+
+    dest = Path(dest)
+    if store.engine.dialect.name != "sqlite":
+        raise ValueError("the run's database is not SQLite: back it up with pg_dump (README, Deploying)")
+    if dest.exists():
+        raise ValueError(f"{dest} exists already: back up to a new file")
+    if not dest.parent.is_dir():
+        raise ValueError(f"no folder {dest.parent} for the backup")
+    src_path = store.engine.url.database
+    try:
+        with (
+            contextlib.closing(sqlite3.connect(src_path)) as src,
+            contextlib.closing(sqlite3.connect(dest)) as out,
+        ):
+            src.backup(out)
+            ok = out.execute("PRAGMA integrity_check").fetchone()[0]
+    except (sqlite3.Error, OSError) as e:
+        with contextlib.suppress(OSError):
+            dest.unlink()
+        raise ValueError(f"cannot back up {src_path} to {dest}: {e}") from e
+    if ok != "ok":
+        dest.unlink()
+        raise ValueError(f"the backup failed its integrity check: {ok}")
+    return dest
+
+
+def cmd_backup(args) -> int:
+    with open_existing(args.run, args.db_url) as store:
+        dest = backup_sqlite(store, args.out)
+    print(
+        f"{args.run} database backed up to {dest} (integrity_check ok); restore: stop the server, copy it to "
+        f"{Path(args.run) / 't2ialign.db'}"
+    )
     return 0
 
 
@@ -259,6 +301,13 @@ def add_commands(label_subparsers) -> None:
         help="run directory holding the image files of images new to RUN (an export carries no files)",
     )
     sp.set_defaults(func=cmd_import)
+
+    sp = label_subparsers.add_parser(
+        "backup", help="copy a run's SQLite database with SQLite's online backup API (safe while serving)"
+    )
+    _add_run_args(sp)
+    sp.add_argument("out", metavar="OUT", help="the backup file to create, e.g. backups/run-2026-12-01.db")
+    sp.set_defaults(func=cmd_backup)
 
     sp = label_subparsers.add_parser("stats", help="Table 1 class balance, agreement, progress")
     _add_run_args(sp)
