@@ -414,7 +414,7 @@ def _serve(run, log, *extra):
     port = free_port()
     cmd = [sys.executable, "-m", "t2ialign", "label", "serve", str(run), "--port", str(port), "--log-level"]
     cmd += ["warning", *extra]
-    env = {"T2IALIGN_ADMIN_SECRET": ADMIN_SECRET, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "T2IALIGN_ADMIN_SECRET": ADMIN_SECRET, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
