@@ -193,6 +193,10 @@ def test_tiny_pretrain_end_to_end_makes_stock_loadable_models(tmp_path, capsys):
     assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert json.loads((out / "unet" / "DONE").read_text())["steps"] == 4
+    # how often snapshots are saved is not part of what the UNet is: no refusal, nothing redone
+    four = TINY.replace("[pretrain.unet]\nsteps = 3", "[pretrain.unet]\nsteps = 4")
+    cfg.write_text(four.replace("snapshot_steps = 2", "snapshot_steps = 3"))
+    assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
     # with a cosine schedule the steps are part of the UNet's identity: no silent extension
     cfg.write_text(TINY.replace('lr_schedule = "constant"', 'lr_schedule = "cosine"'))
     capsys.readouterr()

@@ -630,8 +630,13 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, until:
     # With a constant learning rate a finished UNet can be trained further by raising unet.steps and
     # rerunning: its identity is then its config without the steps. A cosine schedule depends on them.
     u = cfg.unet
+    # snapshot_steps only says how often to save the EMA weights, not what a step computes.
     extendable = u.lr_schedule == "constant"
-    unet_id = {k: v for k, v in stage_cfg["unet"].items() if k != "steps" or not extendable}
+    unet_id = {
+        k: v
+        for k, v in stage_cfg["unet"].items()
+        if k != "snapshot_steps" and (k != "steps" or not extendable)
+    }
     done_steps = (
         json.loads((out / "unet" / "DONE").read_text()).get("steps", 0) if _done(out / "unet", unet_id) else 0
     )
