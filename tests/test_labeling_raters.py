@@ -2,8 +2,9 @@
 and a labeler can be excluded from the training labels without losing their rows."""
 
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
@@ -11,7 +12,7 @@ from t2ialign.cli import main
 from t2ialign.labeling.app import create_app
 from t2ialign.labeling.simulate import simulated_answer
 from t2ialign.labeling.stats import rater_quality
-from t2ialign.store import LabelerRow, LabelRow, Store
+from t2ialign.store import LabelerRow, LabelRow, LeaseRow, Store
 from test_labeling_app import ADMIN, ADMIN_SECRET, make_run
 
 
@@ -115,3 +116,98 @@ def test_an_online_backup_restores(tmp_path, capsys):
 def _rows(store):
     with store.session() as s:
         return list(s.scalars(sa.select(LabelRow).order_by(LabelRow.id)))
+
+
+# --- gold images -------------------------------------------------------------------------------------------
+
+
+def _screens(client, headers, answer) -> list[int]:
+    """Answer every screen until none is left (bounded); the ids answered, in order."""
+    done = []
+    for _ in range(100):
+        images = client.get("/api/next", headers=headers).json()["images"]
+        if not images:
+            return done
+        for im in images:
+            r = client.post(
+                "/api/labels", json={"image_id": im["id"], "value": answer(im["id"])}, headers=headers
+            )
+            assert r.status_code == 200, r.text
+            done.append(im["id"])
+    raise AssertionError("more than 100 screens")
+
+
+def test_gold_images_are_mixed_in_answered_by_all_and_never_feedback(tmp_path):
+    from t2ialign.labeling.export import label_rows
+    from t2ialign.labeling.simulate import add_gold_images
+    from t2ialign.labeling.stats import label_summary
+    from t2ialign.reward.data import labeled_images
+
+    run = tmp_path / "run"
+    make_run(run, n_prompts=8, per_prompt=3)  # 24 images to label
+    with Store.open(run) as store:
+        assert add_gold_images(store, 24, seed=1) == {"good": 12, "bad": 12}
+        gold = store.gold_answers()
+    app = create_app(run, ADMIN_SECRET, k=2, gold_rate=0.5)
+    try:
+        with TestClient(app) as c:
+            ann, bob = (
+                {
+                    "Authorization": f"Bearer {c.post('/api/admin/labelers', json={'name': n}, headers=ADMIN).json()['token']}"
+                }
+                for n in ("ann", "bob")
+            )
+            # ann answers gold images right, bob (careless) wrong
+            done_ann = _screens(c, ann, lambda i: gold.get(i, "good"))
+            done_bob = _screens(c, bob, lambda i: {"good": "bad", "bad": "good"}.get(gold.get(i), "good"))
+            raters = c.get("/api/admin/stats", headers=ADMIN).json()["raters"]
+        store = app.state.store
+        gold_ann = [i for i in done_ann if i in gold]
+        gold_bob = [i for i in done_bob if i in gold]
+        # mixed in: some of each one's screens were gold, and each answered every image to label
+        assert 0 < len(gold_ann) and 0 < len(gold_bob)
+        assert len(done_ann) - len(gold_ann) == len(done_bob) - len(gold_bob) == 24
+        assert raters["ann"]["gold_accuracy"] == 1.0
+        assert raters["bob"]["gold"] == len(gold_bob) >= 5 and raters["bob"]["gold_accuracy"] == 0.0
+        assert (
+            "low gold accuracy" in raters["bob"]["flags"]
+            and "low gold accuracy" not in raters["ann"]["flags"]
+        )
+        # never feedback: not in Table 1, the export, the progress or the reward's training set
+        summary = label_summary(store)
+        assert summary["progress"]["labels"] == summary["table1"]["total"]["n"] == 48
+        assert len(label_rows(store)) == 48
+        assert {r["sha256"] for r in labeled_images(store)}.isdisjoint(
+            {im["sha256"] for im in store.images_by_id(list(gold))}
+        )
+    finally:
+        app.state.store.close()
+
+
+def test_gold_images_must_have_role_eval_and_rates_are_checked(tmp_path):
+    run = tmp_path / "run"
+    ids = make_run(run, n_prompts=1, per_prompt=2)
+    with Store.open(run) as store:
+        with pytest.raises(ValueError, match="gold images have role 'eval'"):
+            store.set_gold({ids[0]: "good"})
+        with pytest.raises(ValueError, match="unknown gold answer"):
+            store.set_gold({ids[0]: "skip"})
+        # every rater may answer a gold image: k does not apply to it
+        from t2ialign.labeling.simulate import add_gold_images
+
+        add_gold_images(store, 1)
+        (g,) = store.gold_answers()
+        now = datetime.now(UTC)
+        labs = [store.add_labeler(n) for n in ("a", "b", "c")]
+        with store.session() as s:
+            s.add_all(
+                LeaseRow(image_id=g, labeler_id=lab, expires_at=now + timedelta(minutes=1)) for lab in labs
+            )
+        for lab in labs:
+            store.set_labels([(g, lab, "good")], leased_at=now, k=1)
+        with store.session() as s:
+            assert (
+                s.scalar(sa.select(sa.func.count()).select_from(LabelRow).where(LabelRow.image_id == g)) == 3
+            )
+    with pytest.raises(ValueError, match="gold_rate must be in"):
+        create_app(run, ADMIN_SECRET, gold_rate=1.5)

@@ -153,6 +153,20 @@ class LeaseRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=_utcnow)
 
 
+class GoldRow(Base):
+    """The known answer of a gold image: an image mixed into the labeling queue to measure each rater's
+    accuracy (``labeling.stats.rater_quality``). A gold image has role "eval", so it is never in D_human:
+    its labels are never training feedback, nor counted in Table 1, the exports or the progress."""
+
+    __tablename__ = "gold_answers"
+    __table_args__ = (CheckConstraint(_one_of("answer", ("good", "bad")), name="answer"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    answer: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
 class SessionRow(Base):
     """A signed-in browser of a labeler: the cookie holds a random session id, the database its sha256.
 

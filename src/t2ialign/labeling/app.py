@@ -269,6 +269,7 @@ def create_app(
     login_attempts: int = DEFAULT_LOGIN_ATTEMPTS,
     login_window_seconds: float = DEFAULT_LOGIN_WINDOW_SECONDS,
     body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+    gold_rate: float = 0.0,
 ) -> FastAPI:
     """The labeling app over the run in ``run_dir`` (database at ``db_url`` if given).
 
@@ -279,7 +280,8 @@ def create_app(
     ``allowed_hosts``: the Host names the server answers to (None: any; ``t2ialign label serve`` always
     gives a list). ``session_seconds``: how long a sign-in lasts. ``login_attempts`` failed sign-ins per
     client address in ``login_window_seconds``, then 429. ``body_timeout_seconds``: a request body that has
-    not arrived in this time is answered 408.
+    not arrived in this time is answered 408. ``gold_rate``: the share of screens that are gold images
+    (known answers; ``t2ialign label gold``), which measure each rater's accuracy and are never feedback.
     """
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
         raise ValueError(f"k must be an integer in [1, 1000], got {k!r}")
@@ -290,6 +292,7 @@ def create_app(
         ("login_attempts", login_attempts, 1, 10_000),
         ("login_window_seconds", login_window_seconds, 1, 24 * 3600),
         ("body_timeout_seconds", body_timeout_seconds, 0.01, 3600),
+        ("gold_rate", gold_rate, 0, 1),
     ):
         if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
             raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
@@ -400,7 +403,7 @@ def create_app(
         acc = account_or_none(request)
         if acc is None:
             return _html(pages.login_page)
-        screen = assignment.next_screen(store, acc.id, k, lease_seconds, now=clock())
+        screen = assignment.next_screen(store, acc.id, k, lease_seconds, now=clock(), gold_rate=gold_rate)
         progress = store.labeling_progress(acc.id, k)
         return _html(lambda nonce: pages.labeling_page(acc, screen, progress, k, nonce))
 
@@ -459,7 +462,7 @@ def create_app(
 
     @app.get("/api/next")
     def next_(acc: Me):
-        screen = assignment.next_screen(store, acc.id, k, lease_seconds, now=clock())
+        screen = assignment.next_screen(store, acc.id, k, lease_seconds, now=clock(), gold_rate=gold_rate)
         return {**screen, "progress": store.labeling_progress(acc.id, k)}
 
     @app.get("/api/labels")
@@ -472,7 +475,7 @@ def create_app(
     @app.post("/api/labels")
     def post_label(body: LabelIn, acc: Me):
         found = store.images_by_id([body.image_id])
-        if not found or found[0]["role"] != "human":
+        if not found or (found[0]["role"] != "human" and not store.gold_answers([body.image_id])):
             raise HTTPException(404, f"unknown image id {body.image_id} (no image to label has this id)")
         try:  # committed when it returns
             submit_leased_label(store, acc.id, body.image_id, body.value, k=k, now=clock())

@@ -9,6 +9,7 @@ writes the leases in one serialized transaction (``Store.assign_images``).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -44,13 +45,36 @@ def pick_screen(states: list[ImageState], k: int, per_screen: int = PER_SCREEN) 
     return [s.image_id for s in open_ if s.prompt_id == prompt_id][:per_screen]
 
 
+def gold_turn(labeler_id: int, n_answers: int, gold_rate: float) -> bool:
+    """Whether the labeler's next screen is a gold one: a draw seeded by (labeler, answers so far), so a
+    reload before answering gives the same screen again, and about ``gold_rate`` of screens are gold."""
+    if gold_rate <= 0:
+        return False
+    return random.Random(f"gold:{labeler_id}:{n_answers}").random() < gold_rate
+
+
 def next_screen(
-    store: Store, labeler_id: int, k: int, lease_seconds: float, now: datetime | None = None
+    store: Store,
+    labeler_id: int,
+    k: int,
+    lease_seconds: float,
+    now: datetime | None = None,
+    gold_rate: float = 0.0,
 ) -> dict[str, Any]:
-    """Lease the labeler's next screen and describe it: ``{"prompt": {...} or None, "images": [...]}``."""
+    """Lease the labeler's next screen and describe it: ``{"prompt": {...} or None, "images": [...]}``.
+
+    With ``gold_rate`` > 0, about that share of screens are gold images (known answers, see
+    ``store.GoldRow``) that this labeler has not answered yet, looking like any other screen; every
+    labeler may answer each gold image (no k). When none is left, the screen is an ordinary one.
+    """
     now = now or datetime.now(UTC)
-    choose: Callable[[list[ImageState]], list[int]] = partial(pick_screen, k=k)
-    ids = store.assign_images(labeler_id, now, now + timedelta(seconds=lease_seconds), choose)
+    expires = now + timedelta(seconds=lease_seconds)
+    ids: list[int] = []
+    if gold_turn(labeler_id, store.answer_count(labeler_id), gold_rate):
+        ids = store.assign_images(labeler_id, now, expires, partial(pick_screen, k=10**9), gold=True)
+    if not ids:
+        choose: Callable[[list[ImageState]], list[int]] = partial(pick_screen, k=k)
+        ids = store.assign_images(labeler_id, now, expires, choose)
     images = store.images_by_id(ids)
     if not images:
         return {"prompt": None, "images": []}

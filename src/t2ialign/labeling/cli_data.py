@@ -94,6 +94,18 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_gold(args) -> int:
+    from .simulate import add_gold_images
+
+    with open_existing(args.run, args.db_url) as store:
+        counts = add_gold_images(store, args.n, seed=args.seed)
+    print(
+        f"{counts['good']} right and {counts['bad']} wrong gold images added; serve with --gold-rate RATE "
+        "to mix them into the queue (their labels are never feedback)"
+    )
+    return 0
+
+
 def backup_sqlite(store, dest: str | Path) -> Path:
     """A consistent copy of a run's SQLite database at ``dest``, taken with SQLite's online backup API
     while the app may be writing (it copies a snapshot page by page; writers wait at most briefly).
@@ -301,6 +313,14 @@ def add_commands(label_subparsers) -> None:
         help="run directory holding the image files of images new to RUN (an export carries no files)",
     )
     sp.set_defaults(func=cmd_import)
+
+    sp = label_subparsers.add_parser(
+        "gold", help="add gold images (world renders with a known answer) to measure raters' accuracy"
+    )
+    _add_run_args(sp)
+    sp.add_argument("--n", type=int, default=40, help="how many: half right renders, half wrong ones")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_gold)
 
     sp = label_subparsers.add_parser(
         "backup", help="copy a run's SQLite database with SQLite's online backup API (safe while serving)"

@@ -54,6 +54,7 @@ def cmd_serve(args) -> int:
         db_url=args.db_url,
         allowed_hosts=hosts,
         body_timeout_seconds=args.body_timeout,
+        gold_rate=args.gold_rate,
     )
     print(
         f"labeling {args.run} at http://{args.host}:{args.port}/ (k={args.k}); admin page: /admin; "
@@ -185,6 +186,13 @@ def add_commands(label_subparsers) -> None:
         type=float,
         default=DEFAULT_BODY_TIMEOUT_SECONDS,
         help="seconds a request body has to arrive, else 408",
+    )
+    sp.add_argument(
+        "--gold-rate",
+        type=float,
+        default=0.0,
+        help="share of screens that are gold images (t2ialign label gold), 0-1; they measure raters' "
+        "accuracy and are never feedback",
     )
     sp.add_argument(
         "--keep-alive-timeout",

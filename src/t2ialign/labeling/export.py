@@ -21,7 +21,17 @@ import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
 from ..fsutil import atomic_write
-from ..store import IMAGES_DIRNAME, LABEL_VALUES, ROLES, ImageRow, LabelerRow, LabelRow, PromptRow, Store
+from ..store import (
+    IMAGES_DIRNAME,
+    LABEL_VALUES,
+    ROLES,
+    GoldRow,
+    ImageRow,
+    LabelerRow,
+    LabelRow,
+    PromptRow,
+    Store,
+)
 from ..world.prompts import CATEGORIES, SPLITS, parse_prompt
 from .auth import ADMIN_NAME, check_labeler_name
 
@@ -87,12 +97,14 @@ def _sampler_json(sampler: dict) -> str:
 
 
 def label_rows(store: Store) -> list[dict[str, Any]]:
-    """Every label of the run as an export row (keys: ``COLUMNS``), sorted by (image sha256, labeler)."""
+    """Every label of the run as an export row (keys: ``COLUMNS``), sorted by (image sha256, labeler).
+    Labels of gold images are left out: they measure raters, they are not feedback."""
     q = (
         select(LabelRow, ImageRow, PromptRow, LabelerRow)
         .join(ImageRow, LabelRow.image_id == ImageRow.id)
         .join(PromptRow, ImageRow.prompt_id == PromptRow.id)
         .join(LabelerRow, LabelRow.labeler_id == LabelerRow.id)
+        .where(LabelRow.image_id.not_in(select(GoldRow.image_id)))
     )
     with store.session() as s:
         rows = [

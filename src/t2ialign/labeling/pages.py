@@ -235,6 +235,9 @@ def _raters(raters: dict[str, dict]) -> dict[str, dict]:
         name: {
             "labels": r["labels"],
             "agreement": "n/a" if r["agreement"] is None else f"{r['agreement']:.0%} of {r['compared']}",
+            "gold accuracy": "n/a"
+            if r["gold_accuracy"] is None
+            else f"{r['gold_accuracy']:.0%} of {r['gold']}",
             "per minute": "n/a" if r["per_minute"] is None else r["per_minute"],
             "skip rate": "n/a" if r["skip_rate"] is None else f"{r['skip_rate']:.0%}",
             "excluded": "yes" if r["excluded"] else "",
@@ -259,7 +262,8 @@ distinct labelers; {_format(progress.get("labels"))} labels in all.</p>
 {_table({m: {"images": n} for m, n in hist.items()}, "labels on an image")}
 <h2>Labels per labeler</h2>{_table(per_labeler, "labeler")}
 <h2>Raters</h2>
-<p>Agreement with the majority of the others, answers per minute and skip rate; flagged raters deserve a
+<p>Agreement with the majority of the others, accuracy on gold images (known answers), answers per minute
+and skip rate; flagged raters deserve a
 look, and <code>t2ialign label exclude RUN NAME</code> keeps their labels out of training.</p>
 {_table(_raters(summary.get("raters", {})), "labeler")}
 <h2>Agreement</h2>

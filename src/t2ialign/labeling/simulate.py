@@ -144,3 +144,52 @@ def simulate_labels(
         "labels_per_s": round(written / seconds, 1) if written and seconds > 0 else None,
         "summary": label_summary(store),
     }
+
+
+# --- gold images: fresh world renders whose truth is known ----------------------------------------------------
+
+GOLD_MODEL_ID = "gold:world-render"
+
+
+def add_gold_images(store: Store, n: int, seed: int = 0, size: int = 64) -> dict[str, int]:
+    """Render ``n`` gold images for the run's prompts, half right and half wrong, and record their truth.
+
+    A right one is a render of the prompt itself (the world's renders are always right: answer good); a
+    wrong one is a render of another prompt of a different shape, shown under this prompt (answer bad).
+    They get role "eval" and model_id ``GOLD_MODEL_ID``, so they are never D_human: their labels measure
+    raters (``stats.rater_quality``) and are never feedback. Returns counts of good and bad gold images.
+    """
+    import io
+
+    from ..world.render import render
+
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 100_000:
+        raise ValueError(f"n must be an integer in [1, 100000], got {n!r}")
+    prompts = [p for p in store.list_prompts() if p["shape"]]
+    if not prompts:
+        raise ValueError("the run has no prompts: run `t2ialign prompts` first")
+    rng = random.Random(f"gold:{seed}")
+    records, answers = [], []
+    for i in range(n):
+        p = rng.choice(prompts)
+        answer = "good" if i % 2 == 0 else "bad"
+        shown = p["text"]
+        if answer == "bad":
+            others = [q for q in prompts if q["shape"] != p["shape"]]
+            if not others:
+                raise ValueError("the run's prompts have one shape only: no wrong render to make")
+            shown = rng.choice(others)["text"]
+        buf = io.BytesIO()
+        render(shown, seed * 1_000_003 + i, size=size).pil().save(buf, format="PNG")
+        sha = store.put_image_bytes(buf.getvalue())
+        records.append(
+            dict(sha256=sha, prompt_text=p["text"], model_id=GOLD_MODEL_ID, seed=seed * 1_000_003 + i)
+            | dict(sampler={"rendered": shown}, role="eval", width=size, height=size)
+        )
+        answers.append(answer)
+    known = {im["sha256"] for im in store.list_images(model_id=GOLD_MODEL_ID)}
+    fresh = [(r, a) for r, a in zip(records, answers, strict=True) if r["sha256"] not in known]
+    fresh = list({r["sha256"]: (r, a) for r, a in fresh}.values())
+    ids = store.add_images([r for r, _ in fresh])
+    store.set_gold({i: a for i, (_, a) in zip(ids, fresh, strict=True)})
+    return {"good": sum(a == "good" for _, a in fresh), "bad": sum(a == "bad" for _, a in fresh)}

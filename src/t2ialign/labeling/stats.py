@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import func, select
 
-from ..store import LABEL_VALUES, ImageRow, LabelerRow, LabelRow, PromptRow, Store
+from ..store import LABEL_VALUES, GoldRow, ImageRow, LabelerRow, LabelRow, PromptRow, Store
 from ..world.prompts import CATEGORIES
 
 # Lee et al. 2023, Table 1: % of good / bad / skip labels per category (27k images, 2,700 prompts).
@@ -111,6 +111,7 @@ def label_summary(store: Store) -> dict:
             select(LabelRow.image_id, LabelRow.value, PromptRow.category)
             .join(ImageRow, LabelRow.image_id == ImageRow.id)
             .join(PromptRow, ImageRow.prompt_id == PromptRow.id)
+            .where(LabelRow.image_id.not_in(select(GoldRow.image_id)))  # gold answers are not feedback
         ).all()
         per_labeler = dict(
             s.execute(
@@ -192,6 +193,7 @@ MIN_COMPARED = 10
 # Faster than this, three images per screen cannot have been looked at (the paper's raters: ~1 per 5 s).
 MAX_ANSWERS_PER_MINUTE = 30.0
 MAX_SKIP_RATE = 0.3
+MIN_GOLD = 5  # gold answers (not skip) needed before gold accuracy flags a rater
 
 
 def rater_quality(store: Store) -> dict[str, dict]:
@@ -204,8 +206,10 @@ def rater_quality(store: Store) -> dict[str, dict]:
       rater from agreeing with themself.
     - ``per_minute``: answers per minute, from the median time between consecutive answers (robust to
       breaks); None with fewer than two answers or when they all came at once (bulk or simulated).
+    - ``gold_accuracy``: share of their good/bad answers on gold images that equal the known answer;
+      ``gold``: how many answers that is (gold images are mixed into the queue, ``--gold-rate``).
     - ``excluded``: excluded from the training labels (``t2ialign label exclude``).
-    - ``flags``: "low agreement", "fast", "skips a lot" when the thresholds above are passed.
+    - ``flags``: "low agreement", "low gold accuracy", "fast", "skips a lot" when the thresholds above are passed.
     """
     with store.session() as s:
         labelers = {
@@ -222,6 +226,15 @@ def rater_quality(store: Store) -> dict[str, dict]:
             .where(ImageRow.role == "human")
             .order_by(LabelRow.labeler_id, LabelRow.created_at)
         ).all()
+        gold = s.execute(
+            select(LabelRow.labeler_id, LabelRow.value, GoldRow.answer).join(
+                GoldRow, GoldRow.image_id == LabelRow.image_id
+            )
+        ).all()
+    gold_right: dict[int, list[bool]] = {}
+    for lab, value, answer in gold:
+        if value != "skip":
+            gold_right.setdefault(lab, []).append(value == answer)
     by_image: dict[int, Counter] = {}
     for image_id, _, value, _ in rows:
         by_image.setdefault(image_id, Counter())[value] += 1
@@ -250,11 +263,17 @@ def rater_quality(store: Store) -> dict[str, dict]:
             "agreement": round(agree / compared, 4) if compared else None,
             "compared": compared,
             "per_minute": round(60.0 / median_gap, 2) if median_gap > 0 else None,
+            "gold_accuracy": round(sum(gold_right[lab]) / len(gold_right[lab]), 4)
+            if gold_right.get(lab)
+            else None,
+            "gold": len(gold_right.get(lab, ())),
             "excluded": bool(excluded),
         }
         flags = []
         if compared >= MIN_COMPARED and row["agreement"] < AGREEMENT_FLOOR:
             flags.append("low agreement")
+        if row["gold"] >= MIN_GOLD and row["gold_accuracy"] < AGREEMENT_FLOOR:
+            flags.append("low gold accuracy")
         if row["per_minute"] is not None and row["per_minute"] > MAX_ANSWERS_PER_MINUTE:
             flags.append("fast")
         if n >= MIN_COMPARED and skips / n > MAX_SKIP_RATE:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import case, delete, func, select
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from ..schema import (
     LABEL_VALUES,
+    GoldRow,
     ImageRow,
     ImageState,
     LabelerRow,
@@ -202,6 +204,38 @@ class LabelsMixin:
             s.execute(delete(LeaseRow).where(LeaseRow.labeler_id == row.id))
             return row.id
 
+    def set_gold(self, answers: dict[int, str]) -> None:
+        """Make images gold: {image_id: known answer, good or bad}. Each image must have role "eval" (never
+        D_human, so its labels are never feedback) and no answer yet; one transaction."""
+        for image_id, answer in answers.items():
+            _check_int("image_id", image_id, 1, _INT64[1])
+            _check_one_of("gold answer", answer, ("good", "bad"))
+        with self.session() as s:
+            ids = sorted(answers)
+            for chunk in _chunks(ids, 500):
+                roles = dict(
+                    s.execute(select(ImageRow.id, ImageRow.role).where(ImageRow.id.in_(chunk))).all()
+                )
+                for i in chunk:
+                    if i not in roles:
+                        raise ValueError(f"unknown image id {i}")
+                    if roles[i] != "eval":
+                        raise ValueError(f"image {i} has role {roles[i]!r}: gold images have role 'eval'")
+                taken = s.scalars(select(GoldRow.image_id).where(GoldRow.image_id.in_(chunk))).first()
+                if taken is not None:
+                    raise ValueError(f"image {taken} is gold already")
+            s.add_all(GoldRow(image_id=i, answer=answers[i]) for i in ids)
+
+    def gold_answers(self, image_ids: list[int] | None = None) -> dict[int, str]:
+        """{image_id: known answer} of the gold images (of those ids, if given)."""
+        q = select(GoldRow.image_id, GoldRow.answer)
+        if image_ids is not None:
+            for i in image_ids:
+                _check_int("image_id", i, 1, _INT64[1])
+            q = q.where(GoldRow.image_id.in_(image_ids))
+        with self.session() as s:
+            return dict(s.execute(q).all())
+
     def set_excluded(self, name: str, excluded: bool) -> int:
         """Exclude labeler ``name`` from the training labels (or include them again); their rows stay, and
         they can still sign in. Returns their id; ValueError for an unknown name."""
@@ -290,7 +324,7 @@ class LabelsMixin:
             .join(ImageRow, LabelRow.image_id == ImageRow.id)
             .join(PromptRow, ImageRow.prompt_id == PromptRow.id)
             .join(LabelerRow, LabelRow.labeler_id == LabelerRow.id)
-            .where(LabelRow.id > after_id)
+            .where(LabelRow.id > after_id, LabelRow.image_id.not_in(select(GoldRow.image_id)))  # not feedback
             .order_by(LabelRow.id)
             .limit(limit)
         )
@@ -319,8 +353,9 @@ class LabelsMixin:
         now: datetime,
         expires_at: datetime,
         choose: Callable[[list[ImageState]], list[int]],
+        gold: bool = False,
     ) -> list[int]:
-        """Hand images to a labeler: in one transaction, drop expired leases, read the state of every image
+        """Hand images to a labeler (with ``gold``: gold images, see ``GoldRow``): in one transaction, drop expired leases, read the state of every image
         to label (role human) as seen by this labeler, let ``choose`` pick image ids from those states, and
         lease the picked ones to the labeler until ``expires_at``. Returns the picked ids.
 
@@ -336,7 +371,7 @@ class LabelsMixin:
             _ASSIGNMENT_LOCK_KEY,
             LeaseRow,
             "image_id",
-            _image_states,
+            partial(_image_states, gold=gold),
             "image",
             "an image to label",
         )
@@ -365,6 +400,14 @@ class LabelsMixin:
             )
         return {"images": images, "labeled_k_times": done, "labels": int(labels), "mine": mine}
 
+    def answer_count(self, labeler_id: int) -> int:
+        """How many labels the labeler has, on any image (gold ones too): what paces the gold screens."""
+        _check_int("labeler_id", labeler_id, 1, _INT64[1])
+        with self.session() as s:
+            return s.scalar(
+                select(func.count()).select_from(LabelRow).where(LabelRow.labeler_id == labeler_id)
+            )
+
 
 def _check_leased(s: Session, labels: list[tuple[int, int, str]], now: datetime, k: int | None) -> None:
     """NotLeased unless every label is a change of the labeler's own or answers an active lease of theirs
@@ -390,6 +433,7 @@ def _check_leased(s: Session, labels: list[tuple[int, int, str]], now: datetime,
             )
         )
     }
+    gold = set(s.scalars(select(GoldRow.image_id).where(GoldRow.image_id.in_(image_ids))))
     counts = dict(
         s.execute(
             select(LabelRow.image_id, func.count())
@@ -403,7 +447,7 @@ def _check_leased(s: Session, labels: list[tuple[int, int, str]], now: datetime,
         if (i, lab) not in leased:
             raise NotLeased(f"image {i} is not leased to you (or its lease expired): ask /api/next for work")
         counts[i] = counts.get(i, 0) + 1
-        if k is not None and counts[i] > k:
+        if k is not None and i not in gold and counts[i] > k:  # every rater may answer a gold image
             raise NotLeased(f"image {i} has all the {k} labels it wants already")
 
 
@@ -413,7 +457,7 @@ def _check_leased(s: Session, labels: list[tuple[int, int, str]], now: datetime,
 _ASSIGNMENT_LOCK_KEY = 0x7432_6961_6C69_676E  # "t2ialign"
 
 
-def _image_states(s: Session, labeler_id: int) -> list[ImageState]:
+def _image_states(s: Session, labeler_id: int, gold: bool = False) -> list[ImageState]:
     """The :class:`ImageState` of every image with role human, for this labeler (expired leases already
     removed), in image id order.
 
@@ -458,7 +502,7 @@ def _image_states(s: Session, labeler_id: int) -> list[ImageState]:
         )
         .outerjoin(labels, labels.c.image_id == ImageRow.id)
         .outerjoin(leases, leases.c.image_id == ImageRow.id)
-        .where(ImageRow.role == "human")
+        .where(ImageRow.id.in_(select(GoldRow.image_id)) if gold else ImageRow.role == "human")
         .order_by(ImageRow.id)
     )
     return [
