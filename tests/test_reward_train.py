@@ -66,6 +66,18 @@ def test_dataset_targets_splits_and_pairs(labeled_run):
     assert len(pairs) == 8 * 3 * 3  # per prompt: 3 good x 3 bad
 
 
+def test_excluded_labelers_leave_the_training_labels(labeled_run):
+    """`t2ialign label exclude`: ann's labels stop counting, bob's stay; nothing is deleted."""
+    before = {r["sha256"]: r["labels"] for r in labeled_images(labeled_run)}
+    labeled_run.set_excluded("ann", True)
+    after = {r["sha256"]: r["labels"] for r in labeled_images(labeled_run)}
+    # bob skipped every fifth image: with ann excluded those have no good/bad label left
+    assert 0 < len(after) < len(before)
+    assert all(len(after[s]) == 1 and len(before[s]) == 2 for s in after)
+    labeled_run.set_excluded("ann", False)
+    assert {r["sha256"]: r["labels"] for r in labeled_images(labeled_run)} == before
+
+
 def test_pairwise_accuracy_by_hand():
     a, b, c = ({"sha256": s} for s in "abc")
     scores = {"a": 0.9, "b": 0.1, "c": 0.9}

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from sqlalchemy import select
 
-from ..schema import ImageRow, LabelRow, PromptRow
+from ..schema import ImageRow, LabelerRow, LabelRow, PromptRow
 from ..store import Store
 from .losses import labels_to_targets
 
@@ -16,13 +16,15 @@ def labeled_images(store: Store, role: str = "human") -> list[dict]:
     """Images of ``role`` with at least one good/bad label: sha256, prompt, split, category, labels, y.
 
     y is the mean of the good (1) / bad (0) labels, skips ignored (``losses.labels_to_targets``); images
-    with only skips are left out, as the paper leaves skipped queries out of training (footnote 3).
+    with only skips are left out, as the paper leaves skipped queries out of training (footnote 3). Labels
+    of labelers excluded with ``t2ialign label exclude`` are left out too (their rows stay in the store).
     """
     q = (
         select(ImageRow.sha256, PromptRow.text, PromptRow.split, PromptRow.category, LabelRow.value)
         .join(PromptRow, ImageRow.prompt_id == PromptRow.id)
         .join(LabelRow, LabelRow.image_id == ImageRow.id)
-        .where(ImageRow.role == role)
+        .join(LabelerRow, LabelRow.labeler_id == LabelerRow.id)
+        .where(ImageRow.role == role, LabelerRow.excluded.is_(False))
         .order_by(ImageRow.id, LabelRow.id)
     )
     rows: dict[str, dict] = {}
