@@ -44,6 +44,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from t2ialign.config import GenerateConfig
+from t2ialign.evaluate.paired import paired_bootstrap
 from t2ialign.generate import sample_images
 from t2ialign.models.load import load_pipeline
 from t2ialign.models.pretrain import noise_scheduler
@@ -64,19 +65,6 @@ def eval_prompts(n: int = 300, seed: int = 0) -> list:
     combos = [p for p in rows if p.category == "combination"]
     random.Random(f"count-probe:{seed}").shuffle(combos)
     return (counts + combos)[:n]
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 4000, seed: int = 0) -> dict:
-    """a, b: (prompts, images) 0/1 of two models on the same prompts and seeds -> mean(b - a) with a
-    percentile bootstrap interval over prompts."""
-    d = (b - a).mean(axis=1)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(len(d), size=(n_boot, len(d)))
-    boots = d[idx].mean(axis=1)
-    return {
-        "delta": round(float(d.mean()), 4),
-        "ci95": [round(float(np.percentile(boots, 2.5)), 4), round(float(np.percentile(boots, 97.5)), 4)],
-    }
 
 
 def add_full_res_attention(unet):
