@@ -637,7 +637,7 @@ def test_report_renders_in_a_browser(run, chromium):
     widths = page.eval_on_selector_all(
         "img", "els => els.map(e => [e.className, e.complete, e.naturalWidth])"
     )
-    assert len(widths) == 5 + n_grid
+    assert len(widths) == 6 + n_grid  # the six figures counted above and the grid's images
     assert all(complete and w > 0 for _, complete, w in widths), widths
     assert sum(cls == "figure" for cls, _, _ in widths) >= 1
     assert page.evaluate("() => window.__xss") is None
