@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -47,7 +48,7 @@ from t2ialign.config import GenerateConfig
 from t2ialign.evaluate.paired import paired_bootstrap
 from t2ialign.generate import sample_images
 from t2ialign.models.load import load_pipeline
-from t2ialign.models.pretrain import noise_scheduler
+from t2ialign.models.pretrain import embed_captions, noise_scheduler, train_loop
 from t2ialign.world import vocab
 from t2ialign.world.dataset import caption_for
 from t2ialign.world.judge import Judge
@@ -94,38 +95,22 @@ def add_full_res_attention(unet):
 
 
 def train(pipe, args) -> None:
-    unet = pipe.unet
-    vae, text_encoder, tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
+    """``args.steps`` steps of the UNet on count-stating renders, on the project's training loop
+    (``models.pretrain.train_loop``: AdamW, clipping at 1, optional EMA; constant learning rate)."""
+    unet, vae = pipe.unet, pipe.vae
     sched = noise_scheduler("v_prediction", zero_terminal_snr=True)
     T = sched.config.num_train_timesteps
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    ema = None
-    if args.ema:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=0.75)
     cache: dict[str, torch.Tensor] = {}
 
-    def embed(captions):
+    def embed(captions: list[str]) -> torch.Tensor:
         missing = [c for c in dict.fromkeys(captions) if c not in cache]
         if missing:
-            ids = tokenizer(
-                missing,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            with torch.no_grad():
-                h = text_encoder(input_ids=ids).last_hidden_state
-            cache.update(zip(missing, h, strict=True))
+            cache.update(
+                zip(missing, embed_captions(pipe.text_encoder, pipe.tokenizer, missing), strict=True)
+            )
         return torch.stack([cache[c] for c in captions])
 
-    unet.train()
-    losses = []
-    bar = tqdm(range(args.steps), desc=args.name)
-    for step in bar:
+    def loss_fn(step: int) -> torch.Tensor:
         rng = np.random.default_rng(stable_seed("count-probe", args.seed, step))
         scenes = [
             PromptSpec(
@@ -143,25 +128,31 @@ def train(pipe, args) -> None:
         images = np.stack([render(s, seed=int(rng.integers(2**62))).image for s in scenes])
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         with torch.no_grad():
-            x0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+            x0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor  # (B, 4, 16, 16)
         g = torch.Generator().manual_seed(stable_seed("count-probe-noise", args.seed, step))
         noise = torch.randn(x0.shape, generator=g)
         u = torch.rand(args.batch_size, generator=g)
         t = (T * u ** (1.0 / args.t_power)).long().clamp(0, T - 1)
         pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=embed(captions)).sample
-        loss = F.mse_loss(pred, sched.get_velocity(x0, noise, t))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if ema is not None:
-            ema.step(params)
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-    if ema is not None:
-        ema.copy_to(params)
-    unet.eval()
+        return F.mse_loss(pred, sched.get_velocity(x0, noise, t))
+
+    # a probe is short and not resumed: its one checkpoint goes to a folder that is deleted afterwards
+    with tempfile.TemporaryDirectory() as root:
+        train_loop(
+            args.name,
+            unet,
+            loss_fn,
+            steps=args.steps,
+            lr=args.lr,
+            warmup=0,
+            weight_decay=0.0,
+            root=Path(root),
+            config={"count_probe": args.name},
+            checkpointing_steps=args.steps,
+            keep=1,
+            ema_decay=0.999 if args.ema else None,
+            schedule="constant",
+        )
 
 
 def sample_eval(pipe, prompts, per_prompt: int, batch: int = 128) -> np.ndarray:
@@ -264,15 +255,17 @@ def report(args, prompts, model_id, train_s, base_file, probe_file) -> None:
         ]
         for k in vocab.COUNT_WORDS
     }
-    mean_read = {
-        vocab.COUNT_WORDS[k]: round(
-            float(
-                np.mean([r for r, a in zip(read, np.repeat(asked, args.per_prompt), strict=True) if a == k])
-            ),
-            2,
-        )
-        for k in vocab.COUNT_WORDS
-    }
+    reads_asked = np.repeat(asked, args.per_prompt)
+
+    def mean_read(reads: list) -> dict:
+        """Mean count read per asked count word (6+ counted as 6)."""
+        return {
+            vocab.COUNT_WORDS[k]: round(
+                float(np.mean([r for r, a in zip(reads, reads_asked, strict=True) if a == k])), 2
+            )
+            for k in vocab.COUNT_WORDS
+        }
+
     result = {
         "args": vars(args),
         "model": model_id,
@@ -284,7 +277,8 @@ def report(args, prompts, model_id, train_s, base_file, probe_file) -> None:
         "aligned": {"base": round(float(base_good.mean()), 4), "probe": round(float(good.mean()), 4)},
         "aligned_paired": paired_bootstrap(base_good, good),
         "per_count_base_probe": per_count,
-        "mean_read_count_probe": mean_read,
+        "mean_read_count_base": mean_read(base_read),
+        "mean_read_count_probe": mean_read(read),
     }
     (OUT / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
