@@ -207,6 +207,20 @@ def test_tiny_pretrain_end_to_end_makes_stock_loadable_models(tmp_path, capsys):
     capsys.readouterr()
     assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 2
     assert "another config" in capsys.readouterr().err
+    # a world with other captions takes the finished VAE (same VAE settings, pool and seed) instead of
+    # training one; a VAE made under other settings is refused
+    cfg.write_text(TINY.replace("[pretrain.data]", "[pretrain.data]\ncount_error_rate = 0.5"))
+    other = tmp_path / "other"
+    args = ["pretrain", "--out", str(other), "--config", str(cfg), "--until", "vae"]
+    assert main([*args, "--vae-from", str(out / "pipeline")]) == 0
+    assert not (other / "checkpoints" / "vae").exists()
+    assert "adopted_from" in json.loads((other / "vae" / "DONE").read_text())
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        assert (other / "vae" / name).read_bytes() == (out / "pipeline" / "vae" / name).read_bytes()
+    cfg.write_text(TINY.replace("[pretrain.vae]\nsteps = 2", "[pretrain.vae]\nsteps = 3"))
+    capsys.readouterr()
+    assert main([*args[:2], str(tmp_path / "third"), *args[3:], "--vae-from", str(out / "pipeline")]) == 2
+    assert "steps differ" in capsys.readouterr().err
 
 
 def test_pool_captions_are_fixed_per_image_or_drawn_afresh(tmp_path):

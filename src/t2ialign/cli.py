@@ -279,7 +279,7 @@ def cmd_pretrain(args) -> int:
     from .models.pretrain import pretrain
 
     cfg = load_config(args.config).pretrain
-    report = pretrain(cfg, args.out, until=args.until)
+    report = pretrain(cfg, args.out, until=args.until, vae_from=args.vae_from)
     print(json.dumps(report, indent=2))
     if args.until is None:
         print(f"pipeline: {Path(args.out) / 'pipeline'}  clip: {Path(args.out) / 'clip'}")
@@ -429,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--until",
         choices=("clip", "vae"),
         help="stop after this stage (e.g. to train CLIP and VAE while the UNet's config is still being chosen)",
+    )
+    sp.add_argument(
+        "--vae-from",
+        dest="vae_from",
+        metavar="PIPELINE",
+        help="take the VAE of this pipeline (made by `t2ialign pretrain` under the same VAE settings, pool "
+        "and seed) instead of training one; e.g. the shipped world's, for a world whose captions change",
     )
     sp.set_defaults(func=cmd_pretrain)
 

@@ -483,9 +483,49 @@ def _strip_local_paths(pipeline_dir: Path) -> None:
             atomic_write(path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 
-def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, until: str | None = None) -> dict:
+def adopt_vae(source: Path, final: Path, identity: dict) -> None:
+    """Take the VAE of a pipeline this command made (``source``, with its ``t2ialign.json``) as this run's
+    finished VAE stage, when it was trained under the same VAE settings, pool and seed: the VAE depends on
+    images only, so a new world whose captions change need not train it again."""
+    meta = source / "t2ialign.json"
+    if not meta.is_file() or not (source / "vae" / "config.json").is_file():
+        raise CheckpointError(
+            f"{source} is not a pipeline made by `t2ialign pretrain` (no t2ialign.json or vae/)"
+        )
+    theirs = json.loads(meta.read_text())["pretrain_config"]
+    theirs_id = _vae_identity(theirs)
+    if theirs_id != identity:
+        diff = sorted(k for k in identity.keys() | theirs_id.keys() if identity.get(k) != theirs_id.get(k))
+        raise CheckpointError(
+            f"the VAE of {source} was trained under other settings ({', '.join(diff)} differ)"
+        )
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source / "vae", tmp)
+    scaling = json.loads((tmp / "config.json").read_text())["scaling_factor"]
+    _mark_done(tmp, {"config": identity, "scaling_factor": scaling, "adopted_from": str(source)})
+    _publish(tmp, final)
+
+
+def _vae_identity(full: dict) -> dict:
+    """What the VAE stage depends on: its own settings, the pool's images (not their captions) and the seed."""
+    return full["vae"] | {
+        "data": {k: full["data"][k] for k in ("n_images", "size", "seed")},
+        "seed": full["seed"],
+    }
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    out: str | Path,
+    progress: bool = True,
+    until: str | None = None,
+    vae_from: str | Path | None = None,
+) -> dict:
     """Run (or resume) every stage into ``out``, or those up to ``until`` ("clip" or "vae", the latter with
-    the pool's latents); returns the measured figures."""
+    the pool's latents); returns the measured figures. ``vae_from``: a pipeline made by this function
+    under the same VAE settings, whose VAE is taken instead of training one (see ``adopt_vae``)."""
     if until not in (None, "clip", "vae"):
         raise ValueError(f"until must be 'clip' or 'vae', got {until!r}")
     from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer
@@ -495,13 +535,12 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, until:
     full = to_dict(cfg)
     atomic_write(out / "pretrain_config.json", (json.dumps(full, indent=1) + "\n").encode())
     # what each stage depends on: a finished stage is reused only under the same settings
-    pool_cfg = {k: full["data"][k] for k in ("n_images", "size", "seed")}
     stage_cfg = {
         # zero_shot_n only sizes the report, not the model
         "clip": {k: v for k, v in full["clip"].items() if k != "zero_shot_n"}
         | {"data": full["data"], "seed": cfg.seed},
         # the VAE sees images only: captions are not part of what it depends on
-        "vae": full["vae"] | {"data": pool_cfg, "seed": cfg.seed},
+        "vae": _vae_identity(full),
     }
     stage_cfg["unet"] = full["unet"] | {"clip": stage_cfg["clip"], "vae": stage_cfg["vae"]}
     report: dict = {}
@@ -570,6 +609,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True, until:
 
     # 4. VAE
     vae = make_vae(cfg)
+    if vae_from is not None and not _done(out / "vae", stage_cfg["vae"]):
+        adopt_vae(Path(vae_from), out / "vae", stage_cfg["vae"])
     if _done(out / "vae", stage_cfg["vae"]):
         vae = type(vae).from_pretrained(out / "vae")
     else:
