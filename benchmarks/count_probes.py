@@ -45,15 +45,16 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from t2ialign.config import GenerateConfig
+from t2ialign.core.seeds import stable_seed
 from t2ialign.evaluate.paired import paired_bootstrap
-from t2ialign.generate import sample_images
+from t2ialign.generate.images import sample_images
 from t2ialign.models.load import load_pipeline
-from t2ialign.models.pretrain import embed_captions, noise_scheduler, train_loop
+from t2ialign.pretrain.train import embed_captions, noise_scheduler, train_loop
 from t2ialign.world import vocab
 from t2ialign.world.dataset import caption_for
 from t2ialign.world.judge import Judge
 from t2ialign.world.prompts import PromptSpec, build_prompt_set
-from t2ialign.world.render import render, stable_seed
+from t2ialign.world.render import render
 
 COUNT_TEMPLATES = ("count", "combination", "count_color", "count_background")
 OUT = Path("work/probes")
@@ -96,7 +97,7 @@ def add_full_res_attention(unet):
 
 def train(pipe, args) -> None:
     """``args.steps`` steps of the UNet on count-stating renders, on the project's training loop
-    (``models.pretrain.train_loop``: AdamW, clipping at 1, optional EMA; constant learning rate)."""
+    (``pretrain.train.train_loop``: AdamW, clipping at 1, optional EMA; constant learning rate)."""
     unet, vae = pipe.unet, pipe.vae
     sched = noise_scheduler("v_prediction", zero_terminal_snr=True)
     T = sched.config.num_train_timesteps

@@ -21,8 +21,8 @@ import numpy as np
 
 from t2ialign.config import GenerateConfig
 from t2ialign.evaluate.fidelity import fd_clip, render_reference
-from t2ialign.evaluate.models import evaluation_prompts
-from t2ialign.generate import sample_images
+from t2ialign.evaluate.run import evaluation_prompts
+from t2ialign.generate.images import sample_images
 from t2ialign.models.load import load_clip, load_pipeline
 from t2ialign.store import Store
 from t2ialign.world.judge import Judge

@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from t2ialign.fsutil import atomic_write
+from t2ialign.core.fsutil import atomic_write
 from t2ialign.store import Store
 from t2ialign.world.render import render
 

@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from t2ialign.config import GenerateConfig
-from t2ialign.generate import sample_images
+from t2ialign.core.seeds import stable_seed
+from t2ialign.generate.images import sample_images
 from t2ialign.world import vocab
 from t2ialign.world.judge import Judge
 from t2ialign.world.prompts import build_prompt_set
-from t2ialign.world.render import grid, stable_seed
+from t2ialign.world.render import grid
 
 
 def confusions(specs, verdicts) -> dict:

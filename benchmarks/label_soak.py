@@ -29,7 +29,7 @@ import httpx
 from PIL import Image
 from sqlalchemy import func, select
 
-from t2ialign.labeling.auth import create_labeler
+from t2ialign.label.auth import create_labeler
 from t2ialign.store import LabelerRow, LabelRow, Store
 from t2ialign.world.prompts import build_prompt_set
 

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from t2ialign.config import GenerateConfig
-from t2ialign.evaluate.base import evaluate_base
+from t2ialign.evaluate.base_model import evaluate_base
 from t2ialign.store import Store
 from t2ialign.world.prompts import CATEGORIES
 

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from t2ialign.config import EvaluateConfig, FinetuneConfig, GenerateConfig, RewardConfig
-from t2ialign.evaluate.models import (
+from t2ialign.evaluate.run import (
     balanced_sample,
     evaluate_models,
     feedback_prompts,
@@ -31,8 +31,8 @@ from t2ialign.evaluate.models import (
     parse_models,
 )
 from t2ialign.finetune.train import finetune
-from t2ialign.generate import generate
-from t2ialign.labeling.simulate import simulate_labels
+from t2ialign.generate.images import generate
+from t2ialign.label.simulate import simulate_labels
 from t2ialign.models.load import load_clip, resolve_clip_path
 from t2ialign.reward.train import train_reward
 from t2ialign.store import Store

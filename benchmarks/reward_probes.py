@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 
 from t2ialign.config import RewardConfig
+from t2ialign.models.embed import Embeddings, embed_images
 from t2ialign.models.load import load_clip
+from t2ialign.reward.accuracy import EVAL_SETS, eval_sets
 from t2ialign.reward.data import preference_pairs
-from t2ialign.reward.embed import embed_images
-from t2ialign.reward.evaluate import EVAL_SETS, eval_sets
 from t2ialign.reward.model import RewardModel
-from t2ialign.reward.train import Embeddings, pairwise_accuracy, score_items
+from t2ialign.reward.train import pairwise_accuracy, score_items
 from t2ialign.store import Store
 from t2ialign.world import vocab
 from t2ialign.world.dataset import PretrainDataset

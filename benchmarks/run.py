@@ -127,7 +127,7 @@ def bench_generate(model: str | None = None) -> list[dict]:
     import torch
 
     from t2ialign.config import GenerateConfig
-    from t2ialign.generate import image_seed, sample_images
+    from t2ialign.generate.images import image_seed, sample_images
     from t2ialign.models.load import load_pipeline
     from t2ialign.world.prompts import build_prompt_set
 
@@ -172,8 +172,8 @@ def bench_reward_embed() -> list[dict]:
     """World-CLIP image embedding for the reward's cache: batches of 256 against one image per call."""
     import torch
 
+    from t2ialign.models.embed import embed_images
     from t2ialign.models.load import load_clip
-    from t2ialign.reward.embed import embed_images
     from t2ialign.world.render import render
 
     torch.set_num_threads(2)
@@ -234,7 +234,7 @@ def bench_finetune() -> list[dict]:
 
     from t2ialign.config import FinetuneConfig
     from t2ialign.finetune.train import finetune
-    from t2ialign.labeling.service import submit_labels
+    from t2ialign.label.service import submit_labels
     from t2ialign.models.load import load_pipeline
     from t2ialign.store import Store
     from t2ialign.world.dataset import PretrainDataset

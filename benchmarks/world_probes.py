@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from t2ialign.config import GenerateConfig
-from t2ialign.generate import sample_images
+from t2ialign.generate.images import sample_images
 from t2ialign.models.load import load_pipeline
 from t2ialign.world import vocab
 from t2ialign.world.dataset import PretrainDataset

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from t2ialign.checkpoint import (
+from t2ialign.core.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
@@ -91,7 +91,7 @@ def test_non_finite_values_never_reach_a_checkpoint(tmp_path):
 
 def test_manifest_is_written_last(tmp_path, monkeypatch):
     """A crash between the data files and the manifest leaves only a temporary folder."""
-    import t2ialign.checkpoint as ck
+    import t2ialign.core.checkpoint as ck
 
     real = ck.fsync_file
     calls = []

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from t2ialign.config import ConfigError, EvaluateConfig, GenerateConfig, RewardConfig
-from t2ialign.evaluate.models import (
+from t2ialign.evaluate.run import (
     check_disjoint,
     evaluate_models,
     evaluation_prompts,
@@ -13,8 +13,8 @@ from t2ialign.evaluate.models import (
     format_report,
     parse_models,
 )
-from t2ialign.generate import generate
-from t2ialign.labeling.service import submit_label
+from t2ialign.generate.images import generate
+from t2ialign.label.service import submit_label
 from t2ialign.models.load import load_clip
 from t2ialign.reward.train import train_reward
 from t2ialign.store import Store

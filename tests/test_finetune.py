@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from t2ialign.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from t2ialign.config import ConfigError, FinetuneConfig, GenerateConfig, RewardConfig
+from t2ialign.core.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from t2ialign.finetune import data as ft_data
 from t2ialign.finetune import train as ft_train
 from t2ialign.finetune.losses import (
@@ -29,8 +29,8 @@ from t2ialign.finetune.losses import (
     reward_weighted_loss,
 )
 from t2ialign.finetune.train import batch_indices, finetune
-from t2ialign.generate import generate
-from t2ialign.labeling.service import submit_label
+from t2ialign.generate.images import generate
+from t2ialign.label.service import submit_label
 from t2ialign.models.load import load_clip
 from t2ialign.reward.model import RewardModel
 from t2ialign.reward.train import train_reward
@@ -290,7 +290,7 @@ def test_resume_refuses_what_it_cannot_continue(ft_run, tiny_pipeline_path):
 
 
 def test_crash_while_checkpointing_keeps_the_previous_one(ft_run, tiny_pipeline_path, monkeypatch):
-    import t2ialign.checkpoint as ck
+    import t2ialign.core.checkpoint as ck
 
     real = ck.save_file
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from t2ialign.cli import main
 from t2ialign.config import GenerateConfig
-from t2ialign.generate import generate, image_seed, sample_images
+from t2ialign.generate.images import generate, image_seed, sample_images
 from t2ialign.models.load import load_clip, load_pipeline, resolve_clip_path, resolve_sd_path
 from t2ialign.store import Store
 from t2ialign.world.prompts import build_prompt_set

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from t2ialign.labeling import auth
-from t2ialign.labeling.app import MAX_BODY_BYTES, create_app
-from t2ialign.labeling.assignment import needs_label_from, pick_screen
-from t2ialign.labeling.cli_serve import add_commands
+from t2ialign.label import auth
+from t2ialign.label.app import MAX_BODY_BYTES, create_app
+from t2ialign.label.assignment import needs_label_from, pick_screen
+from t2ialign.label.cli_serve import add_commands
 from t2ialign.store import ImageState, LabelRow, LeaseRow, Store
 from t2ialign.world.prompts import Prompt, PromptSpec, build_prompt_set
 
@@ -510,7 +510,7 @@ def test_admin_export_streams_one_json_object_per_label(client, app):
 
 
 def test_admin_stats_and_page(client, app):
-    # label_summary comes from t2ialign.labeling.stats; here only its access and shape are checked
+    # label_summary comes from t2ialign.label.stats; here only its access and shape are checked
     ann = new_labeler(client, "ann")
     client.post("/api/labels", json={"image_id": image_ids(app)[0], "value": "good"}, headers=ann)
     r = client.get("/api/admin/stats", headers=ADMIN)

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from t2ialign.labeling.cli_data import add_commands
-from t2ialign.labeling.export import COLUMNS, export_labels, import_labels, label_rows
-from t2ialign.labeling.service import submit_label
+from t2ialign.label.cli_data import add_commands
+from t2ialign.label.export import COLUMNS, export_labels, import_labels, label_rows
+from t2ialign.label.service import submit_label
 from t2ialign.store import LabelerRow, Store
 from t2ialign.world.prompts import build_prompt_set
 from t2ialign.world.render import render

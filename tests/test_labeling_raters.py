@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from t2ialign.cli import main
-from t2ialign.labeling.app import create_app
-from t2ialign.labeling.simulate import simulated_answer
-from t2ialign.labeling.stats import rater_quality
+from t2ialign.label.app import create_app
+from t2ialign.label.simulate import simulated_answer
+from t2ialign.label.stats import rater_quality
 from t2ialign.store import LabelerRow, LabelRow, LeaseRow, Store
 from test_labeling_app import ADMIN, ADMIN_SECRET, make_run
 
@@ -138,9 +138,9 @@ def _screens(client, headers, answer) -> list[int]:
 
 
 def test_gold_images_are_mixed_in_answered_by_all_and_never_feedback(tmp_path):
-    from t2ialign.labeling.export import label_rows
-    from t2ialign.labeling.simulate import add_gold_images
-    from t2ialign.labeling.stats import label_summary
+    from t2ialign.label.export import label_rows
+    from t2ialign.label.simulate import add_gold_images
+    from t2ialign.label.stats import label_summary
     from t2ialign.reward.data import labeled_images
 
     run = tmp_path / "run"
@@ -193,7 +193,7 @@ def test_gold_images_must_have_role_eval_and_rates_are_checked(tmp_path):
         with pytest.raises(ValueError, match="unknown gold answer"):
             store.set_gold({ids[0]: "skip"})
         # every rater may answer a gold image: k does not apply to it
-        from t2ialign.labeling.simulate import add_gold_images
+        from t2ialign.label.simulate import add_gold_images
 
         add_gold_images(store, 1)
         (g,) = store.gold_answers()

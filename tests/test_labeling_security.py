@@ -29,11 +29,11 @@ from fastapi.testclient import TestClient
 
 from labeling_server import free_port
 from t2ialign.cli import main
-from t2ialign.labeling import auth
-from t2ialign.labeling.app import COOKIE, LoginLimiter, create_app
-from t2ialign.labeling.cli_serve import allowed_hosts
-from t2ialign.labeling.export import export_labels, import_labels
-from t2ialign.labeling.sidebyside import create_comparison
+from t2ialign.label import auth
+from t2ialign.label.app import COOKIE, LoginLimiter, create_app
+from t2ialign.label.cli_serve import allowed_hosts
+from t2ialign.label.export import export_labels, import_labels
+from t2ialign.label.sidebyside import create_comparison
 from t2ialign.store import LabelRow, LeaseRow, NotLeased, SessionRow, Store
 from test_labeling_app import ADMIN, ADMIN_SECRET, Clock, image_ids, lease, make_run, new_labeler
 

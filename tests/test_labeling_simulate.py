@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2ialign.labeling.cli_data import add_commands
-from t2ialign.labeling.export import export_labels, label_rows
-from t2ialign.labeling.simulate import simulate_labels, simulated_answer
-from t2ialign.labeling.stats import SUMMARY_KEYS
+from t2ialign.label.cli_data import add_commands
+from t2ialign.label.export import export_labels, label_rows
+from t2ialign.label.simulate import simulate_labels, simulated_answer
+from t2ialign.label.stats import SUMMARY_KEYS
 from t2ialign.store import Store
 from t2ialign.world.judge import Judge
 from t2ialign.world.prompts import build_prompt_set

@@ -4,8 +4,8 @@ import io
 
 import pytest
 
-from t2ialign.labeling.service import submit_label
-from t2ialign.labeling.stats import SUMMARY_KEYS, fleiss_kappa, format_table1, label_summary, majority
+from t2ialign.label.service import submit_label
+from t2ialign.label.stats import SUMMARY_KEYS, fleiss_kappa, format_table1, label_summary, majority
 from t2ialign.store import Store
 from t2ialign.world.prompts import build_prompt_set
 from t2ialign.world.render import render

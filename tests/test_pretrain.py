@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from t2ialign.checkpoint import CheckpointError
 from t2ialign.cli import main
-from t2ialign.models.pretrain import lr_factor, soft_clip_loss, train_loop
+from t2ialign.core.checkpoint import CheckpointError
+from t2ialign.core.training import lr_factor
 from t2ialign.models.tokenizer import MAX_LENGTH, build_clip_tokenizer, grammar_corpus
+from t2ialign.pretrain.train import soft_clip_loss, train_loop
 
 
 def test_tokenizer_keeps_grammar_words_whole_and_round_trips(tmp_path):
@@ -31,6 +32,12 @@ def test_tokenizer_keeps_grammar_words_whole_and_round_trips(tmp_path):
     tok.save_pretrained(tmp_path)
     again = CLIPTokenizer.from_pretrained(tmp_path)
     assert again("Two red circles").input_ids == tok("Two red circles").input_ids
+
+
+def test_the_same_corpus_builds_the_same_tokenizer():
+    # the BPE trainer orders its end-of-word characters by hash, differently on each call: ids are canonical
+    first = build_clip_tokenizer().get_vocab()
+    assert all(build_clip_tokenizer().get_vocab() == first for _ in range(3))
 
 
 def test_lr_schedule():
@@ -225,7 +232,7 @@ def test_tiny_pretrain_end_to_end_makes_stock_loadable_models(tmp_path, capsys):
 
 def test_pool_captions_are_fixed_per_image_or_drawn_afresh(tmp_path):
     from t2ialign.config import PretrainDataConfig
-    from t2ialign.models.pretrain import Pool
+    from t2ialign.pretrain.train import Pool
 
     root = tmp_path / "data"
     root.mkdir()

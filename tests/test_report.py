@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from t2ialign.evaluate import report as rp
 from t2ialign.evaluate.claims import ablation_of, accuracy_z, gain_verdict, keep_verdict
-from t2ialign.evaluate.report import claims, render_report, write_report
-from t2ialign.labeling.stats import PAPER_TABLE1
+from t2ialign.label.stats import PAPER_TABLE1
+from t2ialign.report import html as rp
+from t2ialign.report.html import claims, render_report, write_report
 from t2ialign.store import Store
 from t2ialign.world.prompts import Prompt, PromptSpec, build_prompt_set
 from t2ialign.world.render import render
@@ -221,9 +221,9 @@ def tally(first, second, align=(0.5, 0.03), fid=(0.10, 0.15)):
 
 
 def real_tally(first, second):
-    """A tally in the exact format of labeling.sidebyside: >= 7 of 9 votes for the first model on 2 of 10
+    """A tally in the exact format of label.sidebyside: >= 7 of 9 votes for the first model on 2 of 10
     queries, for the second on 4."""
-    from t2ialign.labeling.sidebyside import tally_votes
+    from t2ialign.label.sidebyside import tally_votes
 
     votes = {i: ["first"] * 9 for i in range(2)}
     votes |= {i: ["second"] * 9 for i in range(2, 6)}
@@ -605,8 +605,8 @@ def test_fig3_claims_and_section(tmp_path):
 
 
 def test_local_constants_match_the_modules():
-    from t2ialign.evaluate.models import GROUPS
-    from t2ialign.reward.evaluate import EVAL_SETS
+    from t2ialign.evaluate.run import GROUPS
+    from t2ialign.reward.accuracy import EVAL_SETS
 
     assert rp.EVAL_SETS == EVAL_SETS
     assert rp.GROUPS == tuple(GROUPS)

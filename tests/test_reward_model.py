@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from t2ialign.models.embed import EmbeddingCache, clip_fingerprint, embed_images, embed_texts
 from t2ialign.models.load import load_clip
 from t2ialign.models.tiny import build_tiny_clip
-from t2ialign.reward.embed import EmbeddingCache, clip_fingerprint, embed_images, embed_texts
 from t2ialign.reward.model import RewardMLP, RewardModel
 from t2ialign.world.render import render
 
@@ -67,7 +67,7 @@ def test_save_load_score_and_refuse_another_clip(tmp_path, tiny_clip_path):
 
 
 def test_fast_pixel_path_matches_the_processor(tiny_clip_path):
-    from t2ialign.reward.embed import _fast_pixels
+    from t2ialign.models.embed import _fast_pixels
 
     _, proc, _ = load_clip(tiny_clip_path)  # a 32x32 CLIP
     imgs = [render("Two red circles", seed=s, size=32).pil() for s in range(3)]

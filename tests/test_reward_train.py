@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from t2ialign.config import RewardConfig
-from t2ialign.labeling.service import submit_label
+from t2ialign.label.service import submit_label
 from t2ialign.models.load import load_clip
 from t2ialign.reward.data import halve_per_prompt, labeled_images, preference_pairs, split_train_val
 from t2ialign.reward.train import candidate_prompts, pairwise_accuracy, train_reward
@@ -115,7 +115,7 @@ def test_too_few_labels_is_a_clear_error(tmp_path, tiny_clip_path):
 
 def test_fig4_evaluation_structure_and_plot(labeled_run, tiny_clip_path, tmp_path, monkeypatch):
     import t2ialign.reward.train as train_module
-    from t2ialign.reward.evaluate import EVAL_SETS, evaluate_rewards, plot_fig4
+    from t2ialign.reward.accuracy import EVAL_SETS, evaluate_rewards, plot_fig4
 
     split_seeds = []
 

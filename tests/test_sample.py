@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from t2ialign.config import GenerateConfig
-from t2ialign.generate import generate, image_seed
+from t2ialign.generate.images import generate, image_seed
+from t2ialign.models.embed import clip_fingerprint
 from t2ialign.models.load import load_clip
 from t2ialign.models.tiny import build_tiny_clip, build_tiny_pipeline
-from t2ialign.reward.embed import clip_fingerprint
 from t2ialign.reward.model import RewardMLP, RewardModel
-from t2ialign.sample import (
+from t2ialign.sample.rejection import (
     SELECTION_FORMAT,
     SampleConfig,
     add_command,

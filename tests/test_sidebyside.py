@@ -18,10 +18,10 @@ from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 
-from t2ialign.labeling import sidebyside
-from t2ialign.labeling.app import MAX_BODY_BYTES, create_app
-from t2ialign.labeling.cli_data import add_commands
-from t2ialign.labeling.sidebyside import (
+from t2ialign.label import sidebyside
+from t2ialign.label.app import MAX_BODY_BYTES, create_app
+from t2ialign.label.cli_data import add_commands
+from t2ialign.label.sidebyside import (
     create_comparison,
     pick_query,
     plot_fig3,

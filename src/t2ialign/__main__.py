@@ -1,3 +1,3 @@
-from .cli import entry
+from t2ialign.cli import entry
 
 entry()

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import ConfigError
+from t2ialign import __version__
+from t2ialign.config import ConfigError
 
 
 def _tune_allocator() -> None:
@@ -47,9 +47,9 @@ def _print_table(rows: list[list], header: list[str]) -> None:
 
 
 def cmd_prompts(args) -> int:
-    from .config import load_config
-    from .store import Store
-    from .world.prompts import CATEGORIES, SPLITS, build_prompt_set
+    from t2ialign.config import load_config
+    from t2ialign.store import Store
+    from t2ialign.world.prompts import CATEGORIES, SPLITS, build_prompt_set
 
     cfg = load_config(args.config).prompts
     prompts = build_prompt_set(cfg.unseen_objects, cfg.unseen_prompt_fraction, cfg.seed)
@@ -79,7 +79,7 @@ def cmd_prompts(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from .world.render import grid, render
+    from t2ialign.world.render import grid, render
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -99,8 +99,8 @@ def cmd_render(args) -> int:
 def cmd_judge(args) -> int:
     from PIL import Image
 
-    from .world import vocab
-    from .world.judge import Judge, selftest
+    from t2ialign.world import vocab
+    from t2ialign.world.judge import Judge, selftest
 
     judge = Judge.load(args.weights)
     if args.selftest:
@@ -150,8 +150,8 @@ def cmd_judge(args) -> int:
 
 
 def cmd_train_judge(args) -> int:
-    from .config import load_config
-    from .world.judge import train_judge
+    from t2ialign.config import load_config
+    from t2ialign.world.judge import train_judge
 
     cfg = load_config(args.config).judge
     report = train_judge(cfg, args.out)
@@ -161,7 +161,7 @@ def cmd_train_judge(args) -> int:
 
 
 def _generate_config(args):
-    from .config import from_dict, load_config, to_dict
+    from t2ialign.config import from_dict, load_config, to_dict
 
     cfg = load_config(args.config).generate
     overrides = {
@@ -183,16 +183,16 @@ def _generate_config(args):
 
 
 def cmd_generate(args) -> int:
-    from .generate import generate, select_prompts
-    from .store import Store
+    from t2ialign.generate.images import generate, select_prompts
+    from t2ialign.store import Store
 
     cfg = _generate_config(args)
     with Store.open(args.run, db_url=args.db_url) as store:
         rows = store.list_prompts(split=args.split, category=args.category)
         if cfg.role in ("human", "unlabeled"):
             # feedback never touches the evaluation prompts (`t2ialign evaluate` checks it)
-            from .config import load_config
-            from .evaluate.models import feedback_prompts
+            from t2ialign.config import load_config
+            from t2ialign.evaluate.run import feedback_prompts
 
             ev = load_config(args.config).evaluate
             open_to_feedback = {
@@ -212,9 +212,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_evaluate_base(args) -> int:
-    from .evaluate.alignment import format_table
-    from .evaluate.base import evaluate_base
-    from .store import Store
+    from t2ialign.evaluate.alignment import format_table
+    from t2ialign.evaluate.base_model import evaluate_base
+    from t2ialign.store import Store
 
     cfg = _generate_config(args)
     with Store.open(args.run, db_url=args.db_url) as store:
@@ -227,9 +227,9 @@ def cmd_evaluate_base(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .config import from_dict, load_config, to_dict
-    from .evaluate.models import evaluate_models, format_report, parse_models
-    from .store import open_existing
+    from t2ialign.config import from_dict, load_config, to_dict
+    from t2ialign.evaluate.run import evaluate_models, format_report, parse_models
+    from t2ialign.store import open_existing
 
     cfg = load_config(args.config).evaluate
     overrides = {
@@ -248,8 +248,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .evaluate.report import write_report
-    from .store import open_existing
+    from t2ialign.report.html import write_report
+    from t2ialign.store import open_existing
 
     with open_existing(args.run, args.db_url) as store:
         path = write_report(store, args.out)
@@ -275,8 +275,8 @@ def _add_generate_args(sp, role_default: str | None = None) -> None:
 
 
 def cmd_pretrain(args) -> int:
-    from .config import load_config
-    from .models.pretrain import pretrain
+    from t2ialign.config import load_config
+    from t2ialign.pretrain.train import pretrain
 
     cfg = load_config(args.config).pretrain
     report = pretrain(cfg, args.out, until=args.until, vae_from=args.vae_from)
@@ -287,7 +287,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_perturb(args) -> int:
-    from .world.prompts import perturb
+    from t2ialign.world.prompts import perturb
 
     for text in perturb(args.prompt, args.n, seed=args.seed):
         print(text)
@@ -367,21 +367,21 @@ def build_parser() -> argparse.ArgumentParser:
         "label", help="stage 3: feedback from labelers (web app), simulated labelers, export"
     )
     label_sub = label.add_subparsers(dest="label_command", required=True)
-    from .labeling import cli_data, cli_serve
+    from t2ialign.label import cli_data, cli_serve
 
     cli_serve.add_commands(label_sub)
     cli_data.add_commands(label_sub)
 
     reward = sub.add_parser("reward", help="stage 4: the reward model on CLIP embeddings (Eq. 1-3, Fig. 4)")
-    from .reward import cli as reward_cli
+    from t2ialign.reward import cli as reward_cli
 
     reward_cli.add_commands(reward.add_subparsers(dest="reward_command", required=True))
 
-    from .finetune import cli as finetune_cli
+    from t2ialign.finetune import cli as finetune_cli
 
     finetune_cli.add_command(sub)
 
-    from . import sample
+    from t2ialign.sample import rejection as sample
 
     sample.add_command(sub)
 
@@ -449,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .store import StoreError
+    from t2ialign.core.checkpoint import CheckpointError
+    from t2ialign.store import StoreError
 
     try:
         return args.func(args)

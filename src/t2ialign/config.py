@@ -6,20 +6,15 @@ Files may be TOML or JSON; a stage reads the table of its own name ("prompts", "
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .world import vocab
-from .world.dataset import DEFAULT_CAPTION_RATES, DEFAULT_COUNT_ERROR_RATE, check_caption_rates
-
-
-class ConfigError(ValueError):
-    """A config file or value that does not fit its dataclass."""
+from t2ialign.core.config import ConfigError, from_dict, to_dict  # noqa: F401 (to_dict: importable from here)
+from t2ialign.world import vocab
+from t2ialign.world.dataset import DEFAULT_CAPTION_RATES, DEFAULT_COUNT_ERROR_RATE, check_caption_rates
+from t2ialign.world.judge import JudgeTrainConfig
 
 
 @dataclass
@@ -43,39 +38,6 @@ class PromptsConfig:
             raise ConfigError(
                 f"prompts.unseen_prompt_fraction must be in [0, 1), got {self.unseen_prompt_fraction}"
             )
-
-
-@dataclass
-class JudgeTrainConfig:
-    """Training of the world judge's small CNN (``t2ialign world train-judge``)."""
-
-    size: int = 64  # image side in pixels; the judge resizes other sizes to this
-    # distinct rendered images (world.judge.random_scene: the count class uniform over 0, 1-5 and 6+, so
-    # 1/7 are empty and 1/7 have 6-7 shapes); each epoch augments them afresh. 56,000 keeps 8,000 per
-    # count class, what each of 1-5 had when the judge read only those (40,000 for 7 classes left the
-    # degraded shape accuracy at 93% instead of 97%).
-    n_train: int = 56_000
-    n_val: int = 2_000  # validation renders, drawn the same way (judged clean and degraded)
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 2e-3  # AdamW peak learning rate; linear warm-up (10% of steps, at most 200), cosine to 0
-    weight_decay: float = 1e-4
-    channels: tuple[int, ...] = (24, 32, 48, 64, 96, 128, 128)  # conv widths; every other layer strides 2
-    # Verdict thresholds on P(match) = product over the prompt's attributes of P(attribute = asked value):
-    # good above good_threshold, bad below bad_threshold, skip (unsure) between.
-    good_threshold: float = 0.6
-    bad_threshold: float = 0.4
-    seed: int = 0
-
-    def __post_init__(self):
-        self.channels = tuple(self.channels)
-        if self.size < 32:
-            raise ConfigError(f"judge.size must be >= 32 pixels, got {self.size}")
-        if not 0.0 < self.bad_threshold <= self.good_threshold < 1.0:
-            raise ConfigError("judge thresholds need 0 < bad_threshold <= good_threshold < 1")
-        for name in ("n_train", "n_val", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"judge.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -439,58 +401,6 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-
-
-def to_dict(cfg) -> dict:
-    """Plain JSON-able dict of a (nested) config dataclass."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def from_dict(cls, data: dict, where: str = ""):
-    """Build ``cls`` from a dict; unknown keys and values of the wrong type are ConfigErrors."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__} must be a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in {where or cls.__name__}: {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else key
-        kwargs[key] = _coerce(hints[key], value, path)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from e
-
-
-def _coerce(tp, value, path: str):
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(args[0], value, path)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a table, got {value!r}")
-        _, item = typing.get_args(tp)
-        return {str(k): _coerce(item, v, f"{path}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
-        return tuple(_coerce(item, v, path) for v in value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise ConfigError(f"{path} must be {tp.__name__}, got {value!r}")
-    return value
 
 
 def load_config(path: str | Path | None = None, cls=Config):

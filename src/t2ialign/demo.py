@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from .cli import _tune_allocator
+from t2ialign.cli import _tune_allocator
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def get_scale(scale_name: str, finetune_steps: int | None = None) -> Scale:
 
 def plan(scale_name: str, finetune_steps: int | None = None) -> str:
     """What a run of this scale does and about how long it takes, before anything runs."""
-    from .world.prompts import build_prompt_set
+    from t2ialign.world.prompts import build_prompt_set
 
     scale = get_scale(scale_name, finetune_steps)
     seen = sum(p.split == "seen" for p in build_prompt_set())
@@ -97,27 +97,34 @@ def plan(scale_name: str, finetune_steps: int | None = None) -> str:
 
 
 def run_demo(run: Path, scale_name: str = "demo", finetune_steps: int | None = None) -> int:
-    from .config import EvaluateConfig, FinetuneConfig, GenerateConfig, RewardConfig, from_dict, to_dict
-    from .evaluate.models import (
+    from t2ialign.config import (
+        EvaluateConfig,
+        FinetuneConfig,
+        GenerateConfig,
+        RewardConfig,
+        from_dict,
+        to_dict,
+    )
+    from t2ialign.evaluate.run import (
         balanced_sample,
         evaluate_models,
         evaluation_prompts,
         feedback_prompts,
         format_report,
     )
-    from .evaluate.report import write_report
-    from .finetune import TABLE2
-    from .finetune.train import finetune
-    from .generate import generate
-    from .labeling.simulate import simulate_labels
-    from .labeling.stats import PAPER_TABLE1, format_table1
-    from .models.load import load_clip, resolve_clip_path
-    from .reward.evaluate import evaluate_rewards, plot_fig4
-    from .reward.train import train_reward
-    from .store import Store
-    from .world.judge import Judge, selftest
-    from .world.prompts import build_prompt_set, perturb
-    from .world.render import grid, render
+    from t2ialign.finetune import TABLE2
+    from t2ialign.finetune.train import finetune
+    from t2ialign.generate.images import generate
+    from t2ialign.label.simulate import simulate_labels
+    from t2ialign.label.stats import PAPER_TABLE1, format_table1
+    from t2ialign.models.load import load_clip, resolve_clip_path
+    from t2ialign.report.html import write_report
+    from t2ialign.reward.accuracy import evaluate_rewards, plot_fig4
+    from t2ialign.reward.train import train_reward
+    from t2ialign.store import Store
+    from t2ialign.world.judge import Judge, selftest
+    from t2ialign.world.prompts import build_prompt_set, perturb
+    from t2ialign.world.render import grid, render
 
     scale = get_scale(scale_name, finetune_steps)
     print(plan(scale_name, finetune_steps), flush=True)
@@ -282,7 +289,7 @@ def run_demo(run: Path, scale_name: str = "demo", finetune_steps: int | None = N
 
 def _grid(store, ev: dict, path: Path) -> None:
     """One row per model for the first seen prompt of each category: a quick look without the report."""
-    from .world.render import grid
+    from t2ialign.world.render import grid
 
     first = {}
     prompts = {p["text"]: p for p in store.list_prompts()}
@@ -309,7 +316,13 @@ FIG3 = {  # the paper's Fig. 3 (a)-(c): (name, first model, second model); votes
 
 def _side_by_side(store, judge) -> None:
     """Fig. 3 (a)-(c): the evaluation images of two models per prompt, 9 simulated raters per query."""
-    from .labeling.sidebyside import create_comparison, plot_fig3, sets_from_evaluate, simulate_votes, tally
+    from t2ialign.label.sidebyside import (
+        create_comparison,
+        plot_fig3,
+        sets_from_evaluate,
+        simulate_votes,
+        tally,
+    )
 
     images = store.run_dir / "evaluate" / "images.json"
     for name, (first, second) in FIG3.items():

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-from PIL import Image
-
-from ..store import Store
-from ..world import vocab
-from ..world.judge import Judge
-from ..world.prompts import CATEGORIES, PromptSpec
+from t2ialign.world import vocab
+from t2ialign.world.prompts import CATEGORIES
 
 OBJECT_SPLITS = {"seen_objects": ("seen", "unseen_prompt"), "unseen_objects": ("unseen_object",)}
 
@@ -29,34 +24,6 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
     return (max(0.0, c - h), min(1.0, c + h))
-
-
-def judge_stored(store: Store, images: list[dict], judge: Judge, batch: int = 512) -> list[dict]:
-    """Judge stored images (rows of ``Store.list_images``) against their prompts."""
-    prompts = {p["text"]: p for p in store.list_prompts()}
-    out = []
-    for i in range(0, len(images), batch):
-        rows = images[i : i + batch]
-        pixels = [np.asarray(Image.open(store.image_path(r["sha256"])).convert("RGB")) for r in rows]
-        specs = [spec_of(prompts[r["prompt"]]) for r in rows]
-        for r, spec, v in zip(rows, specs, judge.judge(pixels, specs), strict=True):
-            p = prompts[r["prompt"]]
-            out.append(
-                {
-                    "image_id": r["id"],
-                    "prompt": r["prompt"],
-                    "category": p["category"],
-                    "split": p["split"],
-                    "verdict": v.label,
-                    "p_match": v.p_match,
-                    "attribute_hits": {k: v.reading[k][0] == val for k, val in spec.constrained().items()},
-                }
-            )
-    return out
-
-
-def spec_of(prompt_row: dict) -> PromptSpec:
-    return PromptSpec(prompt_row["shape"], prompt_row["count"], prompt_row["color"], prompt_row["background"])
 
 
 def summarize(judged: list[dict]) -> dict:

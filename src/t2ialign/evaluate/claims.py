@@ -3,7 +3,7 @@ measured number and a verdict (reproduced / not reproduced / within noise / not 
 
 Also here: the paper's reference numbers and the issues' targets, which models of the evaluate section play
 which role (base, fine-tuned, Table 2 ablations, rejection sampling), and which side of a Fig. 3 comparison
-is the model under test. ``evaluate.report`` renders all of it; nothing here imports torch or matplotlib.
+is the model under test. ``report.html`` renders all of it; nothing here imports torch or matplotlib.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-# reward.evaluate.EVAL_SETS and evaluate.models.GROUPS, repeated here because importing those modules
+# reward.accuracy.EVAL_SETS and evaluate.run.GROUPS, repeated here because importing those modules
 # loads torch; tests/test_report.py checks that they stay equal.
 EVAL_SETS: tuple[str, ...] = ("seen_prompts", "unseen_prompts", "unseen_objects")
 GROUPS: tuple[str, ...] = ("seen", "unseen_prompt", "unseen_object")
@@ -319,19 +319,29 @@ def _claim(cid, section, claim, paper, criterion, command, measured=None, ok=Non
     }
 
 
-def claims(metrics: dict) -> list[dict[str, Any]]:
-    """The paper's claims, each with what this run measured and a verdict.
+GAIN_RULE = "its paired 95% interval (bootstrap over prompts) above zero; within noise when it contains zero"
 
-    Each claim is ``{"id", "section", "claim", "paper", "measured", "criterion", "verdict", "command"}``;
-    verdict is "reproduced", "not reproduced", "within noise" or "not measured" (a number it needs is
-    missing). Within noise: Fig. 4's comparisons of two scorers whose difference is not significant at 95%
-    (``accuracy_z``), and every gain of a model over base whose paired 95% interval (``evaluate.paired``,
-    a bootstrap over prompts on the same prompts and seeds) contains zero: a gain is reproduced only when
-    its interval excludes zero on the right side (``gain_verdict``).
-    """
+
+def _align(models: dict, model: str | None, group: str, category: str) -> Any:
+    return _get(models, model, "alignment", group, category, "alignment") if model else None
+
+
+def _gain_claim(metrics: dict, base: str | None, model: str | None, group: str, category: str, target: float):
+    """(measured, ok) of "model raises alignment over base" by the paired rule (gain_verdict)."""
+    models = _get(metrics, "evaluate", "models") or {}
+    a, b = _align(models, model, group, category), _align(models, base, group, category)
+    if not (_isnum(a) and _isnum(b)):
+        return None, None
+    shares = f"{model} {_pct(a)} vs base {_pct(b)}"
+    stat = paired_stat(metrics, "paired", model, group, category)
+    if stat is None:
+        return f"{shares} ({_points(a - b)}); {NO_PAIRED}", None
+    return f"{model} − base {paired_text(stat)} ({shares})", gain_verdict(stat, target)
+
+
+def _table1_claims(metrics: dict) -> list[dict[str, Any]]:
+    """Table 1: the base model struggles with counts, not with colors and backgrounds."""
     out: list[dict[str, Any]] = []
-
-    # Table 1: the base model struggles with counts, not with colors and backgrounds.
     run = _get(metrics, "table1", "run")
     goods = {c: _get(run, c, "good") for c in ("count", "color", "background")}
     ok = measured = None
@@ -352,7 +362,12 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
         )
     )
 
-    # Fig. 4: pairwise accuracy of the reward against CLIP score, without PC loss, on half the data.
+    return out
+
+
+def _fig4_claims(metrics: dict) -> list[dict[str, Any]]:
+    """Fig. 4: pairwise accuracy of the reward against CLIP score, without PC loss, on half the data."""
+    out: list[dict[str, Any]] = []
     scorers = _get(metrics, "reward_eval", "scorers")
     n_pairs = _get(metrics, "reward_eval", "n_pairs") or {}
     fig4 = [
@@ -402,41 +417,31 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
                 )
             )
 
-    # Sec. 4.2: fine-tuning improves count alignment, keeps color and background.
-    models = _get(metrics, "evaluate", "models") or {}
-    roles = model_roles(metrics)
-    base, ft, rej = roles["base"], roles["finetuned"], roles["rejection"]
+    return out
 
-    def align(model, group, category):
-        return _get(models, model, "alignment", group, category, "alignment") if model else None
 
-    def gain_claim(model, group, category, target):
-        """(measured, ok) of "model raises alignment over base" by the paired rule (gain_verdict)."""
-        a, b = align(model, group, category), align(base, group, category)
-        if not (_isnum(a) and _isnum(b)):
-            return None, None
-        shares = f"{model} {_pct(a)} vs base {_pct(b)}"
-        stat = paired_stat(metrics, "paired", model, group, category)
-        if stat is None:
-            return f"{shares} ({_points(a - b)}); {NO_PAIRED}", None
-        return f"{model} − base {paired_text(stat)} ({shares})", gain_verdict(stat, target)
-
-    rule = "its paired 95% interval (bootstrap over prompts) above zero; within noise when it contains zero"
+def _finetune_claims(metrics: dict) -> list[dict[str, Any]]:
+    """Sec. 4.2: fine-tuning improves count alignment, keeps color and background."""
+    out: list[dict[str, Any]] = []
+    models, roles = _get(metrics, "evaluate", "models") or {}, model_roles(metrics)
+    base, ft = roles["base"], roles["finetuned"]
     for g, gain in COUNT_GAIN.items():
-        measured, ok = gain_claim(ft, g, "count", gain) if base else (None, None)
+        measured, ok = _gain_claim(metrics, base, ft, g, "count", gain) if base else (None, None)
         out.append(
             _claim(
                 f"finetune_count_{g}",
                 "Sec. 4.2, Fig. 2",
                 f"Fine-tuning improves count alignment ({g.replace('_', ' ')} prompts)",
                 "fine-tuned model adheres to the prompt's count (Fig. 2, Fig. 3a)",
-                f"count alignment gain >= {100 * gain:.0f} points (issue target) with {rule}",
+                f"count alignment gain >= {100 * gain:.0f} points (issue target) with {GAIN_RULE}",
                 COMMANDS["evaluate"],
                 measured,
                 ok,
             )
         )
-    deltas = {c: (align(ft, "all", c), align(base, "all", c)) for c in ("color", "background")}
+    deltas = {
+        c: (_align(models, ft, "all", c), _align(models, base, "all", c)) for c in ("color", "background")
+    }
     ok = measured = None
     if base and all(_isnum(a) and _isnum(b) for a, b in deltas.values()):
         stats = {c: paired_stat(metrics, "paired", ft, "all", c) for c in deltas}
@@ -462,8 +467,17 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
         )
     )
 
-    # Sec. 4.3: rejection sampling.
-    measured, ok = gain_claim(rej, "all", "all", REJECTION_GAIN) if base and rej else (None, None)
+    return out
+
+
+def _rejection_claims(metrics: dict) -> list[dict[str, Any]]:
+    """Sec. 4.3: rejection sampling."""
+    out: list[dict[str, Any]] = []
+    models, roles = _get(metrics, "evaluate", "models") or {}, model_roles(metrics)
+    base, rej = roles["base"], roles["rejection"]
+    measured, ok = (
+        _gain_claim(metrics, base, rej, "all", "all", REJECTION_GAIN) if base and rej else (None, None)
+    )
     selection = _get(models, rej, "selection") if rej else None
     if measured is not None and isinstance(selection, str):
         measured = f"{selection}: {measured}"
@@ -474,14 +488,21 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
             "Rejection sampling (the best 1 in 4 by reward; the paper's 4 of 16) improves alignment over "
             "random images",
             "46% of queries with >= 7 of 9 votes",
-            f"alignment gain >= {100 * REJECTION_GAIN:.0f} points (issue target) with {rule}",
+            f"alignment gain >= {100 * REJECTION_GAIN:.0f} points (issue target) with {GAIN_RULE}",
             COMMANDS["evaluate"],
             measured,
             ok,
         )
     )
 
-    # Table 2: fidelity and reward of the fine-tuned models.
+    return out
+
+
+def _table2_claims(metrics: dict) -> list[dict[str, Any]]:
+    """Table 2: fidelity and reward of the fine-tuned models."""
+    out: list[dict[str, Any]] = []
+    models, roles = _get(metrics, "evaluate", "models") or {}, model_roles(metrics)
+    base, ft = roles["base"], roles["finetuned"]
     fd_ft, fd_base = (
         _get(models, ft, "fd_clip") if ft else None,
         _get(models, base, "fd_clip") if base else None,
@@ -551,7 +572,12 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
         )
     )
 
-    # Fig. 3: side-by-side votes.
+    return out
+
+
+def _fig3_claims(metrics: dict) -> list[dict[str, Any]]:
+    """Fig. 3: side-by-side votes."""
+    out: list[dict[str, Any]] = []
     panels = fig3_panels(metrics.get("side_by_side") if isinstance(metrics.get("side_by_side"), dict) else {})
     fig3 = [
         ("a", "alignment", "The fine-tuned model wins on alignment against the original", "test"),
@@ -586,3 +612,23 @@ def claims(metrics: dict) -> list[dict[str, Any]]:
             )
         )
     return out
+
+
+def claims(metrics: dict) -> list[dict[str, Any]]:
+    """The paper's claims, each with what this run measured and a verdict.
+
+    Each claim is ``{"id", "section", "claim", "paper", "measured", "criterion", "verdict", "command"}``;
+    verdict is "reproduced", "not reproduced", "within noise" or "not measured" (a number it needs is
+    missing). Within noise: Fig. 4's comparisons of two scorers whose difference is not significant at 95%
+    (``accuracy_z``), and every gain of a model over base whose paired 95% interval (``evaluate.paired``,
+    a bootstrap over prompts on the same prompts and seeds) contains zero: a gain is reproduced only when
+    its interval excludes zero on the right side (``gain_verdict``).
+    """
+    return [
+        *_table1_claims(metrics),
+        *_fig4_claims(metrics),
+        *_finetune_claims(metrics),
+        *_rejection_claims(metrics),
+        *_table2_claims(metrics),
+        *_fig3_claims(metrics),
+    ]

@@ -36,9 +36,9 @@ from safetensors.numpy import save as save_numpy
 from torch import nn
 from torch.nn import functional as F
 
-from ..fsutil import atomic_write
-from ..reward.embed import clip_fingerprint, embed_images
-from ..world.render import render
+from t2ialign.core.fsutil import atomic_write
+from t2ialign.models.embed import clip_fingerprint, embed_images
+from t2ialign.world.render import render
 
 # Versions of the feature definitions: bump when what a feature extractor computes changes, so cached
 # reference statistics of the old definition are not reused.

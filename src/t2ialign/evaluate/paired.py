@@ -11,7 +11,7 @@ hard prompt as 20 independent draws and give too narrow an interval.
 When cells of several categories (or groups) are pooled, prompts are drawn within each stratum (one per
 group and category), as many as it has, so every resample keeps the evaluation's mix of categories.
 
-This module is pure (numpy only); ``evaluate.models.evaluate_models`` feeds it the judge's verdicts.
+This module is pure (numpy only); ``evaluate.run.evaluate_models`` feeds it the judge's verdicts.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import FINETUNE_WEIGHTS
-from ..store import open_existing
+from t2ialign.config import FINETUNE_WEIGHTS
+from t2ialign.store import open_existing
 
 # command-line flags that override fields of the [finetune] table (diffusers' example-script names)
 OVERRIDES = (
@@ -30,7 +30,7 @@ OVERRIDES = (
 
 
 def _config(args):
-    from ..config import from_dict, load_config, to_dict
+    from t2ialign.config import from_dict, load_config, to_dict
 
     cfg = load_config(args.config).finetune
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
@@ -42,7 +42,7 @@ def _config(args):
 
 
 def cmd_finetune(args) -> int:
-    from .train import finetune
+    from t2ialign.finetune.train import finetune
 
     cfg = _config(args)
     with open_existing(args.run, args.db_url) as store:

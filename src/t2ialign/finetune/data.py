@@ -21,10 +21,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..config import FinetuneConfig
-from ..fsutil import atomic_write
-from ..store import Store
-from .losses import clamp_rewards
+from t2ialign.config import FinetuneConfig
+from t2ialign.core.fsutil import atomic_write
+from t2ialign.finetune.losses import clamp_rewards
+from t2ialign.store import Store
 
 
 @dataclass
@@ -134,8 +134,8 @@ def model_examples(
     weights = "none": 0 for every image (a control: only the D_pre term trains, at the same compute).
     top_k_per_prompt = k > 0 then keeps each prompt's k images of highest weight.
     """
-    from ..reward.data import labeled_images
-    from ..reward.train import Embeddings
+    from t2ialign.models.embed import Embeddings
+    from t2ialign.reward.data import labeled_images
 
     seen = {p["text"] for p in store.list_prompts(split="seen")}
     if cfg.weights == "labels":
@@ -220,7 +220,7 @@ def build_model_set(store: Store, pipe, items: list[dict], progress: bool = Fals
 def pretrain_pairs(source: str, n: int, size: int, seed: int) -> list[tuple[str, np.ndarray, str]]:
     """D_pre as (key, image, caption): the world's renders, or a local image-caption folder / Parquet file."""
     if source == "world":
-        from ..world.dataset import PretrainDataset
+        from t2ialign.world.dataset import PretrainDataset
 
         ds = PretrainDataset(n, seed=seed, size=size)
         out = []

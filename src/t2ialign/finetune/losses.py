@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from t2ialign.core.training import lr_factor
+
 
 def denoising_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
     """What the UNet is trained to predict: the noise (epsilon) or the velocity (v-prediction)."""
@@ -61,8 +63,7 @@ def clamp_rewards(rewards: torch.Tensor, low: float, high: float) -> torch.Tenso
 
 
 def lr_at(step: int, learning_rate: float, warmup_steps: int) -> float:
-    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant (diffusers' constant_with_warmup).
-    A pure function of the step: resuming needs no scheduler state, and every process agrees."""
-    if warmup_steps <= 0:
-        return learning_rate
-    return learning_rate * min(1.0, (step + 1) / warmup_steps)
+    """Linear warm-up over ``warmup_steps`` optimizer steps, then constant (diffusers' constant_with_warmup):
+    ``core.training.lr_factor``'s "constant" schedule. A pure function of the step: resuming needs no
+    scheduler state, and every process agrees."""
+    return learning_rate * lr_factor(step, warmup_steps, 0, "constant")

@@ -22,22 +22,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..checkpoint import (
+from t2ialign import __version__
+from t2ialign.config import FinetuneConfig, to_dict
+from t2ialign.core.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
     resolve_resume,
-    save_checkpoint,
 )
-from ..config import FinetuneConfig, to_dict
-from ..fsutil import atomic_write
-from ..store import Store
-from ..world.render import stable_seed
-from .data import LatentSet, build_model_set, build_pretrain_set, encode_texts, model_examples
-from .losses import denoising_target, eq4_loss, lr_at, per_sample_mse
+from t2ialign.core.fsutil import atomic_write, publish_dir
+from t2ialign.core.seeds import stable_seed
+from t2ialign.core.training import TrainState, check_finite, set_lr
+from t2ialign.finetune.data import (
+    LatentSet,
+    build_model_set,
+    build_pretrain_set,
+    encode_texts,
+    model_examples,
+)
+from t2ialign.finetune.losses import denoising_target, eq4_loss, lr_at, per_sample_mse
+from t2ialign.store import Store
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the attention projections, as diffusers' LoRA scripts
 # Settings that do not change what a step computes: a run may be resumed with other values.
@@ -97,8 +101,8 @@ def finetune(
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-    from ..models.load import load_pipeline
-    from ..reward.model import RewardModel
+    from t2ialign.models.load import load_pipeline
+    from t2ialign.reward.model import RewardModel
 
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
@@ -152,22 +156,23 @@ def finetune(
                 target_modules=LORA_TARGETS,
             )
         )
-    named = {n: p for n, p in unet.named_parameters() if p.requires_grad}
-    params = list(named.values())
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    raw_optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
+    train_state = TrainState(
+        unet,
+        raw_optimizer,
+        ema,
+        config=identity,
+        root=ckpt_root,
+        keep=cfg.checkpoints_total_limit,
+        trainable_only=True,
+    )
     start = 0
     if resume is not None:
-        with torch.no_grad():
-            for n, p in named.items():
-                p.copy_(ckpt_tensors[f"model.{n}"])
-        optimizer_from_tensors(optimizer, ckpt_tensors, state["optimizer"])
-        if ema is not None:
-            ema.shadow_params = [ckpt_tensors[f"ema.{i}"].clone() for i in range(len(params))]
-            ema.optimization_step = state["ema_step"]
-        start = state["step"]
+        start = train_state.restore(ckpt_tensors, state)
         accelerator.print(f"resumed from {resume} at step {start}")
-    unet, optimizer = accelerator.prepare(unet, optimizer)
+    unet, optimizer = accelerator.prepare(unet, raw_optimizer)
 
     world, rank, accum = accelerator.num_processes, accelerator.process_index, cfg.gradient_accumulation_steps
     g_model = cfg.train_batch_size * accum * world
@@ -199,8 +204,7 @@ def finetune(
         disable=not (progress and accelerator.is_main_process),
     )
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.learning_rate, cfg.lr_warmup_steps)
+        set_lr(raw_optimizer, lr_at(step, cfg.learning_rate, cfg.lr_warmup_steps))
         gen = torch.Generator().manual_seed(stable_seed("finetune-noise", cfg.seed, step))
         idx_m = batch_indices(len(d_model), g_model, step, cfg.seed, "model")
         noise_m = draw_noise(d_model, g_model, T, gen)
@@ -230,10 +234,7 @@ def finetune(
                 loss, parts = eq4_loss(
                     per_sample[:b], w.to(device), per_sample[b:] if d_pre is not None else None, cfg.beta
                 )
-                if not bool(torch.isfinite(accelerator.gather(loss.detach().reshape(1))).all()):
-                    raise FloatingPointError(
-                        f"non-finite loss at step {step}: stopping before it reaches the weights or a checkpoint"
-                    )
+                check_finite(loss, f"finetune {name}", step, gather=accelerator.gather)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -259,14 +260,7 @@ def finetune(
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", reward=f"{np.mean(rewards_seen[-20:]):.3f}")
         if (step + 1) % cfg.checkpointing_steps == 0 or step + 1 == cfg.max_train_steps:
             if accelerator.is_main_process:
-                tensors = {f"model.{n}": p.detach() for n, p in named.items()}
-                opt_tensors, opt_state = optimizer_to_tensors(optimizer.optimizer)
-                tensors.update(opt_tensors)
-                ck_state = {"config": identity, "optimizer": opt_state, "loss": float(np.mean(losses[-20:]))}
-                if ema is not None:
-                    tensors.update({f"ema.{i}": p for i, p in enumerate(ema.shadow_params)})
-                    ck_state["ema_step"] = ema.optimization_step
-                save_checkpoint(ckpt_root, step + 1, tensors, ck_state, keep=cfg.checkpoints_total_limit)
+                train_state.save(step + 1, float(np.mean(losses[-20:])))
             accelerator.wait_for_everyone()
     bar.close()
     seconds = time.time() - t0
@@ -300,8 +294,7 @@ def finetune(
     }
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.copy_to(params)
+        train_state.finish()
         _save_outputs(pipe, unet, cfg, out, report)
         (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         store.update_metrics(finetune={**store.read_metrics().get("finetune", {}), name: report})
@@ -314,7 +307,7 @@ def _save_outputs(pipe, unet, cfg: FinetuneConfig, out: Path, report: dict) -> N
     """The fine-tuned pipeline (and LoRA weights) next to the config and seed that made them."""
     from diffusers import StableDiffusionPipeline
 
-    from ..models.load import resolve_sd_path
+    from t2ialign.models.load import resolve_sd_path
 
     stamp = {"t2ialign_version": __version__, "config": to_dict(cfg), "seed": cfg.seed, "report": report}
     tmp = out / "pipeline.tmp"
@@ -331,7 +324,7 @@ def _save_outputs(pipe, unet, cfg: FinetuneConfig, out: Path, report: dict) -> N
             safe_serialization=True,
         )
         (lora_tmp / "t2ialign_finetune.json").write_text(json.dumps(stamp, indent=1) + "\n")
-        _publish(lora_tmp, out / "lora")
+        publish_dir(lora_tmp, out / "lora")
         # The merged pipeline, made through the documented one-line load on a fresh copy of the base.
         base, _ = resolve_sd_path(cfg.pretrained_model_name_or_path)
         merged = StableDiffusionPipeline.from_pretrained(
@@ -345,14 +338,4 @@ def _save_outputs(pipe, unet, cfg: FinetuneConfig, out: Path, report: dict) -> N
         pipe.unet = unet.eval()
         pipe.save_pretrained(tmp, safe_serialization=True)
     (tmp / "t2ialign_finetune.json").write_text(json.dumps(stamp, indent=1) + "\n")
-    _publish(tmp, out / "pipeline")
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by the complete folder ``tmp`` (the old one goes only once the new one is whole)."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_dir(tmp, out / "pipeline")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .tokenizer import MAX_LENGTH, build_clip_tokenizer
+from t2ialign.models.tokenizer import MAX_LENGTH, build_clip_tokenizer
 
 
 def _text_config(tokenizer) -> dict:

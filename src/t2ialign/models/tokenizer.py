@@ -18,9 +18,9 @@ from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import CLIPTokenizer
 
-from ..world import vocab
-from ..world.dataset import CAPTION_TEMPLATES, caption_for
-from ..world.prompts import PromptSpec
+from t2ialign.world import vocab
+from t2ialign.world.dataset import CAPTION_TEMPLATES, caption_for
+from t2ialign.world.prompts import PromptSpec
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Longest caption: "<bos> five purple triangles under the sea <eos>" and the like: 9 tokens. 16 leaves room.
@@ -75,4 +75,18 @@ def build_clip_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512)
             for line in (Path(tmp) / "merges.txt").read_text().splitlines()
             if line and not line.startswith("#")
         ]
-    return CLIPTokenizer(vocab=vocab_map, merges=merges, model_max_length=MAX_LENGTH)
+    return CLIPTokenizer(vocab=canonical_ids(vocab_map, merges), merges=merges, model_max_length=MAX_LENGTH)
+
+
+def canonical_ids(vocab_map: dict[str, int], merges: list[tuple[str, str]]) -> dict[str, int]:
+    """Token ids in an order of their own: the special tokens, the other base tokens sorted, then one per
+    merge in merge order. The BPE trainer adds the end-of-word characters ("a</w>", ...) in hash order,
+    which differs from one call to the next, while its merges are the same: so the same corpus gives the
+    same tokenizer."""
+    merged = ["".join(m) for m in merges]
+    specials = [BOS, EOS]
+    base = sorted(set(vocab_map) - set(merged) - set(specials))
+    order = specials + base + list(dict.fromkeys(merged))
+    if sorted(order) != sorted(vocab_map):
+        raise ValueError("the BPE vocabulary is not its base tokens and merges")
+    return {t: i for i, t in enumerate(order)}

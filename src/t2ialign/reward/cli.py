@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..store import open_existing
+from t2ialign.store import open_existing
 
 
 def _config(args):
-    from ..config import from_dict, load_config, to_dict
+    from t2ialign.config import from_dict, load_config, to_dict
 
     cfg = load_config(args.config).reward
     overrides = {
@@ -21,7 +21,7 @@ def _config(args):
 
 
 def _clip(cfg):
-    from ..models.load import load_clip, resolve_clip_path
+    from t2ialign.models.load import load_clip, resolve_clip_path
 
     folder, _ = resolve_clip_path(cfg.clip)
     clip, processor, clip_id = load_clip(cfg.clip)
@@ -29,8 +29,8 @@ def _clip(cfg):
 
 
 def cmd_embed(args) -> int:
-    from .data import labeled_images
-    from .train import Embeddings
+    from t2ialign.models.embed import Embeddings
+    from t2ialign.reward.data import labeled_images
 
     cfg = _config(args)
     clip, processor, clip_id, _ = _clip(cfg)
@@ -49,7 +49,7 @@ def cmd_embed(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import train_reward
+    from t2ialign.reward.train import train_reward
 
     cfg = _config(args)
     clip, processor, clip_id, clip_path = _clip(cfg)
@@ -65,7 +65,7 @@ def cmd_train(args) -> int:
 def cmd_score(args) -> int:
     from PIL import Image
 
-    from .model import RewardModel
+    from t2ialign.reward.model import RewardModel
 
     model = RewardModel.load(args.model, clip_path=args.clip)
     for p in args.images:
@@ -79,7 +79,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_rewards, plot_fig4
+    from t2ialign.reward.accuracy import evaluate_rewards, plot_fig4
 
     cfg = _config(args)
     clip, processor, clip_id, clip_path = _clip(cfg)

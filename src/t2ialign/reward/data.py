@@ -7,9 +7,9 @@ from collections import defaultdict
 
 from sqlalchemy import select
 
-from ..schema import ImageRow, LabelerRow, LabelRow, PromptRow
-from ..store import Store
-from .losses import labels_to_targets
+from t2ialign.reward.losses import labels_to_targets
+from t2ialign.store import Store
+from t2ialign.store.schema import ImageRow, LabelerRow, LabelRow, PromptRow
 
 
 def labeled_images(store: Store, role: str = "human") -> list[dict]:

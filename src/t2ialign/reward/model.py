@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .. import __version__
-from .embed import clip_fingerprint, embed_images, embed_texts
+from t2ialign import __version__
+from t2ialign.models.embed import clip_fingerprint, embed_images, embed_texts
 
 
 class RewardMLP(nn.Module):
@@ -63,7 +63,7 @@ class RewardModel:
     def load(cls, path: str | Path, clip_path: str | Path | None = None) -> RewardModel:
         """Load weights and the CLIP they were trained on (``clip_path`` overrides where it is found;
         it must still be the same CLIP)."""
-        from ..models.load import load_clip
+        from t2ialign.models.load import load_clip
 
         path = Path(path)
         if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():

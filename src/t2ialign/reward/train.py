@@ -8,37 +8,15 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
-from ..config import RewardConfig, to_dict
-from ..store import Store
-from ..world.prompts import parse_prompt, perturb
-from .data import halve_per_prompt, labeled_images, split_train_val
-from .embed import EmbeddingCache, clip_fingerprint, embed_images, embed_texts
-from .losses import mse_loss, prompt_classification_loss, reward_loss
-from .model import RewardMLP, RewardModel
-
-
-class Embeddings:
-    """Image and text embeddings of one CLIP for one run, computed on demand and cached on disk."""
-
-    def __init__(self, store: Store, clip, processor):
-        self.store, self.clip, self.processor = store, clip, processor
-        root = store.run_dir / "embeddings"
-        fp = clip_fingerprint(clip)
-        self.images = EmbeddingCache(root, fp, "images")
-        self.texts = EmbeddingCache(root, fp, "texts")
-
-    def ensure(self, shas: list[str], texts: list[str], progress: bool = False) -> None:
-        missing = self.images.missing(shas)
-        for i in tqdm(range(0, len(missing), 1024), desc="embed images", disable=not progress):
-            chunk = missing[i : i + 1024]
-            pil = [Image.open(self.store.image_path(s)).convert("RGB") for s in chunk]
-            self.images.add(chunk, embed_images(self.clip, self.processor, pil))
-        missing = self.texts.missing(texts)
-        if missing:
-            self.texts.add(missing, embed_texts(self.clip, self.processor, missing))
+from t2ialign.config import RewardConfig, to_dict
+from t2ialign.core.training import TrainState, fit
+from t2ialign.models.embed import Embeddings, clip_fingerprint
+from t2ialign.reward.data import halve_per_prompt, labeled_images, split_train_val
+from t2ialign.reward.losses import mse_loss, prompt_classification_loss, reward_loss
+from t2ialign.reward.model import RewardMLP, RewardModel
+from t2ialign.store import Store
+from t2ialign.world.prompts import parse_prompt, perturb
 
 
 def candidate_prompts(prompt: str, n: int, seed: int, shapes: list[str]) -> list[str]:
@@ -61,27 +39,36 @@ def fit_reward(
     mlp = RewardMLP(x.shape[1], cfg.hidden, cfg.dropout)
     opt = torch.optim.AdamW(mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    history = []
-    for _epoch in tqdm(range(cfg.epochs), desc="reward", disable=not progress):
-        mlp.train()
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            mse = mse_loss(mlp(x[idx], z[idx]), y[idx])
-            pc = None
-            g = idx[good[idx]]
-            if cfg.pc_weight > 0 and len(g):
-                n = zc.shape[1]
-                r_pc = mlp(x[g].repeat_interleave(n, 0), zc[g].reshape(-1, zc.shape[2])).view(len(g), n)
-                pc = prompt_classification_loss(r_pc, torch.zeros(len(g), dtype=torch.long), cfg.temperature)
-            loss = reward_loss(mse, pc, cfg.pc_weight)
-            if not torch.isfinite(loss):
-                raise FloatingPointError("non-finite reward loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        history.append(loss.item())
-    return mlp.eval(), history
+    per_epoch = math.ceil(len(x) / cfg.batch_size)
+    order = None
+
+    def loss_fn(step: int) -> torch.Tensor:
+        nonlocal order
+        if step % per_epoch == 0:  # each epoch a new order of the examples
+            order = torch.randperm(len(x), generator=gen)
+        i = (step % per_epoch) * cfg.batch_size
+        idx = order[i : i + cfg.batch_size]
+        mse = mse_loss(mlp(x[idx], z[idx]), y[idx])
+        pc = None
+        g = idx[good[idx]]
+        if cfg.pc_weight > 0 and len(g):
+            n = zc.shape[1]
+            r_pc = mlp(x[g].repeat_interleave(n, 0), zc[g].reshape(-1, zc.shape[2])).view(len(g), n)
+            pc = prompt_classification_loss(r_pc, torch.zeros(len(g), dtype=torch.long), cfg.temperature)
+        return reward_loss(mse, pc, cfg.pc_weight)
+
+    state = TrainState(mlp, opt, config={})
+    losses = fit(
+        state,
+        loss_fn,
+        name="reward",
+        steps=cfg.epochs * per_epoch,
+        lr=cfg.lr,
+        schedule="constant",
+        max_grad_norm=None,
+        progress=progress,
+    )
+    return state.finish(), losses[per_epoch - 1 :: per_epoch]  # the last loss of each epoch
 
 
 def train_reward(

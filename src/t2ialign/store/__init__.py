@@ -6,7 +6,7 @@ Layout of a run directory::
     images/ab/abcd…png  PNG files named by the sha256 of their bytes (content-addressed, never rewritten)
     metrics.json     one top-level section per stage, rewritten atomically
 
-The schema is owned by the Alembic migrations shipped in ``t2ialign/migrations``; ``Store.open`` upgrades
+The schema is owned by the Alembic migrations shipped in ``t2ialign/store/migrations``; ``Store.open`` upgrades
 the database to the newest revision, so an old run directory keeps working with a newer package. A model
 change here without a new migration fails ``tests/test_store.py``.
 
@@ -20,7 +20,24 @@ The package: ``core`` (the Store, prompts, images, metrics), ``labels`` (labeler
 
 from __future__ import annotations
 
-from ..schema import (
+from t2ialign.store._common import (
+    DB_FILENAME,
+    IMAGES_DIRNAME,
+    METRICS_FILENAME,
+    NotLeased,
+    StoreError,
+    VoteConflict,
+)
+from t2ialign.store.comparisons import MAX_COMPARISON_SET, shown_to_choice
+from t2ialign.store.core import Store, open_existing
+from t2ialign.store.engine import (
+    MIGRATIONS_DIR,
+    SQLITE_BUSY_TIMEOUT_MS,
+    SUPPORTED_DIALECTS,
+    alembic_config,
+    make_engine,
+)
+from t2ialign.store.schema import (
     LABEL_VALUES,
     NAMING_CONVENTION,
     ROLES,
@@ -42,10 +59,6 @@ from ..schema import (
     QueryState,
     SessionRow,
 )
-from ._common import DB_FILENAME, IMAGES_DIRNAME, METRICS_FILENAME, NotLeased, StoreError, VoteConflict
-from .comparisons import MAX_COMPARISON_SET, shown_to_choice
-from .core import Store, open_existing
-from .engine import MIGRATIONS_DIR, SQLITE_BUSY_TIMEOUT_MS, SUPPORTED_DIALECTS, alembic_config, make_engine
 
 # the store's API names its rows and values: they are importable from here
 __all__ = [

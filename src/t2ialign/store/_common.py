@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from ..world.prompts import CATEGORIES, SPLITS
+from t2ialign.world.prompts import CATEGORIES, SPLITS
 
 DB_FILENAME = "t2ialign.db"
 IMAGES_DIRNAME = "images"

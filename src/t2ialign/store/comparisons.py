@@ -10,7 +10,18 @@ from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ..schema import (
+from t2ialign.store._common import (
+    _INT64,
+    NotLeased,
+    VoteConflict,
+    _as_utc,
+    _check_int,
+    _check_one_of,
+    _check_str,
+    _check_utc,
+    _chunks,
+)
+from t2ialign.store.schema import (
     SHOWN_SIDES,
     ComparisonImageRow,
     ComparisonLeaseRow,
@@ -21,17 +32,6 @@ from ..schema import (
     LabelerRow,
     PromptRow,
     QueryState,
-)
-from ._common import (
-    _INT64,
-    NotLeased,
-    VoteConflict,
-    _as_utc,
-    _check_int,
-    _check_one_of,
-    _check_str,
-    _check_utc,
-    _chunks,
 )
 
 

@@ -14,10 +14,8 @@ from alembic import command
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..fsutil import atomic_write, fsync_dir
-from ..schema import ROLES, ImageRow, PromptRow
-from ..world.prompts import CATEGORIES, SPLITS
-from ._common import (
+from t2ialign.core.fsutil import atomic_write, fsync_dir
+from t2ialign.store._common import (
     _INT64,
     _SHA256,
     DB_FILENAME,
@@ -30,8 +28,8 @@ from ._common import (
     _png_size,
     _prompt_fields,
 )
-from .comparisons import ComparisonsMixin
-from .engine import (
+from t2ialign.store.comparisons import ComparisonsMixin
+from t2ialign.store.engine import (
     _dirs_to_create,
     _probe_writable,
     _remove_created,
@@ -39,7 +37,9 @@ from .engine import (
     alembic_config,
     make_engine,
 )
-from .labels import LabelsMixin
+from t2ialign.store.labels import LabelsMixin
+from t2ialign.store.schema import ROLES, ImageRow, PromptRow
+from t2ialign.world.prompts import CATEGORIES, SPLITS
 
 # --- the store --------------------------------------------------------------------------------------------
 

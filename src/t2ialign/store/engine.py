@@ -12,9 +12,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ._common import DB_FILENAME, StoreError
+from t2ialign.store._common import DB_FILENAME, StoreError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The dialects whose single-statement upsert (INSERT ... ON CONFLICT) set_label relies on.
 SUPPORTED_DIALECTS: tuple[str, ...] = ("sqlite", "postgresql")
 # How long a SQLite writer waits for another one's lock before failing (ms); labelers write concurrently.

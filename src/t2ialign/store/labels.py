@@ -11,7 +11,17 @@ from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ..schema import (
+from t2ialign.store._common import (
+    _INT64,
+    NotLeased,
+    _as_utc,
+    _check_int,
+    _check_one_of,
+    _check_str,
+    _check_utc,
+    _chunks,
+)
+from t2ialign.store.schema import (
     LABEL_VALUES,
     GoldRow,
     ImageRow,
@@ -23,7 +33,6 @@ from ..schema import (
     SessionRow,
     _utcnow,
 )
-from ._common import _INT64, NotLeased, _as_utc, _check_int, _check_one_of, _check_str, _check_utc, _chunks
 
 
 class LabelsMixin:
@@ -361,7 +370,7 @@ class LabelsMixin:
 
         Assignments are serialized (SQLite: the transaction's write lock; PostgreSQL: an advisory lock), so
         two labelers asking at once cannot both take an image's last free place. ``choose`` is the policy
-        (``t2ialign.labeling.assignment``); it must be quick, it runs inside the transaction.
+        (``t2ialign.label.assignment``); it must be quick, it runs inside the transaction.
         """
         return self._lease(
             labeler_id,

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import vocab
-from .prompts import PromptSpec
-from .render import DEFAULT_SIZE, render, stable_seed
+from t2ialign.core.seeds import stable_seed
+from t2ialign.world import vocab
+from t2ialign.world.prompts import PromptSpec
+from t2ialign.world.render import DEFAULT_SIZE, render
 
 # Which attributes a caption names, besides the object, and how often. The four Table 1 templates,
 # the plain name, and the other partial combinations.

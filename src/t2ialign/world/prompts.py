@@ -17,13 +17,13 @@ the plain object name ("circle", "stars"). ``parse_prompt`` reads any of them ba
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 import re
 from dataclasses import dataclass, field, replace
 
-from . import vocab
+from t2ialign.core.seeds import stable_seed
+from t2ialign.world import vocab
 
 CATEGORIES: tuple[str, ...] = ("count", "color", "background", "combination")
 # seen: may be shown to labelers (the feedback set); unseen_prompt: held-out combinations of seen words;
@@ -222,10 +222,6 @@ def build_prompt_set(
 # --- perturbations (Appendix E) ---------------------------------------------------------------------------
 
 
-def _stable_seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
 def perturb(prompt: str | PromptSpec, n: int, seed: int = 0, shapes=None) -> list[str]:
     """The paper's rule-based perturbations: ``n - 1`` prompts whose meaning differs from ``prompt``.
 
@@ -251,7 +247,7 @@ def perturb(prompt: str | PromptSpec, n: int, seed: int = 0, shapes=None) -> lis
         for combo in itertools.combinations(attrs, k):
             for new in itertools.product(*[[v for v in pool[a] if v != getattr(spec, a)] for a in combo]):
                 (singles if k == 1 else doubles).append(replace(spec, **dict(zip(combo, new, strict=True))))
-    rng = random.Random(_stable_seed(seed, spec.text()))
+    rng = random.Random(stable_seed(seed, spec.text(), bits=64))
     rng.shuffle(singles)
     rng.shuffle(doubles)
     candidates = singles + doubles
@@ -260,3 +256,8 @@ def perturb(prompt: str | PromptSpec, n: int, seed: int = 0, shapes=None) -> lis
             f"prompt {spec.text()!r} has only {len(candidates)} perturbations, {n - 1} asked for"
         )
     return [c.text() for c in candidates[: n - 1]]
+
+
+def spec_of(prompt_row: dict) -> PromptSpec:
+    """The spec of a stored prompt row (``Store.list_prompts``)."""
+    return PromptSpec(prompt_row["shape"], prompt_row["count"], prompt_row["color"], prompt_row["background"])

@@ -14,15 +14,15 @@ arrays of shape (size, size, 3); the default size is 64, the resolution of the w
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import vocab
-from .prompts import PromptSpec, parse_prompt
+from t2ialign.core.seeds import stable_seed
+from t2ialign.world import vocab
+from t2ialign.world.prompts import PromptSpec, parse_prompt
 
 DEFAULT_SIZE = 64
 _SS = 4  # supersampling factor of shape masks
@@ -83,11 +83,6 @@ class RenderedScene:
     image: np.ndarray  # (H, W, 3) uint8
     scene: Scene
     placements: tuple[Placement, ...]  # empty for count 0
-
-
-def stable_seed(*parts) -> int:
-    """A 63-bit seed from any parts, stable across processes (unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 def complete_spec(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:

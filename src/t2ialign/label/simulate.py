@@ -16,11 +16,11 @@ import time
 from sqlalchemy import select
 from tqdm.auto import tqdm
 
-from ..evaluate.alignment import judge_stored
-from ..store import ROLES, LabelerRow, LabelRow, Store
-from ..world.judge import Judge
-from .service import submit_labels
-from .stats import label_summary
+from t2ialign.label.oracle import judge_stored
+from t2ialign.label.service import submit_labels
+from t2ialign.label.stats import label_summary
+from t2ialign.store import ROLES, LabelerRow, LabelRow, Store
+from t2ialign.world.judge import Judge
 
 FLIP = {"good": "bad", "bad": "good", "skip": "skip"}
 WRITE_CHUNK = 1000  # labels per transaction
@@ -161,7 +161,7 @@ def add_gold_images(store: Store, n: int, seed: int = 0, size: int = 64) -> dict
     """
     import io
 
-    from ..world.render import render
+    from t2ialign.world.render import render
 
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 100_000:
         raise ValueError(f"n must be an integer in [1, 100000], got {n!r}")

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RewardConfig
-from ..store import Store
-from .data import labeled_images, preference_pairs, split_train_val
-from .train import Embeddings, pairwise_accuracy, score_items, train_reward
+from t2ialign.config import RewardConfig
+from t2ialign.models.embed import Embeddings
+from t2ialign.reward.data import labeled_images, preference_pairs, split_train_val
+from t2ialign.reward.train import pairwise_accuracy, score_items, train_reward
+from t2ialign.store import Store
 
 EVAL_SETS = ("seen_prompts", "unseen_prompts", "unseen_objects")
 

@@ -7,12 +7,13 @@ unseen objects, and has the world judge grade them. The paper's Stable Diffusion
 
 from __future__ import annotations
 
-from ..config import GenerateConfig
-from ..generate import generate, select_prompts
-from ..store import Store
-from ..world.judge import Judge
-from ..world.prompts import CATEGORIES, build_prompt_set
-from .alignment import OBJECT_SPLITS, alignment_report, judge_stored
+from t2ialign.config import GenerateConfig
+from t2ialign.evaluate.alignment import OBJECT_SPLITS, alignment_report
+from t2ialign.generate.images import generate, select_prompts
+from t2ialign.label.oracle import judge_stored
+from t2ialign.store import Store
+from t2ialign.world.judge import Judge
+from t2ialign.world.prompts import CATEGORIES, build_prompt_set
 
 PAPER_TABLE1_GOOD = {"count": 0.344, "color": 0.704, "background": 0.669, "combination": 0.358}
 
@@ -21,7 +22,7 @@ def evaluate_base(
     store: Store, cfg: GenerateConfig, prompts_per_category: int = 100, progress: bool = True
 ) -> dict:
     """Generate (role eval) and judge; returns the report, also written to metrics.json."""
-    from ..models.load import load_pipeline
+    from t2ialign.models.load import load_pipeline
 
     if not store.list_prompts():
         store.add_prompts(build_prompt_set())

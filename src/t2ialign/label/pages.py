@@ -11,7 +11,7 @@ import html
 from string import Template
 from typing import Any
 
-from .auth import Account
+from t2ialign.label.auth import Account
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0; background: #f6f6f4; color: #222; }

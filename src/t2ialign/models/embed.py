@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
-from ..fsutil import atomic_write
+from t2ialign.core.fsutil import atomic_write
+from t2ialign.store import Store
 
 
 def clip_features(out) -> torch.Tensor:
@@ -133,3 +135,24 @@ class EmbeddingCache:
                 f"{len(missing)} keys are not embedded yet (e.g. {missing[0]!r}); run `t2ialign reward embed`"
             )
         return self.table[[self.index[k] for k in keys]]
+
+
+class Embeddings:
+    """Image and text embeddings of one CLIP for one run, computed on demand and cached on disk."""
+
+    def __init__(self, store: Store, clip, processor):
+        self.store, self.clip, self.processor = store, clip, processor
+        root = store.run_dir / "embeddings"
+        fp = clip_fingerprint(clip)
+        self.images = EmbeddingCache(root, fp, "images")
+        self.texts = EmbeddingCache(root, fp, "texts")
+
+    def ensure(self, shas: list[str], texts: list[str], progress: bool = False) -> None:
+        missing = self.images.missing(shas)
+        for i in tqdm(range(0, len(missing), 1024), desc="embed images", disable=not progress):
+            chunk = missing[i : i + 1024]
+            pil = [Image.open(self.store.image_path(s)).convert("RGB") for s in chunk]
+            self.images.add(chunk, embed_images(self.clip, self.processor, pil))
+        missing = self.texts.missing(texts)
+        if missing:
+            self.texts.add(missing, embed_texts(self.clip, self.processor, missing))

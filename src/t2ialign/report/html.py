@@ -22,12 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..fsutil import atomic_write
-from ..labeling.stats import PAPER_TABLE1
-from ..world import vocab
-from ..world.prompts import CATEGORIES
-from .claims import (
+from t2ialign import __version__
+from t2ialign.core.fsutil import atomic_write
+from t2ialign.evaluate.claims import (
     ABLATIONS,
     COMMANDS,
     EVAL_SETS,
@@ -45,6 +42,9 @@ from .claims import (
     fig3_panels,
     model_roles,
 )
+from t2ialign.label.stats import PAPER_TABLE1
+from t2ialign.world import vocab
+from t2ialign.world.prompts import CATEGORIES
 
 GRID_PER_CATEGORY = 2  # prompts per category and group in the image grids
 

@@ -1,6 +1,6 @@
 """The run database's schema: SQLAlchemy ORM classes, one per table.
 
-The schema is owned by the Alembic migrations in ``t2ialign/migrations``; a change here without a new
+The schema is owned by the Alembic migrations in ``t2ialign/store/migrations``; a change here without a new
 migration fails ``tests/test_store.py``. ``t2ialign.store`` is the API over it.
 """
 
@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .world.prompts import CATEGORIES, SPLITS
+from t2ialign.world.prompts import CATEGORIES, SPLITS
 
 # D_human (shown to labelers), D_unlabel (the paper's unlabeled set, Sec. 4.1) and evaluation images.
 ROLES: tuple[str, ...] = ("human", "unlabeled", "eval")
@@ -113,7 +113,7 @@ class LabelerRow(Base):
     token_hash: Mapped[str | None] = mapped_column(String)
     is_admin: Mapped[bool] = mapped_column(default=False)
     is_simulated: Mapped[bool] = mapped_column(default=False)
-    # Excluded from the training labels (a careless rater, see labeling.stats.rater_quality); rows kept.
+    # Excluded from the training labels (a careless rater, see label.stats.rater_quality); rows kept.
     excluded: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=_utcnow)
 
@@ -155,7 +155,7 @@ class LeaseRow(Base):
 
 class GoldRow(Base):
     """The known answer of a gold image: an image mixed into the labeling queue to measure each rater's
-    accuracy (``labeling.stats.rater_quality``). A gold image has role "eval", so it is never in D_human:
+    accuracy (``label.stats.rater_quality``). A gold image has role "eval", so it is never in D_human:
     its labels are never training feedback, nor counted in Table 1, the exports or the progress."""
 
     __tablename__ = "gold_answers"

@@ -37,13 +37,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..config import EvaluateConfig, GenerateConfig, to_dict
-from ..fsutil import atomic_write
-from ..store import Store
-from ..world import vocab
-from ..world.prompts import CATEGORIES
-from .alignment import judge_stored, summarize
-from .paired import pair_by_slot, paired_cells
+from t2ialign.config import EvaluateConfig, GenerateConfig, to_dict
+from t2ialign.core.fsutil import atomic_write
+from t2ialign.evaluate.alignment import summarize
+from t2ialign.evaluate.paired import pair_by_slot, paired_cells
+from t2ialign.label.oracle import judge_stored
+from t2ialign.store import Store
+from t2ialign.world import vocab
+from t2ialign.world.prompts import CATEGORIES
 
 GROUPS = {"seen": "seen", "unseen_prompt": "unseen_prompt", "unseen_object": "unseen_object"}
 PAIRED_REFERENCE = "base"  # evaluate.paired compares every other model with the model of this name
@@ -143,9 +144,9 @@ def _images_of(store: Store, model: dict, prompts: list[str], cfg: EvaluateConfi
     images_per_prompt judged images (slot k: seed index k, or the k-th kept image of rejection sampling);
     ``sets`` {prompt: [sha256]}, its Fig. 3 set of ``keep`` images (the first ``keep`` seeds, or the best
     ``keep`` of the first ``best_of`` candidates: the paper's rejection sampling)."""
-    from ..generate import generate, image_seed
-    from ..models.load import load_pipeline
-    from ..sample import SampleConfig, load_selection, rejection_sample
+    from t2ialign.generate.images import generate, image_seed
+    from t2ialign.models.load import load_pipeline
+    from t2ialign.sample.rejection import SampleConfig, load_selection, rejection_sample
 
     pipe, model_id, revision = load_pipeline(model["path"])
     if model["kind"] == "rejection":
@@ -258,10 +259,10 @@ def evaluate_models(
     including "all"; ``paired_attribute`` {model: {group: {attribute: ...}}} the same for the judge's
     reading of count, color, shape and background over the prompts that name it; ``paired_reward``
     {model: {group: ...}} for r_phi's reward."""
-    from ..reward.model import RewardModel
-    from ..reward.train import Embeddings
-    from ..world.judge import Judge
-    from .fidelity import fidelity_report
+    from t2ialign.evaluate.fidelity import fidelity_report
+    from t2ialign.models.embed import Embeddings
+    from t2ialign.reward.model import RewardModel
+    from t2ialign.world.judge import Judge
 
     groups = evaluation_prompts(store, cfg.n_seen, cfg.n_unseen, cfg.seed)
     check_disjoint(store, groups)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from ..store import ImageState, Store
+from t2ialign.store import ImageState, Store
 
 PER_SCREEN = 3
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ..store import LABEL_VALUES, Store
+from t2ialign.store import LABEL_VALUES, Store
 
 
 def submit_label(store: Store, labeler_id: int, image_id: int, value: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .fsutil import fsync_dir, fsync_file
+from t2ialign.core.fsutil import fsync_dir, fsync_file
 
 MANIFEST = "manifest.json"
 PREFIX = "checkpoint-"

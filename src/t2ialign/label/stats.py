@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import func, select
 
-from ..store import LABEL_VALUES, GoldRow, ImageRow, LabelerRow, LabelRow, PromptRow, Store
-from ..world.prompts import CATEGORIES
+from t2ialign.store import LABEL_VALUES, GoldRow, ImageRow, LabelerRow, LabelRow, PromptRow, Store
+from t2ialign.world.prompts import CATEGORIES
 
 # Lee et al. 2023, Table 1: % of good / bad / skip labels per category (27k images, 2,700 prompts).
 PAPER_TABLE1: dict[str, dict[str, float]] = {

@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..store import QueryState, Store, VoteConflict, shown_to_choice
+from t2ialign.store import QueryState, Store, VoteConflict, shown_to_choice
 
 QUESTIONS: tuple[str, ...] = ("alignment", "fidelity")
 ANSWERS: tuple[str, ...] = ("A", "B", "tie")
@@ -396,9 +396,9 @@ def render_distance(judge, images, references: int = FIDELITY_REFERENCES) -> lis
     """
     import torch
 
-    from ..world import vocab
-    from ..world.judge import HEAD_VALUES, to_batch
-    from ..world.render import Scene, render_scene
+    from t2ialign.world import vocab
+    from t2ialign.world.judge import HEAD_VALUES, to_batch
+    from t2ialign.world.render import Scene, render_scene
 
     net = judge.net
 
@@ -494,9 +494,9 @@ def simulate_votes(
     import numpy as np
     from PIL import Image
 
-    from ..evaluate.alignment import spec_of
-    from ..world.judge import Judge
-    from .simulate import simulated_labelers
+    from t2ialign.label.simulate import simulated_labelers
+    from t2ialign.world.judge import Judge
+    from t2ialign.world.prompts import spec_of
 
     comparison = get_comparison(store, name)
     wanted = comparison["raters_per_query"]

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .config import ConfigError, GenerateConfig, to_dict
-from .fsutil import atomic_write
-from .generate import generate, image_seed, select_prompts
-from .store import Store
+from t2ialign import __version__
+from t2ialign.config import ConfigError, GenerateConfig, to_dict
+from t2ialign.core.fsutil import atomic_write
+from t2ialign.generate.images import generate, image_seed, select_prompts
+from t2ialign.store import Store
 
 SELECTION_FORMAT = "t2ialign.rejection_sampling/1"
 SELECTION_DIRNAME = "rejection"
@@ -159,7 +159,7 @@ def _find_candidates(
 
 def _score(store: Store, reward, candidates: dict[str, list[dict]], progress: bool) -> dict[str, list[float]]:
     """Reward of every candidate with its prompt, through the run's CLIP embedding cache."""
-    from .reward.train import Embeddings
+    from t2ialign.models.embed import Embeddings
 
     emb = Embeddings(store, reward.clip, reward.processor)
     pairs = [(p, r["sha256"]) for p, rows in candidates.items() for r in rows]
@@ -203,8 +203,8 @@ def rejection_sample(
     passed by a caller that already loaded the pipeline, else ``cfg.generate.model`` is loaded. Writes the
     selection file and the metrics entry; returns the summary (also stored in the file).
     """
-    from .models.load import load_pipeline
-    from .reward.model import RewardModel
+    from t2ialign.models.load import load_pipeline
+    from t2ialign.reward.model import RewardModel
 
     cfg.validate()
     if not prompts:
@@ -332,7 +332,7 @@ def load_selection(path: str | Path) -> dict:
 
 
 def _sample_config(args) -> SampleConfig:
-    from .config import from_dict, load_config
+    from t2ialign.config import from_dict, load_config
 
     gen = load_config(args.config).generate
     overrides = {
@@ -353,7 +353,7 @@ def _sample_config(args) -> SampleConfig:
 
 
 def cmd_sample(args) -> int:
-    from .store import open_existing
+    from t2ialign.store import open_existing
 
     cfg = _sample_config(args)
     with open_existing(args.run, args.db_url) as store:
@@ -367,7 +367,7 @@ def cmd_sample(args) -> int:
 
 def add_command(sub) -> None:
     """Register ``sample`` on the top-level subparsers."""
-    from .world.prompts import SPLITS
+    from t2ialign.world.prompts import SPLITS
 
     sp = sub.add_parser(
         "sample",

@@ -19,7 +19,6 @@ computes exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -31,35 +30,23 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..checkpoint import (
+from t2ialign import __version__
+from t2ialign.config import PretrainConfig, PretrainDataConfig, to_dict
+from t2ialign.core.checkpoint import (
     CheckpointError,
-    latest_checkpoint,
-    load_checkpoint,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-    save_checkpoint,
 )
-from ..config import PretrainConfig, PretrainDataConfig, to_dict
-from ..fsutil import atomic_write
-from ..reward.embed import clip_features
-from ..world import vocab
-from ..world.dataset import caption_for, web_caption
-from ..world.prompts import PromptSpec
-from ..world.render import render, stable_seed
-from .tokenizer import MAX_LENGTH, build_clip_tokenizer, grammar_corpus
+from t2ialign.core.fsutil import atomic_write, publish_dir
+from t2ialign.core.seeds import stable_seed
+from t2ialign.core.training import TrainState, fit
+from t2ialign.models.embed import clip_features
+from t2ialign.models.tokenizer import MAX_LENGTH, build_clip_tokenizer, grammar_corpus
+from t2ialign.world import vocab
+from t2ialign.world.dataset import caption_for, web_caption
+from t2ialign.world.prompts import PromptSpec
+from t2ialign.world.render import render
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalization, kept for familiarity
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine") -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total`` (or constant)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def _done(path: Path, config: dict | None = None) -> bool:
@@ -75,13 +62,6 @@ def _done(path: Path, config: dict | None = None) -> bool:
 
 def _mark_done(path: Path, info: dict) -> None:
     atomic_write(path / "DONE", (json.dumps(info, indent=1) + "\n").encode())
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Promote a finished output folder into place (rename), replacing an older one."""
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
 
 
 # --- the pool --------------------------------------------------------------------------------------------
@@ -166,7 +146,8 @@ def train_loop(
     snapshot: Callable[[int], None] | None = None,
     snapshot_steps: int = 0,
 ) -> tuple[nn.Module, list[float]]:
-    """AdamW with warm-up + cosine, gradient clipping at 1, optional EMA, checkpoints every N steps.
+    """AdamW with warm-up + cosine, gradient clipping at 1, optional EMA, checkpoints every N steps
+    (``core.training.fit``).
 
     ``loss_fn(step)`` must draw its data and noise from the step alone. Resumes from the newest checkpoint
     under ``root`` (refusing one made with another config). Every ``snapshot_steps`` steps,
@@ -179,55 +160,22 @@ def train_loop(
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     ema = EMAModel(params, decay=ema_decay, use_ema_warmup=True, power=0.75) if ema_decay else None
-    start = 0
-    ckpt = latest_checkpoint(root)
-    if ckpt is not None:
-        tensors, state = load_checkpoint(ckpt, expect_config=config)
-        module.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        optimizer_from_tensors(opt, tensors, state["optimizer"])
-        if ema is not None:
-            ema.shadow_params = [tensors[f"ema.{i}"].clone() for i in range(len(params))]
-            ema.optimization_step = state["ema_step"]
-        start = state["step"]
-        print(f"[{name}] resumed from {ckpt} at step {start}")
-    module.train()
-    losses: list[float] = []
-    bar = tqdm(range(start, steps), desc=name, initial=start, total=steps, disable=not progress)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr * lr_factor(step, warmup, steps, schedule)
-        loss = loss_fn(step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[{name}] non-finite loss at step {step}; no checkpoint written")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if ema is not None:
-            ema.step(params)
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if (step + 1) % checkpointing_steps == 0 or step + 1 == steps:
-            tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
-            opt_tensors, opt_state = optimizer_to_tensors(opt)
-            tensors.update(opt_tensors)
-            state = {"config": config, "optimizer": opt_state, "loss": float(np.mean(losses[-100:]))}
-            if ema is not None:
-                tensors.update({f"ema.{i}": t for i, t in enumerate(ema.shadow_params)})
-                state["ema_step"] = ema.optimization_step
-            save_checkpoint(root, step + 1, tensors, state, keep=keep)
-        if snapshot is not None and snapshot_steps and (step + 1) % snapshot_steps == 0:
-            if ema is not None:
-                ema.store(params)
-                ema.copy_to(params)
-            snapshot(step + 1)
-            if ema is not None:
-                ema.restore(params)
-    if ema is not None:
-        ema.copy_to(params)
-    module.eval()
-    return module, losses
+    state = TrainState(module, opt, ema, config=config, root=root, keep=keep)
+    losses = fit(
+        state,
+        loss_fn,
+        name=name,
+        steps=steps,
+        lr=lr,
+        warmup=warmup,
+        schedule=schedule,
+        start=state.resume_latest(name),
+        checkpointing_steps=checkpointing_steps,
+        snapshot=snapshot,
+        snapshot_steps=snapshot_steps,
+        progress=progress,
+    )
+    return state.finish(), losses
 
 
 # --- CLIP ------------------------------------------------------------------------------------------------
@@ -468,7 +416,7 @@ def save_pipeline(final: Path, vae, text_encoder, tokenizer, unet, sched, full: 
         tmp / "t2ialign.json",
         (json.dumps({"t2ialign_version": __version__, "pretrain_config": full}, indent=1) + "\n").encode(),
     )
-    _publish(tmp, final)
+    publish_dir(tmp, final)
 
 
 # --- the whole pretraining -------------------------------------------------------------------------------
@@ -505,7 +453,7 @@ def adopt_vae(source: Path, final: Path, identity: dict) -> None:
     shutil.copytree(source / "vae", tmp)
     scaling = json.loads((tmp / "config.json").read_text())["scaling_factor"]
     _mark_done(tmp, {"config": identity, "scaling_factor": scaling, "adopted_from": str(source)})
-    _publish(tmp, final)
+    publish_dir(tmp, final)
 
 
 def _vae_identity(full: dict) -> dict:
@@ -514,6 +462,42 @@ def _vae_identity(full: dict) -> dict:
         "data": {k: full["data"][k] for k in ("n_images", "size", "seed")},
         "seed": full["seed"],
     }
+
+
+class _Run:
+    """One pretraining run: its config (as a dataclass and as JSON), output folder and progress flag."""
+
+    def __init__(self, cfg: PretrainConfig, out: Path, progress: bool):
+        self.cfg, self.out, self.progress = cfg, out, progress
+        self.full = to_dict(cfg)
+        full = self.full
+        # what each stage depends on: a finished stage is reused only under the same settings
+        self.ids = {
+            # zero_shot_n only sizes the report, not the model
+            "clip": {k: v for k, v in full["clip"].items() if k != "zero_shot_n"}
+            | {"data": full["data"], "seed": cfg.seed},
+            # the VAE sees images only: captions are not part of what it depends on
+            "vae": _vae_identity(full),
+        }
+        self.ids["unet"] = full["unet"] | {"clip": self.ids["clip"], "vae": self.ids["vae"]}
+
+    def train(self, name: str, module: nn.Module, loss_fn, stage, config: dict, **kw) -> None:
+        """``train_loop`` on one stage's settings (steps, lr, warm-up) and the run's checkpointing."""
+        train_loop(
+            name,
+            module,
+            loss_fn,
+            steps=stage.steps,
+            lr=stage.lr,
+            warmup=stage.warmup_steps,
+            weight_decay=kw.pop("weight_decay", 0.0),
+            root=self.out / "checkpoints" / name,
+            config=config,
+            checkpointing_steps=self.cfg.checkpointing_steps,
+            keep=self.cfg.checkpoints_total_limit,
+            progress=self.progress,
+            **kw,
+        )
 
 
 def pretrain(
@@ -528,22 +512,12 @@ def pretrain(
     under the same VAE settings, whose VAE is taken instead of training one (see ``adopt_vae``)."""
     if until not in (None, "clip", "vae"):
         raise ValueError(f"until must be 'clip' or 'vae', got {until!r}")
-    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    full = to_dict(cfg)
-    atomic_write(out / "pretrain_config.json", (json.dumps(full, indent=1) + "\n").encode())
-    # what each stage depends on: a finished stage is reused only under the same settings
-    stage_cfg = {
-        # zero_shot_n only sizes the report, not the model
-        "clip": {k: v for k, v in full["clip"].items() if k != "zero_shot_n"}
-        | {"data": full["data"], "seed": cfg.seed},
-        # the VAE sees images only: captions are not part of what it depends on
-        "vae": _vae_identity(full),
-    }
-    stage_cfg["unet"] = full["unet"] | {"clip": stage_cfg["clip"], "vae": stage_cfg["vae"]}
-    report: dict = {}
+    run = _Run(cfg, out, progress)
+    atomic_write(out / "pretrain_config.json", (json.dumps(run.full, indent=1) + "\n").encode())
     t0 = time.time()
 
     # 1-2. tokenizer and pool
@@ -553,179 +527,157 @@ def pretrain(
     build_pool(cfg, out / "data", progress)
     pool = Pool(out / "data", cfg.data)
 
-    # 3. CLIP
-    clip = make_clip(cfg, tokenizer)
-    if _done(out / "clip", stage_cfg["clip"]):
-        clip = type(clip).from_pretrained(out / "clip")
-    else:
-        tokens = _Tokens(tokenizer)
-
-        def clip_loss(step: int) -> torch.Tensor:
-            rng = np.random.default_rng(stable_seed("clip", cfg.seed, step))
-            _, images, captions = pool.batch(rng, cfg.clip.batch_size)
-            ids, mask = tokens(captions)
-            logits = clip(
-                input_ids=ids, attention_mask=mask, pixel_values=clip_pixels(images)
-            ).logits_per_image
-            return soft_clip_loss(logits, captions)
-
-        c = cfg.clip
-        train_loop(
-            "clip",
-            clip,
-            clip_loss,
-            steps=c.steps,
-            lr=c.lr,
-            warmup=c.warmup_steps,
-            weight_decay=c.weight_decay,
-            root=out / "checkpoints" / "clip",
-            config=full["clip"] | {"data": full["data"], "seed": cfg.seed},
-            checkpointing_steps=cfg.checkpointing_steps,
-            keep=cfg.checkpoints_total_limit,
-            progress=progress,
-        )
-        tmp = out / "clip.tmp"
-        clip.save_pretrained(tmp)
-        image_processor = CLIPImageProcessor(
-            do_resize=True,
-            size={"shortest_edge": cfg.data.size},
-            do_center_crop=True,
-            crop_size={"height": cfg.data.size, "width": cfg.data.size},
-            image_mean=list(CLIP_MEAN),
-            image_std=list(CLIP_STD),
-        )
-        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
-        _mark_done(
-            tmp,
-            {
-                "config": stage_cfg["clip"],
-                "zero_shot": clip_zero_shot(clip, tokenizer, n=cfg.clip.zero_shot_n),
-            },
-        )
-        _publish(tmp, out / "clip")
-    report["clip_zero_shot"] = json.loads((out / "clip" / "DONE").read_text())["zero_shot"]
+    clip = _clip_stage(run, tokenizer, pool)  # 3
+    report: dict = {"clip_zero_shot": json.loads((out / "clip" / "DONE").read_text())["zero_shot"]}
     if until == "clip":
         return report
+    vae = _vae_stage(run, pool, vae_from)  # 4, with the pool's latents
+    if until == "vae":
+        return report
+    # 5. text encoder = the CLIP text tower, frozen
+    text_encoder = clip_text_encoder(clip)
+    unet, sched = _unet_stage(run, pool, vae, text_encoder, tokenizer)  # 6
+    # 7. assemble a stock StableDiffusionPipeline
+    save_pipeline(out / "pipeline", vae, text_encoder, tokenizer, unet, sched, run.full)
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
 
-    # 4. VAE
+
+def clip_text_encoder(clip):
+    """The text tower of a trained ``CLIPModel`` as a frozen ``CLIPTextModel`` (the pipeline's encoder)."""
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    # transformers 5 flattens CLIPTextModel (no .text_model); 4.x nests it
+    getattr(text_encoder, "text_model", text_encoder).load_state_dict(clip.text_model.state_dict())
+    return text_encoder.eval().requires_grad_(False)
+
+
+def _clip_stage(run: _Run, tokenizer, pool: Pool):
+    """3. CLIP, trained contrastively on (render, web-like caption), with its processor and zero-shot report."""
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    cfg, out = run.cfg, run.out
+    clip = make_clip(cfg, tokenizer)
+    if _done(out / "clip", run.ids["clip"]):
+        return type(clip).from_pretrained(out / "clip")
+    tokens = _Tokens(tokenizer)
+
+    def clip_loss(step: int) -> torch.Tensor:
+        rng = np.random.default_rng(stable_seed("clip", cfg.seed, step))
+        _, images, captions = pool.batch(rng, cfg.clip.batch_size)
+        ids, mask = tokens(captions)
+        logits = clip(input_ids=ids, attention_mask=mask, pixel_values=clip_pixels(images)).logits_per_image
+        return soft_clip_loss(logits, captions)
+
+    config = run.full["clip"] | {"data": run.full["data"], "seed": cfg.seed}
+    run.train("clip", clip, clip_loss, cfg.clip, config, weight_decay=cfg.clip.weight_decay)
+    tmp = out / "clip.tmp"
+    clip.save_pretrained(tmp)
+    image_processor = CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": cfg.data.size},
+        do_center_crop=True,
+        crop_size={"height": cfg.data.size, "width": cfg.data.size},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
+    zero_shot = clip_zero_shot(clip, tokenizer, n=cfg.clip.zero_shot_n)
+    _mark_done(tmp, {"config": run.ids["clip"], "zero_shot": zero_shot})
+    publish_dir(tmp, out / "clip")
+    return clip
+
+
+def _vae_stage(run: _Run, pool: Pool, vae_from: str | Path | None):
+    """4. The VAE (trained on crops, or adopted from ``vae_from``), then the pool encoded once."""
+    cfg, out, v = run.cfg, run.out, run.cfg.vae
     vae = make_vae(cfg)
-    if vae_from is not None and not _done(out / "vae", stage_cfg["vae"]):
-        adopt_vae(Path(vae_from), out / "vae", stage_cfg["vae"])
-    if _done(out / "vae", stage_cfg["vae"]):
+    if vae_from is not None and not _done(out / "vae", run.ids["vae"]):
+        adopt_vae(Path(vae_from), out / "vae", run.ids["vae"])
+    if _done(out / "vae", run.ids["vae"]):
         vae = type(vae).from_pretrained(out / "vae")
     else:
-        v = cfg.vae
 
         def vae_loss(step: int) -> torch.Tensor:
             rng = np.random.default_rng(stable_seed("vae", cfg.seed, step))
             _, images, _ = pool.batch(rng, v.batch_size)
             y0, x0 = rng.integers(0, cfg.data.size - v.crop + 1, size=2)
-            x = (
-                torch.from_numpy(images[:, y0 : y0 + v.crop, x0 : x0 + v.crop]).permute(0, 3, 1, 2).float()
-                / 127.5
-                - 1.0
-            )
+            crop = torch.from_numpy(images[:, y0 : y0 + v.crop, x0 : x0 + v.crop]).permute(0, 3, 1, 2)
+            x = crop.float() / 127.5 - 1.0
             posterior = vae.encode(x).latent_dist
             g = torch.Generator().manual_seed(stable_seed("vae-noise", cfg.seed, step))
             recon = vae.decode(posterior.sample(generator=g)).sample
             return F.l1_loss(recon, x) + v.kl_weight * posterior.kl().mean()
 
-        train_loop(
-            "vae",
-            vae,
-            vae_loss,
-            steps=v.steps,
-            lr=v.lr,
-            warmup=v.warmup_steps,
-            weight_decay=0.0,
-            root=out / "checkpoints" / "vae",
-            config=stage_cfg["vae"],
-            checkpointing_steps=cfg.checkpointing_steps,
-            keep=cfg.checkpoints_total_limit,
-            progress=progress,
-        )
-        scaling = encode_pool(vae, pool, out / "latents", stage_cfg["vae"], progress)
+        run.train("vae", vae, vae_loss, v, run.ids["vae"])
+        scaling = encode_pool(vae, pool, out / "latents", run.ids["vae"], run.progress)
         vae.register_to_config(scaling_factor=scaling)
         tmp = out / "vae.tmp"
         vae.save_pretrained(tmp)
-        _mark_done(tmp, {"config": stage_cfg["vae"], "scaling_factor": scaling})
-        _publish(tmp, out / "vae")
-    scaling = vae.config.scaling_factor
-    encode_pool(vae, pool, out / "latents", stage_cfg["vae"], progress)
-    if until == "vae":
-        return report
-    latents = np.load(out / "latents" / "latents.npy", mmap_mode="r")
+        _mark_done(tmp, {"config": run.ids["vae"], "scaling_factor": scaling})
+        publish_dir(tmp, out / "vae")
+    encode_pool(vae, pool, out / "latents", run.ids["vae"], run.progress)
+    return vae
 
-    # 5. text encoder = the CLIP text tower, frozen; every caption embedded once
-    text_encoder = CLIPTextModel(clip.config.text_config)
-    # transformers 5 flattens CLIPTextModel (no .text_model); 4.x nests it
-    getattr(text_encoder, "text_model", text_encoder).load_state_dict(clip.text_model.state_dict())
-    text_encoder.eval().requires_grad_(False)
+
+def _unet_identity(run: _Run) -> dict:
+    """The UNet stage's identity. With a constant learning rate a finished UNet can be trained further by
+    raising unet.steps and rerunning: its identity is then its config without the steps (a cosine
+    schedule depends on them). snapshot_steps only says how often to save the EMA weights."""
+    extendable = run.cfg.unet.lr_schedule == "constant"
+    return {
+        k: v for k, v in run.ids["unet"].items() if k != "snapshot_steps" and (k != "steps" or not extendable)
+    }
+
+
+def _unet_stage(run: _Run, pool: Pool, vae, text_encoder, tokenizer):
+    """6. The UNet on the cached latents and every caption's text embedding (computed once), with EMA
+    snapshots as whole pipelines for the learning curve."""
+    cfg, out, u = run.cfg, run.out, run.cfg.unet
+    latents = np.load(out / "latents" / "latents.npy", mmap_mode="r")
+    scaling = vae.config.scaling_factor
     captions = ["", *grammar_corpus()]
     caption_index = {c: i for i, c in enumerate(captions)}
     caption_emb = embed_captions(text_encoder, tokenizer, captions)  # (n_captions, MAX_LENGTH, hidden)
-
-    # 6. UNet
     unet = make_unet(cfg, latents.shape[-1])
-    sched = noise_scheduler(cfg.unet.prediction_type, cfg.unet.zero_terminal_snr)
-    # With a constant learning rate a finished UNet can be trained further by raising unet.steps and
-    # rerunning: its identity is then its config without the steps. A cosine schedule depends on them.
-    u = cfg.unet
-    # snapshot_steps only says how often to save the EMA weights, not what a step computes.
-    extendable = u.lr_schedule == "constant"
-    unet_id = {
-        k: v
-        for k, v in stage_cfg["unet"].items()
-        if k != "snapshot_steps" and (k != "steps" or not extendable)
-    }
-    done_steps = (
-        json.loads((out / "unet" / "DONE").read_text()).get("steps", 0) if _done(out / "unet", unet_id) else 0
-    )
-    if done_steps >= u.steps:
-        unet = type(unet).from_pretrained(out / "unet")
-    else:
+    sched = noise_scheduler(u.prediction_type, u.zero_terminal_snr)
+    unet_id = _unet_identity(run)
+    done = _done(out / "unet", unet_id)
+    if done and json.loads((out / "unet" / "DONE").read_text()).get("steps", 0) >= u.steps:
+        return type(unet).from_pretrained(out / "unet"), sched
 
-        def unet_loss(step: int) -> torch.Tensor:
-            rng = np.random.default_rng(stable_seed("unet", cfg.seed, step))
-            idx, _, caps = pool.batch(rng, u.batch_size)
-            drop = rng.random(u.batch_size) < u.cfg_dropout
-            cond = caption_emb[
-                [0 if d else caption_index[c.lower()] for c, d in zip(caps, drop, strict=True)]
-            ]
-            x0 = torch.from_numpy(np.asarray(latents[idx], np.float32)) * scaling  # (B, 4, 16, 16)
-            g = torch.Generator().manual_seed(stable_seed("unet-noise", cfg.seed, step))
-            noise = torch.randn(x0.shape, generator=g)
-            t = torch.randint(0, sched.config.num_train_timesteps, (u.batch_size,), generator=g)
-            pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-            target = noise if u.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
-            return F.mse_loss(pred, target)
+    def unet_loss(step: int) -> torch.Tensor:
+        rng = np.random.default_rng(stable_seed("unet", cfg.seed, step))
+        idx, _, caps = pool.batch(rng, u.batch_size)
+        drop = rng.random(u.batch_size) < u.cfg_dropout
+        cond = caption_emb[[0 if d else caption_index[c.lower()] for c, d in zip(caps, drop, strict=True)]]
+        x0 = torch.from_numpy(np.asarray(latents[idx], np.float32)) * scaling  # (B, 4, 16, 16)
+        g = torch.Generator().manual_seed(stable_seed("unet-noise", cfg.seed, step))
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (u.batch_size,), generator=g)
+        pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+        target = noise if u.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
+        return F.mse_loss(pred, target)
 
-        train_loop(
-            "unet",
-            unet,
-            unet_loss,
-            steps=u.steps,
-            lr=u.lr,
-            warmup=u.warmup_steps,
-            weight_decay=0.0,
-            root=out / "checkpoints" / "unet",
-            config=unet_id,
-            checkpointing_steps=cfg.checkpointing_steps,
-            keep=cfg.checkpoints_total_limit,
-            ema_decay=u.ema_decay,
-            schedule=u.lr_schedule,
-            progress=progress,
-            snapshot=lambda step: save_pipeline(
-                out / "snapshots" / f"step_{step:06d}", vae, text_encoder, tokenizer, unet, sched, full
-            ),
-            snapshot_steps=u.snapshot_steps,
+    def snapshot(step: int) -> None:
+        save_pipeline(
+            out / "snapshots" / f"step_{step:06d}", vae, text_encoder, tokenizer, unet, sched, run.full
         )
-        tmp = out / "unet.tmp"
-        unet.save_pretrained(tmp)
-        _mark_done(tmp, {"config": unet_id, "steps": u.steps})
-        _publish(tmp, out / "unet")
 
-    # 7. assemble a stock StableDiffusionPipeline
-    save_pipeline(out / "pipeline", vae, text_encoder, tokenizer, unet, sched, full)
-    report["seconds"] = round(time.time() - t0, 1)
-    return report
+    run.train(
+        "unet",
+        unet,
+        unet_loss,
+        u,
+        unet_id,
+        ema_decay=u.ema_decay,
+        schedule=u.lr_schedule,
+        snapshot=snapshot,
+        snapshot_steps=u.snapshot_steps,
+    )
+    tmp = out / "unet.tmp"
+    unet.save_pretrained(tmp)
+    _mark_done(tmp, {"config": unet_id, "steps": u.steps})
+    publish_dir(tmp, out / "unet")
+    return unet, sched

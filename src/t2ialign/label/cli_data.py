@@ -11,7 +11,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from ..store import open_existing
+from t2ialign.store import open_existing
 
 
 def _add_run_args(sp) -> None:
@@ -20,8 +20,8 @@ def _add_run_args(sp) -> None:
 
 
 def cmd_simulate(args) -> int:
-    from .simulate import simulate_labels
-    from .stats import PAPER_TABLE1, format_table1
+    from t2ialign.label.simulate import simulate_labels
+    from t2ialign.label.stats import PAPER_TABLE1, format_table1
 
     with open_existing(args.run, args.db_url) as store:
         report = simulate_labels(
@@ -49,7 +49,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_labels
+    from t2ialign.label.export import export_labels
 
     with open_existing(args.run, args.db_url) as store:
         n = export_labels(store, args.out)
@@ -58,8 +58,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from ..store import Store
-    from .export import read_labels, write_labels
+    from t2ialign.label.export import read_labels, write_labels
+    from t2ialign.store import Store
 
     rows = read_labels(
         args.input
@@ -71,7 +71,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .stats import format_table1, label_summary
+    from t2ialign.label.stats import format_table1, label_summary
 
     with open_existing(args.run, args.db_url) as store:
         summary = label_summary(store)
@@ -95,7 +95,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_gold(args) -> int:
-    from .simulate import add_gold_images
+    from t2ialign.label.simulate import add_gold_images
 
     with open_existing(args.run, args.db_url) as store:
         counts = add_gold_images(store, args.n, seed=args.seed)
@@ -172,7 +172,7 @@ def _read_sets(path: str) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def cmd_compare_create(args) -> int:
-    from .sidebyside import create_comparison, sets_from_evaluate
+    from t2ialign.label.sidebyside import create_comparison, sets_from_evaluate
 
     sets = _read_sets(args.sets) if args.sets is not None else None  # read before the run is touched
     with open_existing(args.run, args.db_url) as store:
@@ -189,7 +189,7 @@ def cmd_compare_create(args) -> int:
 
 
 def cmd_compare_simulate(args) -> int:
-    from .sidebyside import simulate_votes
+    from t2ialign.label.sidebyside import simulate_votes
 
     with open_existing(args.run, args.db_url) as store:
         report = simulate_votes(
@@ -206,7 +206,7 @@ def cmd_compare_simulate(args) -> int:
 
 
 def cmd_compare_tally(args) -> int:
-    from .sidebyside import format_tally, plot_fig3, tally
+    from t2ialign.label.sidebyside import format_tally, plot_fig3, tally
 
     with open_existing(args.run, args.db_url) as store:
         result = tally(store, args.name)

@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
-from ..fsutil import atomic_write
-from ..store import (
+from t2ialign.core.fsutil import atomic_write
+from t2ialign.label.auth import ADMIN_NAME, check_labeler_name
+from t2ialign.store import (
     IMAGES_DIRNAME,
     LABEL_VALUES,
     ROLES,
@@ -32,8 +33,7 @@ from ..store import (
     PromptRow,
     Store,
 )
-from ..world.prompts import CATEGORIES, SPLITS, parse_prompt
-from .auth import ADMIN_NAME, check_labeler_name
+from t2ialign.world.prompts import CATEGORIES, SPLITS, parse_prompt
 
 
 def _name_ok(name: str) -> bool:

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .config import GenerateConfig, to_dict
-from .store import Store
-from .world.render import stable_seed
+from t2ialign.config import GenerateConfig, to_dict
+from t2ialign.core.seeds import stable_seed
+from t2ialign.store import Store
 
 SCHEDULER_CLASSES = {
     "dpm++": "DPMSolverMultistepScheduler",
@@ -105,7 +105,7 @@ def generate(
     ``pipe`` and ``model_info`` (model id, revision) may be passed in by a caller that already loaded the
     pipeline; otherwise ``cfg.model`` is loaded. Returns counts and throughput.
     """
-    from .models.load import load_pipeline
+    from t2ialign.models.load import load_pipeline
 
     if pipe is None:
         pipe, model_id, model_revision = load_pipeline(cfg.model)

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..store import Store
+from t2ialign.store import Store
 
 ADMIN_NAME = "admin"
 TOKEN_BYTES = 32

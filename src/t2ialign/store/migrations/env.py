@@ -7,8 +7,8 @@ transaction), else with ``sqlalchemy.url`` from the config; offline (``--sql``) 
 from alembic import context
 from sqlalchemy.engine import make_url
 
-from t2ialign.schema import Base
 from t2ialign.store import make_engine
+from t2ialign.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from ..store import open_existing
+from t2ialign.store import open_existing
 
 ADMIN_SECRET_ENV = "T2IALIGN_ADMIN_SECRET"
 _HOST = re.compile(r"[a-z0-9]([a-z0-9.-]{0,252}[a-z0-9])?|\[[0-9a-f:.]+\]")
@@ -19,7 +19,7 @@ _HOST = re.compile(r"[a-z0-9]([a-z0-9.-]{0,252}[a-z0-9])?|\[[0-9a-f:.]+\]")
 def read_admin_secret(secret_file: str | None, environ=os.environ) -> str:
     """The admin secret from ``--admin-secret-file`` or else $T2IALIGN_ADMIN_SECRET; ValueError if neither
     gives one (there are no default credentials) or it is too short."""
-    from .auth import check_admin_secret
+    from t2ialign.label.auth import check_admin_secret
 
     if secret_file is not None:
         try:
@@ -34,8 +34,8 @@ def read_admin_secret(secret_file: str | None, environ=os.environ) -> str:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .app import create_app
-    from .http import protocol
+    from t2ialign.label.app import create_app
+    from t2ialign.label.http import protocol
 
     secret = read_admin_secret(args.admin_secret_file)  # before anything else: no secret, no server
     if not 1 <= args.port <= 65535:
@@ -98,7 +98,7 @@ def allowed_hosts(bind_host: str, extra: list[str] | None) -> tuple[str, ...]:
 
 
 def _change_token(args, revoke: bool) -> int:
-    from .auth import revoke_labeler, rotate_token
+    from t2ialign.label.auth import revoke_labeler, rotate_token
 
     with open_existing(args.run, args.db_url) as store:
         if revoke:
@@ -130,7 +130,7 @@ def cmd_rotate(args) -> int:
 
 
 def cmd_add_labeler(args) -> int:
-    from .auth import create_labeler
+    from t2ialign.label.auth import create_labeler
 
     with open_existing(args.run, args.db_url) as store:
         token = create_labeler(store, args.name)
@@ -140,8 +140,8 @@ def cmd_add_labeler(args) -> int:
 
 def add_commands(label_subparsers) -> None:
     """Register serve and add-labeler on the ``t2ialign label`` subparsers."""
-    from .app import DEFAULT_BODY_TIMEOUT_SECONDS, DEFAULT_LEASE_SECONDS
-    from .http import DEFAULT_HEAD_TIMEOUT_SECONDS
+    from t2ialign.label.app import DEFAULT_BODY_TIMEOUT_SECONDS, DEFAULT_LEASE_SECONDS
+    from t2ialign.label.http import DEFAULT_HEAD_TIMEOUT_SECONDS
 
     sp = label_subparsers.add_parser(
         "serve",

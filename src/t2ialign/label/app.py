@@ -43,9 +43,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..store import NotLeased, Store, VoteConflict
-from . import assignment, auth, pages, sidebyside
-from .service import submit_leased_label
+from t2ialign.label import assignment, auth, pages, sidebyside
+from t2ialign.label.service import submit_leased_label
+from t2ialign.store import NotLeased, Store, VoteConflict
 
 COOKIE = "t2ialign_session"  # a server-side session id (see auth.new_session), never the token itself
 MAX_BODY_BYTES = 16 * 1024  # labels and logins are tiny; anything bigger is refused unread (413)
@@ -510,7 +510,10 @@ def create_app(
     # --- admin -----------------------------------------------------------------------------------------
 
     def _summary() -> dict[str, Any]:
-        from .stats import label_summary, rater_quality  # imported when first asked, not at server start
+        from t2ialign.label.stats import (  # imported when first asked, not at server start
+            label_summary,
+            rater_quality,
+        )
 
         return {**label_summary(store), "raters": rater_quality(store)}
 

@@ -1,0 +1,1 @@
+"""Stage 6: rejection sampling with the learned reward (``rejection``)."""
