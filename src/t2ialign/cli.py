@@ -12,6 +12,14 @@ from pathlib import Path
 
 from t2ialign import __version__
 from t2ialign.config import ConfigError
+from t2ialign.core.cliutil import (
+    add_config,
+    add_run,
+    add_sampler_args,
+    add_seed,
+    config_from_args,
+    subcommand,
+)
 
 
 def _tune_allocator() -> None:
@@ -99,24 +107,11 @@ def cmd_render(args) -> int:
 def cmd_judge(args) -> int:
     from PIL import Image
 
-    from t2ialign.world import vocab
-    from t2ialign.world.judge import Judge, selftest
+    from t2ialign.world.judge import Judge
 
     judge = Judge.load(args.weights)
     if args.selftest:
-        report = selftest(judge, n=args.n, seed=args.seed, progress=not args.json)
-        if args.json:
-            print(json.dumps(report))
-        else:
-            for name, r in report.items():
-                print(
-                    f"{name:9s} verdict accuracy {r['verdict_accuracy']:.2%}  skip rate {r['skip_rate']:.2%}  "
-                    + "  ".join(f"{k} {v:.2%}" for k, v in r["per_attribute"].items() if v is not None)
-                )
-                print(
-                    f"{'':9s} count read right per class: "
-                    + "  ".join(f"{k}: {v:.2%}" for k, v in r["per_count_class"].items())
-                )
+        _print_selftest(judge, args)
         return 0
     if not args.images or not args.prompt:
         raise ValueError("give IMAGE paths and --prompt, or --selftest")
@@ -127,26 +122,47 @@ def cmd_judge(args) -> int:
         images.append(Image.open(p).convert("RGB"))
     verdicts = judge.judge(images, [args.prompt] * len(images))
     for path, v in zip(args.images, verdicts, strict=True):
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "image": path,
-                        "prompt": args.prompt,
-                        "verdict": v.label,
-                        "p_match": round(v.p_match, 4),
-                        "reading": v.reading,  # count 6 = six or more
-                        "count_label": vocab.count_label(v.reading["count"][0]),
-                    }
-                )
-            )
-        else:
-            seen = ", ".join(
-                f"{k}={vocab.count_label(val) if k == 'count' else val} ({p:.0%})"
-                for k, (val, p) in v.reading.items()
-            )
-            print(f"{path}: {v.label} (P(match)={v.p_match:.3f}; read {seen})")
+        _print_verdict(path, args.prompt, v, args.json)
     return 0
+
+
+def _print_selftest(judge, args) -> None:
+    from t2ialign.world.judge import selftest
+
+    report = selftest(judge, n=args.n, seed=args.seed, progress=not args.json)
+    if args.json:
+        print(json.dumps(report))
+        return
+    for name, r in report.items():
+        print(
+            f"{name:9s} verdict accuracy {r['verdict_accuracy']:.2%}  skip rate {r['skip_rate']:.2%}  "
+            + "  ".join(f"{k} {v:.2%}" for k, v in r["per_attribute"].items() if v is not None)
+        )
+        print(
+            f"{'':9s} count read right per class: "
+            + "  ".join(f"{k}: {v:.2%}" for k, v in r["per_count_class"].items())
+        )
+
+
+def _print_verdict(path: str, prompt: str, v, as_json: bool) -> None:
+    from t2ialign.world import vocab
+
+    if as_json:
+        record = {
+            "image": path,
+            "prompt": prompt,
+            "verdict": v.label,
+            "p_match": round(v.p_match, 4),
+            "reading": v.reading,  # count 6 = six or more
+            "count_label": vocab.count_label(v.reading["count"][0]),
+        }
+        print(json.dumps(record))
+        return
+    seen = ", ".join(
+        f"{k}={vocab.count_label(val) if k == 'count' else val} ({p:.0%})"
+        for k, (val, p) in v.reading.items()
+    )
+    print(f"{path}: {v.label} (P(match)={v.p_match:.3f}; read {seen})")
 
 
 def cmd_train_judge(args) -> int:
@@ -161,25 +177,9 @@ def cmd_train_judge(args) -> int:
 
 
 def _generate_config(args):
-    from t2ialign.config import from_dict, load_config, to_dict
+    from t2ialign.config import load_config
 
-    cfg = load_config(args.config).generate
-    overrides = {
-        k: getattr(args, k)
-        for k in (
-            "model",
-            "images_per_prompt",
-            "num_inference_steps",
-            "guidance_scale",
-            "scheduler",
-            "batch_size",
-            "mixed_precision",
-            "seed",
-            "role",
-        )
-        if getattr(args, k, None) is not None
-    }
-    return from_dict(type(cfg), to_dict(cfg) | overrides, "generate")
+    return config_from_args(load_config(args.config).generate, args, "generate")
 
 
 def cmd_generate(args) -> int:
@@ -227,17 +227,11 @@ def cmd_evaluate_base(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from t2ialign.config import from_dict, load_config, to_dict
+    from t2ialign.config import load_config
     from t2ialign.evaluate.run import evaluate_models, format_report, parse_models
     from t2ialign.store import open_existing
 
-    cfg = load_config(args.config).evaluate
-    overrides = {
-        k: getattr(args, k)
-        for k in ("n_seen", "n_unseen", "images_per_prompt", "best_of", "keep", "reward", "inception")
-        if getattr(args, k) is not None
-    }
-    cfg = from_dict(type(cfg), to_dict(cfg) | overrides, "evaluate")
+    cfg = config_from_args(load_config(args.config).evaluate, args, "evaluate")
     with open_existing(args.run, args.db_url) as store:
         report = evaluate_models(store, parse_models(args.models, store.run_dir), cfg)
     print(format_report(report))
@@ -252,26 +246,8 @@ def cmd_report(args) -> int:
     from t2ialign.store import open_existing
 
     with open_existing(args.run, args.db_url) as store:
-        path = write_report(store, args.out)
-    print(f"report: {path}")
+        print(f"report: {write_report(store, args.out)}")
     return 0
-
-
-def _add_generate_args(sp, role_default: str | None = None) -> None:
-    sp.add_argument("--run", required=True, help="run directory")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
-    sp.add_argument("--config", help="TOML or JSON config file (table [generate])")
-    sp.add_argument(
-        "--model", help="local diffusers Stable Diffusion folder (default: the shipped world model)"
-    )
-    sp.add_argument("--images-per-prompt", dest="images_per_prompt", type=int)
-    sp.add_argument("--steps", dest="num_inference_steps", type=int, help="sampler steps")
-    sp.add_argument("--guidance-scale", dest="guidance_scale", type=float)
-    sp.add_argument("--scheduler", help="default, dpm++, ddim, euler, euler_a or pndm")
-    sp.add_argument("--batch-size", dest="batch_size", type=int, help="images per pipeline call")
-    sp.add_argument("--mixed-precision", dest="mixed_precision", help="no, bf16 or fp16")
-    sp.add_argument("--seed", type=int)
-    sp.add_argument("--role", default=role_default, help="human, unlabeled or eval")
 
 
 def cmd_pretrain(args) -> int:
@@ -303,36 +279,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"t2ialign {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    _add_evaluate_commands(sub)
+    _add_stage_commands(sub)
+    _add_world_commands(sub)
+    _add_pretrain_command(sub)
+    return p
 
-    sp = sub.add_parser(
-        "prompts", help="stage 1: write the prompt set (four categories, seen/unseen) to a run"
+
+def _add_generate_args(sp, role_default: str | None = None) -> None:
+    add_run(sp, flag=True)
+    add_config(sp, "[generate]")
+    sp.add_argument("--images-per-prompt", dest="images_per_prompt", type=int)
+    add_sampler_args(
+        sp, model_help="local diffusers Stable Diffusion folder (default: the shipped world model)"
     )
-    sp.add_argument("--run", required=True, help="run directory (created if missing)")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
-    sp.add_argument("--config", help="TOML or JSON config file (table [prompts])")
-    sp.set_defaults(func=cmd_prompts)
+    sp.add_argument("--role", default=role_default, help="human, unlabeled or eval")
 
-    sp = sub.add_parser("generate", help="stage 2: sample K images per prompt into the run")
+
+def _add_data_commands(sub) -> None:
+    """Stages 1 and 2: the prompt set, and images generated into the run."""
+    help = "stage 1: write the prompt set (four categories, seen/unseen) to a run"
+    sp = subcommand(sub, "prompts", cmd_prompts, help, run=None)
+    add_run(sp, "run directory (created if missing)", flag=True)
+    add_config(sp, "[prompts]")
+
+    sp = subcommand(
+        sub, "generate", cmd_generate, "stage 2: sample K images per prompt into the run", run=None
+    )
     _add_generate_args(sp)
     sp.add_argument("--split", default="seen", help="prompt split: seen, unseen_prompt or unseen_object")
     sp.add_argument("--category", help="only this category (count, color, background, combination)")
     sp.add_argument(
         "--max-prompts", dest="max_prompts", type=int, help="a seeded sample of this many prompts"
     )
-    sp.set_defaults(func=cmd_generate)
 
-    sp = sub.add_parser("evaluate-base", help="judge a base model per category, seen vs unseen objects")
+    help = "judge a base model per category, seen vs unseen objects"
+    sp = subcommand(sub, "evaluate-base", cmd_evaluate_base, help, run=None)
     _add_generate_args(sp, role_default="eval")
     sp.add_argument("--prompts-per-category", dest="prompts_per_category", type=int, default=100)
-    sp.set_defaults(func=cmd_evaluate_base)
 
-    sp = sub.add_parser(
-        "evaluate",
-        help="stage 7: alignment per category (seen / unseen), reward, CLIP score and fidelity of several models",
+
+def _add_evaluate_commands(sub) -> None:
+    """Stage 7 and its report."""
+    help = (
+        "stage 7: alignment per category (seen / unseen), reward, CLIP score and fidelity of several models"
     )
-    sp.add_argument("run", help="run directory")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
-    sp.add_argument("--config", help="TOML or JSON config file (table [evaluate])")
+    sp = subcommand(sub, "evaluate", cmd_evaluate, help)
+    add_config(sp, "[evaluate]")
     sp.add_argument(
         "--models",
         default="base,finetuned,rejection",
@@ -355,76 +349,76 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep", type=int, help="images per Fig. 3 set and rejection sampling's k (default 4)")
     sp.add_argument("--reward", help="reward model folder (default: RUN/reward)")
     sp.add_argument("--inception", help="local Inception-v3 FID weights: adds true FID")
-    sp.set_defaults(func=cmd_evaluate)
 
-    sp = sub.add_parser("report", help="write RUN/report.html: the paper's tables and figures from this run")
-    sp.add_argument("run", help="run directory")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
+    help = "write RUN/report.html: the paper's tables and figures from this run"
+    sp = subcommand(sub, "report", cmd_report, help)
     sp.add_argument("--out", help="output file (default: RUN/report.html)")
-    sp.set_defaults(func=cmd_report)
+
+
+def _add_stage_commands(sub) -> None:
+    """Stages 3 to 6, each declared by its own package: label, reward, finetune, sample."""
+    from t2ialign.finetune import cli as finetune_cli
+    from t2ialign.label import cli_data, cli_serve
+    from t2ialign.reward import cli as reward_cli
+    from t2ialign.sample import rejection as sample
 
     label = sub.add_parser(
         "label", help="stage 3: feedback from labelers (web app), simulated labelers, export"
     )
     label_sub = label.add_subparsers(dest="label_command", required=True)
-    from t2ialign.label import cli_data, cli_serve
-
     cli_serve.add_commands(label_sub)
     cli_data.add_commands(label_sub)
 
     reward = sub.add_parser("reward", help="stage 4: the reward model on CLIP embeddings (Eq. 1-3, Fig. 4)")
-    from t2ialign.reward import cli as reward_cli
-
     reward_cli.add_commands(reward.add_subparsers(dest="reward_command", required=True))
-
-    from t2ialign.finetune import cli as finetune_cli
-
     finetune_cli.add_command(sub)
-
-    from t2ialign.sample import rejection as sample
-
     sample.add_command(sub)
 
+
+def _add_world_commands(sub) -> None:
+    """``t2ialign world``: the built-in shapes world."""
     world = sub.add_parser("world", help="the built-in shapes world: render, judge, perturb").add_subparsers(
         dest="world_command", required=True
     )
-    sp = world.add_parser("render", help="render images for a caption (the pre-training distribution)")
+    help = "render images for a caption (the pre-training distribution)"
+    sp = subcommand(world, "render", cmd_render, help, run=None)
     sp.add_argument("prompt", help='e.g. "Two blue circles in the forest"')
-    sp.add_argument("--seed", type=int, default=0)
+    add_seed(sp, default=0)
     sp.add_argument(
         "--n", type=int, default=1, help="number of images (seeds seed..seed+n-1), tiled in one PNG"
     )
     sp.add_argument("--size", type=int, default=64, help="image side in pixels")
     sp.add_argument("--out", default="render.png", help="output PNG path")
-    sp.set_defaults(func=cmd_render)
 
-    sp = world.add_parser(
-        "judge", help="judge images against a prompt (good/bad/skip), or validate the judge"
-    )
+    help = "judge images against a prompt (good/bad/skip), or validate the judge"
+    sp = subcommand(world, "judge", cmd_judge, help, run=None)
     sp.add_argument("images", nargs="*", help="image files")
     sp.add_argument("--prompt", help="the prompt the images should match")
     sp.add_argument(
         "--selftest", action="store_true", help="measure the judge on fresh clean and degraded renders"
     )
     sp.add_argument("--n", type=int, default=2000, help="selftest: number of renders")
-    sp.add_argument("--seed", type=int, default=0, help="selftest: seed of the renders and test prompts")
+    add_seed(sp, default=0, help="selftest: seed of the renders and test prompts")
     sp.add_argument("--weights", help="judge folder (default: the one shipped with t2ialign)")
     sp.add_argument("--json", action="store_true", help="print JSON")
-    sp.set_defaults(func=cmd_judge)
 
-    sp = world.add_parser(
-        "train-judge", help="retrain the judge's CNN on renders (about 15 minutes on 2 cores)"
-    )
+    help = "retrain the judge's CNN on renders (about 15 minutes on 2 cores)"
+    sp = subcommand(world, "train-judge", cmd_train_judge, help, run=None)
     sp.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
-    sp.add_argument("--config", help="TOML or JSON config file (table [judge])")
-    sp.set_defaults(func=cmd_train_judge)
+    add_config(sp, "[judge]")
 
-    sp = sub.add_parser(
-        "pretrain",
-        help="train the world's CLIP and Stable Diffusion on D_pre (resumable; over an hour on 2 cores)",
-    )
+    help = "the rule-based perturbations of a prompt (Appendix E)"
+    sp = subcommand(world, "perturb", cmd_perturb, help, run=None)
+    sp.add_argument("prompt")
+    sp.add_argument("--n", type=int, default=8, help="size of the set, the original included")
+    add_seed(sp, default=0)
+
+
+def _add_pretrain_command(sub) -> None:
+    help = "train the world's CLIP and Stable Diffusion on D_pre (resumable; over an hour on 2 cores)"
+    sp = subcommand(sub, "pretrain", cmd_pretrain, help, run=None)
     sp.add_argument("--out", required=True, help="work folder; rerun the same command to resume")
-    sp.add_argument("--config", help="TOML or JSON config file (table [pretrain])")
+    add_config(sp, "[pretrain]")
     sp.add_argument(
         "--until",
         choices=("clip", "vae"),
@@ -437,14 +431,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the VAE of this pipeline (made by `t2ialign pretrain` under the same VAE settings, pool "
         "and seed) instead of training one; e.g. the shipped world's, for a world whose captions change",
     )
-    sp.set_defaults(func=cmd_pretrain)
-
-    sp = world.add_parser("perturb", help="the rule-based perturbations of a prompt (Appendix E)")
-    sp.add_argument("prompt")
-    sp.add_argument("--n", type=int, default=8, help="size of the set, the original included")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.set_defaults(func=cmd_perturb)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,18 @@ from t2ialign.world.dataset import DEFAULT_CAPTION_RATES, DEFAULT_COUNT_ERROR_RA
 from t2ialign.world.judge import JudgeTrainConfig
 
 
+def _at_least_one(cfg, table: str, *names: str) -> None:
+    """ConfigError for the first of the fields ``names`` of ``cfg`` that is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{table}.{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def _check_precision(table: str, mixed_precision: str) -> None:
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"{table}.mixed_precision must be no, bf16 or fp16, got {mixed_precision!r}")
+
+
 @dataclass
 class PromptsConfig:
     """Stage 1, the prompt set (``t2ialign prompts``)."""
@@ -191,15 +203,10 @@ class GenerateConfig:
             raise ConfigError(
                 f"generate.scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"
             )
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ConfigError(
-                f"generate.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"
-            )
+        _check_precision("generate", self.mixed_precision)
         if self.role not in ("human", "unlabeled", "eval"):
             raise ConfigError(f"generate.role must be human, unlabeled or eval, got {self.role!r}")
-        for name in ("images_per_prompt", "num_inference_steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"generate.{name} must be >= 1, got {getattr(self, name)}")
+        _at_least_one(self, "generate", "images_per_prompt", "num_inference_steps", "batch_size")
         if self.guidance_scale < 1.0:
             raise ConfigError(f"generate.guidance_scale must be >= 1, got {self.guidance_scale}")
 
@@ -232,9 +239,7 @@ class RewardConfig:
             raise ConfigError(f"reward.n_prompts counts the original and must be >= 2, got {self.n_prompts}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"reward.val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"reward.{name} must be >= 1, got {getattr(self, name)}")
+        _at_least_one(self, "reward", "epochs", "batch_size")
 
 
 FINETUNE_WEIGHTS = ("reward", "labels", "uniform", "none")
@@ -320,11 +325,10 @@ class FinetuneConfig:
             raise ConfigError(
                 f"finetune.pretrain_cfg_dropout must be in [0, 1), got {self.pretrain_cfg_dropout}"
             )
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ConfigError(
-                f"finetune.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"
-            )
-        for name in (
+        _check_precision("finetune", self.mixed_precision)
+        _at_least_one(
+            self,
+            "finetune",
             "pretrain_images",
             "train_batch_size",
             "pretrain_batch_size",
@@ -332,9 +336,7 @@ class FinetuneConfig:
             "max_train_steps",
             "checkpointing_steps",
             "checkpoints_total_limit",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"finetune.{name} must be >= 1, got {getattr(self, name)}")
+        )
         if self.learning_rate <= 0 or self.lr_warmup_steps < 0 or self.lora_rank < 0:
             raise ConfigError("finetune.learning_rate must be > 0, lr_warmup_steps and lora_rank >= 0")
         if not 0.0 < self.ema_decay < 1.0:
@@ -368,9 +370,8 @@ class EvaluateConfig:
     seed: int = 0  # which prompts are the evaluation prompts
 
     def __post_init__(self):
-        for name in ("n_seen", "n_unseen", "images_per_prompt", "best_of", "keep", "bootstrap_resamples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"evaluate.{name} must be >= 1, got {getattr(self, name)}")
+        names = ("n_seen", "n_unseen", "images_per_prompt", "best_of", "keep", "bootstrap_resamples")
+        _at_least_one(self, "evaluate", *names)
         if self.keep > self.best_of:
             raise ConfigError(f"evaluate.keep ({self.keep}) must be <= evaluate.best_of ({self.best_of})")
         if self.keep > self.images_per_prompt:
@@ -392,7 +393,9 @@ class EvaluateConfig:
 
 @dataclass
 class Config:
-    """The whole run's config: one table per stage."""
+    """The whole run's config: one table per stage, read by that stage's command (``t2ialign generate``
+    reads [generate]). Rejection sampling has no table: ``t2ialign sample`` takes its sampler from
+    [generate] and its n and k from flags (sample.rejection.SampleConfig)."""
 
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     judge: JudgeTrainConfig = field(default_factory=JudgeTrainConfig)

@@ -13,6 +13,7 @@ images, 120 evaluation prompts, 20 judged images of each per model) and states i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -96,195 +97,226 @@ def plan(scale_name: str, finetune_steps: int | None = None) -> str:
     )
 
 
+STAGES = {  # each stage's key in metrics.json "timings", and the title printed as it starts
+    "prompts": "1. prompts: the paper's four categories with seen / unseen splits -> {run}",
+    "world": "2. the world: D_pre renders, and the judge (the simulated labeler) on fresh renders",
+    "generate": "3. generate D_human and D_unlabel with the world's Stable Diffusion",
+    "label": "4. label: 3 simulated labelers (judge + 5% flips + 5% skips) -> Table 1",
+    "reward": "5. reward: r_phi on world-CLIP embeddings, MSE + lambda * prompt classification",
+    "reward_eval": "6. Fig. 4: pairwise accuracy of the reward vs CLIP score, 3 seeds",
+    "finetune": "7. fine-tune the UNet on Eq. 4: the three columns of Table 2",
+    "evaluate": "8. evaluate: base, fine-tuned (x3) and rejection sampling (best {m} of {four_m}), "
+    "{m} images per prompt, paired with base",
+    "side_by_side": "9. Fig. 3: side-by-side votes of 9 simulated raters per prompt",
+    "report": "10. report",
+}
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str, **fields):
+    """Print a stage's title (``fields`` fill it in), run it, and record and print its time."""
+    print(f"\n== {STAGES[name].format(**fields)}", flush=True)
+    t0 = time.time()
+    yield
+    timings[name] = round(time.time() - t0, 1)
+    print(f"   ({timings[name]:.0f} s)", flush=True)
+
+
 def run_demo(run: Path, scale_name: str = "demo", finetune_steps: int | None = None) -> int:
-    from t2ialign.config import (
-        EvaluateConfig,
-        FinetuneConfig,
-        GenerateConfig,
-        RewardConfig,
-        from_dict,
-        to_dict,
-    )
-    from t2ialign.evaluate.run import (
-        balanced_sample,
-        evaluate_models,
-        evaluation_prompts,
-        feedback_prompts,
-        format_report,
-    )
-    from t2ialign.finetune import TABLE2
-    from t2ialign.finetune.train import finetune
-    from t2ialign.generate.images import generate
-    from t2ialign.label.simulate import simulate_labels
-    from t2ialign.label.stats import PAPER_TABLE1, format_table1
     from t2ialign.models.load import load_clip, resolve_clip_path
     from t2ialign.report.html import write_report
-    from t2ialign.reward.accuracy import evaluate_rewards, plot_fig4
-    from t2ialign.reward.train import train_reward
     from t2ialign.store import Store
-    from t2ialign.world.judge import Judge, selftest
-    from t2ialign.world.prompts import build_prompt_set, perturb
-    from t2ialign.world.render import grid, render
 
     scale = get_scale(scale_name, finetune_steps)
     print(plan(scale_name, finetune_steps), flush=True)
     timings: dict[str, float] = {}
     t_start = time.time()
-
-    @contextmanager
-    def stage(name: str, title: str):
-        print(f"\n== {title}", flush=True)
-        t0 = time.time()
-        yield
-        timings[name] = round(time.time() - t0, 1)
-        print(f"   ({timings[name]:.0f} s)", flush=True)
-
+    m = scale.eval_images_per_prompt
+    stage = functools.partial(_stage, timings, run=run, m=m, four_m=4 * m)
     run.mkdir(parents=True, exist_ok=True)
-    samples = run / "samples"
-    samples.mkdir(exist_ok=True)
+    (run / "samples").mkdir(exist_ok=True)
     with Store.open(run) as store:
-        with stage("prompts", f"1. prompts: the paper's four categories with seen / unseen splits -> {run}"):
-            if not store.list_prompts():
-                store.add_prompts(build_prompt_set())
-            counts = store.prompt_counts()
-            eval_groups = evaluation_prompts(store, scale.n_eval, scale.n_eval)
-            rows = feedback_prompts(store, scale.n_eval, scale.n_eval)
-            if scale.feedback_prompts is not None:
-                keep = set(balanced_sample(rows, scale.feedback_prompts, "demo-feedback"))
-                rows = [r for r in rows if r["text"] in keep]
-            feedback = [r["text"] for r in rows]
-            # labeled images of unseen prompts and objects: Fig. 4's held-out sets, never trained on
-            held_out = [
-                t
-                for split in ("unseen_prompt", "unseen_object")
-                for t in balanced_sample(
-                    feedback_prompts(store, scale.n_eval, scale.n_eval, split=split),
-                    scale.unseen_labeled_prompts,
-                    f"demo-{split}",
-                )
-            ]
-            print(
-                f"  {sum(counts.values())} prompts; {len(feedback)} for feedback, {len(held_out)} unseen ones "
-                "labeled only to test the reward; evaluation: "
-                + ", ".join(f"{len(v)} {k}" for k, v in eval_groups.items())
-                + " (never given feedback)"
-            )
-        with stage(
-            "world", "2. the world: D_pre renders, and the judge (the simulated labeler) on fresh renders"
-        ):
-            picks = {}
-            for p in build_prompt_set():
-                if p.split == "seen" and p.category not in picks:
-                    picks[p.category] = p
-            grid([render(p.text, seed=s).image for p in picks.values() for s in range(8)], cols=8).save(
-                samples / "pretrain_grid.png"
-            )
-            judge = Judge.load()
-            combo = picks["combination"]
-            texts = [combo.text, *perturb(combo.text, 3, seed=0)]
-            for text, v in zip(
-                texts, judge.judge([render(combo.text, seed=0).image] * len(texts), texts), strict=True
-            ):
-                print(f"  {v.label:4s} P(match)={v.p_match:.3f}  {text!r}")
-            report = selftest(judge, n=500, seed=1, progress=False)
-            store.update_metrics(judge_selftest=report)
-            for name, r in report.items():
-                print(
-                    f"  selftest {name:9s}: {r['verdict_accuracy']:.1%} correct verdicts, {r['skip_rate']:.1%} skipped"
-                )
-
-        with stage("generate", "3. generate D_human and D_unlabel with the world's Stable Diffusion"):
-            n_h, n_u = scale.human_per_prompt, scale.unlabeled_per_prompt
-            gh = generate(GenerateConfig(images_per_prompt=n_h, role="human"), store, feedback)
-            gu = generate(GenerateConfig(images_per_prompt=n_u, role="unlabeled"), store, feedback)
-            go = generate(GenerateConfig(images_per_prompt=n_h, role="human"), store, held_out)
-            made = gh["generated"] + gu["generated"] + go["generated"]
-            print(f"  {made} new images ({len(feedback)} prompts x {n_h} + {n_u}, {len(held_out)} x {n_h})")
-
-        with stage("label", "4. label: 3 simulated labelers (judge + 5% flips + 5% skips) -> Table 1"):
-            sim = simulate_labels(store, n_labelers=3, noise=0.05, skip=0.05, judge=judge, progress=False)
-            summary = sim.pop("summary")
-            store.update_metrics(
-                table1={"run": summary["table1"], "paper": PAPER_TABLE1},
-                label_simulate={**sim, "fleiss_kappa": summary["fleiss_kappa"]},
-            )
-            print("  " + format_table1(summary["table1"]).replace("\n", "\n  "))
-            print(
-                f"  Fleiss' kappa {summary['fleiss_kappa']}; `t2ialign label serve {run}` opens the web app"
-            )
-
-        clip, processor, clip_id = load_clip()
-        clip_path = str(resolve_clip_path(None)[0])
-        with stage(
-            "reward", "5. reward: r_phi on world-CLIP embeddings, MSE + lambda * prompt classification"
-        ):
-            rcfg = RewardConfig()
-            model, rep = train_reward(store, rcfg, clip, processor, clip_id, clip_path, progress=False)
-            model.save(run / "reward")
-            store.update_metrics(reward_train={k: v for k, v in rep.items() if k != "loss_history"})
-            print(f"  trained on {rep['n_train']} labeled images in {rep['seconds']} s -> {run / 'reward'}")
-
-        with stage("reward_eval", "6. Fig. 4: pairwise accuracy of the reward vs CLIP score, 3 seeds"):
-            res = evaluate_rewards(
-                store,
-                rcfg,
-                clip,
-                processor,
-                clip_id,
-                clip_path,
-                seeds=tuple(range(scale.reward_seeds)),
-                progress=False,
-            )
-            plot_fig4(res, run / "reward_fig4.png")
-            store.update_metrics(reward_eval=res)
-            for scorer, sets in res["scorers"].items():
-                print(
-                    f"  {scorer:17s} "
-                    + "  ".join(f"{k} {v['mean']:.1%}" for k, v in sets.items() if v["mean"] is not None)
-                )
-
-        with stage("finetune", "7. fine-tune the UNet on Eq. 4: the three columns of Table 2"):
-            for name, change in TABLE2.items():
-                ft = from_dict(
-                    FinetuneConfig,
-                    to_dict(FinetuneConfig())
-                    | change
-                    | {"max_train_steps": scale.finetune_steps, "pretrain_images": scale.pretrain_images},
-                    "finetune",
-                )
-                resume = "latest" if (run / "finetune" / name / "checkpoints").exists() else None
-                r = finetune(ft, store, name=name, resume_from_checkpoint=resume)
-                print(
-                    f"  {name:16s} {r['steps']} steps on {r['n_model']} images ({r['images_per_second']} img/s)"
-                )
-
-        m = scale.eval_images_per_prompt
-        with stage(
-            "evaluate",
-            f"8. evaluate: base, fine-tuned (x3) and rejection sampling (best {m} of {4 * m}), "
-            f"{m} images per prompt, paired with base",
-        ):
-            ecfg = EvaluateConfig(n_seen=scale.n_eval, n_unseen=scale.n_eval, images_per_prompt=m)
-            models = {"base": {"kind": "pipeline", "path": None}}
-            for name in TABLE2:
-                models[f"finetuned:{name}"] = {
-                    "kind": "pipeline",
-                    "path": str(run / "finetune" / name / "pipeline"),
-                }
-            models["rejection"] = {"kind": "rejection", "path": None}
-            ev = evaluate_models(store, models, ecfg, judge=judge)
-            print("  " + format_report(ev).replace("\n", "\n  "))
-            _grid(store, ev, run / "evaluate" / "grid.png")
-
-        with stage("side_by_side", "9. Fig. 3: side-by-side votes of 9 simulated raters per prompt"):
+        with stage("prompts"):
+            feedback, held_out = _prompts(store, scale)
+        with stage("world"):
+            judge = _world(store, run / "samples")
+        with stage("generate"):
+            _generate(store, scale, feedback, held_out)
+        with stage("label"):
+            _label(store, judge, run)
+        clip = (*load_clip(), str(resolve_clip_path(None)[0]))  # model, processor, id, folder
+        with stage("reward"):
+            _reward(store, clip, run)
+        with stage("reward_eval"):
+            _reward_eval(store, clip, scale, run)
+        with stage("finetune"):
+            _finetune(store, scale, run)
+        with stage("evaluate"):
+            _evaluate(store, scale, judge, run)
+        with stage("side_by_side"):
             _side_by_side(store, judge)
-
-        with stage("report", "10. report"):
+        with stage("report"):
             path = write_report(store)
         store.update_metrics(timings={**timings, "total": round(time.time() - t_start, 1)})
         write_report(store)  # again, now with the report's own timing and the total
     print(f"\nDone in {time.time() - t_start:.0f} s. Report: {path.resolve()}")
     return 0
+
+
+def _prompts(store, scale: Scale) -> tuple[list[str], list[str]]:
+    """Stage 1: the prompt set; returns the feedback prompts and the held-out unseen ones (labeled only to
+    test the reward). The evaluation prompts are never given feedback."""
+    from t2ialign.evaluate.run import balanced_sample, evaluation_prompts, feedback_prompts
+    from t2ialign.world.prompts import build_prompt_set
+
+    if not store.list_prompts():
+        store.add_prompts(build_prompt_set())
+    counts = store.prompt_counts()
+    eval_groups = evaluation_prompts(store, scale.n_eval, scale.n_eval)
+    rows = feedback_prompts(store, scale.n_eval, scale.n_eval)
+    if scale.feedback_prompts is not None:
+        keep = set(balanced_sample(rows, scale.feedback_prompts, "demo-feedback"))
+        rows = [r for r in rows if r["text"] in keep]
+    feedback = [r["text"] for r in rows]
+    # labeled images of unseen prompts and objects: Fig. 4's held-out sets, never trained on
+    held_out = [
+        t
+        for split in ("unseen_prompt", "unseen_object")
+        for t in balanced_sample(
+            feedback_prompts(store, scale.n_eval, scale.n_eval, split=split),
+            scale.unseen_labeled_prompts,
+            f"demo-{split}",
+        )
+    ]
+    print(
+        f"  {sum(counts.values())} prompts; {len(feedback)} for feedback, {len(held_out)} unseen ones "
+        "labeled only to test the reward; evaluation: "
+        + ", ".join(f"{len(v)} {k}" for k, v in eval_groups.items())
+        + " (never given feedback)"
+    )
+    return feedback, held_out
+
+
+def _world(store, samples: Path):
+    """Stage 2: a grid of D_pre renders, the judge on a prompt and its perturbations, and its selftest;
+    returns the judge (the simulated labeler of every later stage)."""
+    from t2ialign.world.judge import Judge, selftest
+    from t2ialign.world.prompts import build_prompt_set, perturb
+    from t2ialign.world.render import grid, render
+
+    picks = {}
+    for p in build_prompt_set():
+        if p.split == "seen" and p.category not in picks:
+            picks[p.category] = p
+    grid([render(p.text, seed=s).image for p in picks.values() for s in range(8)], cols=8).save(
+        samples / "pretrain_grid.png"
+    )
+    judge = Judge.load()
+    combo = picks["combination"]
+    texts = [combo.text, *perturb(combo.text, 3, seed=0)]
+    for text, v in zip(
+        texts, judge.judge([render(combo.text, seed=0).image] * len(texts), texts), strict=True
+    ):
+        print(f"  {v.label:4s} P(match)={v.p_match:.3f}  {text!r}")
+    report = selftest(judge, n=500, seed=1, progress=False)
+    store.update_metrics(judge_selftest=report)
+    for name, r in report.items():
+        print(
+            f"  selftest {name:9s}: {r['verdict_accuracy']:.1%} correct verdicts, {r['skip_rate']:.1%} skipped"
+        )
+    return judge
+
+
+def _generate(store, scale: Scale, feedback: list[str], held_out: list[str]) -> None:
+    """Stage 3: D_human and D_unlabel of the feedback prompts, and labeled images of the held-out ones."""
+    from t2ialign.config import GenerateConfig
+    from t2ialign.generate.images import generate
+
+    n_h, n_u = scale.human_per_prompt, scale.unlabeled_per_prompt
+    gh = generate(GenerateConfig(images_per_prompt=n_h, role="human"), store, feedback)
+    gu = generate(GenerateConfig(images_per_prompt=n_u, role="unlabeled"), store, feedback)
+    go = generate(GenerateConfig(images_per_prompt=n_h, role="human"), store, held_out)
+    made = gh["generated"] + gu["generated"] + go["generated"]
+    print(f"  {made} new images ({len(feedback)} prompts x {n_h} + {n_u}, {len(held_out)} x {n_h})")
+
+
+def _label(store, judge, run: Path) -> None:
+    """Stage 4: three simulated labelers label every human image; Table 1 and Fleiss' kappa."""
+    from t2ialign.label.simulate import simulate_labels
+    from t2ialign.label.stats import PAPER_TABLE1, format_table1
+
+    sim = simulate_labels(store, n_labelers=3, noise=0.05, skip=0.05, judge=judge, progress=False)
+    summary = sim.pop("summary")
+    store.update_metrics(
+        table1={"run": summary["table1"], "paper": PAPER_TABLE1},
+        label_simulate={**sim, "fleiss_kappa": summary["fleiss_kappa"]},
+    )
+    print("  " + format_table1(summary["table1"]).replace("\n", "\n  "))
+    print(f"  Fleiss' kappa {summary['fleiss_kappa']}; `t2ialign label serve {run}` opens the web app")
+
+
+def _reward(store, clip: tuple, run: Path) -> None:
+    """Stage 5: the reward model r_phi (Eq. 1-3) at the default RewardConfig, to RUN/reward."""
+    from t2ialign.config import RewardConfig
+    from t2ialign.reward.train import train_reward
+
+    model, rep = train_reward(store, RewardConfig(), *clip, progress=False)
+    model.save(run / "reward")
+    store.update_metrics(reward_train={k: v for k, v in rep.items() if k != "loss_history"})
+    print(f"  trained on {rep['n_train']} labeled images in {rep['seconds']} s -> {run / 'reward'}")
+
+
+def _reward_eval(store, clip: tuple, scale: Scale, run: Path) -> None:
+    """Stage 6: Fig. 4, the pairwise accuracy of the reward against the labelers, and of CLIP score."""
+    from t2ialign.config import RewardConfig
+    from t2ialign.reward.accuracy import evaluate_rewards, plot_fig4
+
+    res = evaluate_rewards(
+        store, RewardConfig(), *clip, seeds=tuple(range(scale.reward_seeds)), progress=False
+    )
+    plot_fig4(res, run / "reward_fig4.png")
+    store.update_metrics(reward_eval=res)
+    for scorer, sets in res["scorers"].items():
+        print(
+            f"  {scorer:17s} "
+            + "  ".join(f"{k} {v['mean']:.1%}" for k, v in sets.items() if v["mean"] is not None)
+        )
+
+
+def _finetune(store, scale: Scale, run: Path) -> None:
+    """Stage 7: Eq. 4, one fine-tuning run per column of Table 2 (each resumes from its checkpoints)."""
+    from t2ialign.config import FinetuneConfig, from_dict, to_dict
+    from t2ialign.finetune import TABLE2
+    from t2ialign.finetune.train import finetune
+
+    for name, change in TABLE2.items():
+        ft = from_dict(
+            FinetuneConfig,
+            to_dict(FinetuneConfig())
+            | change
+            | {"max_train_steps": scale.finetune_steps, "pretrain_images": scale.pretrain_images},
+            "finetune",
+        )
+        resume = "latest" if (run / "finetune" / name / "checkpoints").exists() else None
+        r = finetune(ft, store, name=name, resume_from_checkpoint=resume)
+        print(f"  {name:16s} {r['steps']} steps on {r['n_model']} images ({r['images_per_second']} img/s)")
+
+
+def _evaluate(store, scale: Scale, judge, run: Path) -> None:
+    """Stage 8: base, the Table 2 models and rejection sampling, judged on the same seeds; a quick grid."""
+    from t2ialign.config import EvaluateConfig
+    from t2ialign.evaluate.run import evaluate_models, format_report
+    from t2ialign.finetune import TABLE2
+
+    m = scale.eval_images_per_prompt
+    ecfg = EvaluateConfig(n_seen=scale.n_eval, n_unseen=scale.n_eval, images_per_prompt=m)
+    models = {"base": {"kind": "pipeline", "path": None}}
+    for name in TABLE2:
+        models[f"finetuned:{name}"] = {"kind": "pipeline", "path": str(run / "finetune" / name / "pipeline")}
+    models["rejection"] = {"kind": "rejection", "path": None}
+    ev = evaluate_models(store, models, ecfg, judge=judge)
+    print("  " + format_report(ev).replace("\n", "\n  "))
+    _grid(store, ev, run / "evaluate" / "grid.png")
 
 
 def _grid(store, ev: dict, path: Path) -> None:

@@ -6,39 +6,15 @@ import argparse
 import json
 
 from t2ialign.config import FINETUNE_WEIGHTS
+from t2ialign.core.cliutil import add_config, add_seed, config_from_args, subcommand
 from t2ialign.store import open_existing
-
-# command-line flags that override fields of the [finetune] table (diffusers' example-script names)
-OVERRIDES = (
-    "pretrained_model_name_or_path",
-    "reward",
-    "weights",
-    "top_k_per_prompt",
-    "beta",
-    "pretrain_data",
-    "pretrain_images",
-    "pretrain_cfg_dropout",
-    "max_train_steps",
-    "train_batch_size",
-    "gradient_accumulation_steps",
-    "learning_rate",
-    "mixed_precision",
-    "lora_rank",
-    "checkpointing_steps",
-    "seed",
-)
 
 
 def _config(args):
-    from t2ialign.config import from_dict, load_config, to_dict
+    """The [finetune] table with the flags given (diffusers' example-script names) overriding its fields."""
+    from t2ialign.config import load_config
 
-    cfg = load_config(args.config).finetune
-    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
-    if args.use_ema is not None:
-        overrides["use_ema"] = args.use_ema
-    if args.no_unlabeled:
-        overrides["use_unlabeled"] = False
-    return from_dict(type(cfg), to_dict(cfg) | overrides, "finetune")
+    return config_from_args(load_config(args.config).finetune, args, "finetune")
 
 
 def cmd_finetune(args) -> int:
@@ -57,12 +33,14 @@ def cmd_finetune(args) -> int:
 
 
 def add_command(sub) -> None:
-    sp = sub.add_parser(
-        "finetune", help="stage 5: reward-weighted fine-tuning of the UNet with the pre-training loss (Eq. 4)"
+    sp = subcommand(
+        sub,
+        "finetune",
+        cmd_finetune,
+        "stage 5: reward-weighted fine-tuning of the UNet with the pre-training loss (Eq. 4)",
+        run="run directory (with labeled images and a reward model)",
     )
-    sp.add_argument("run", help="run directory (with labeled images and a reward model)")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
-    sp.add_argument("--config", help="TOML or JSON config file (table [finetune]); see configs/table2/")
+    add_config(sp, "[finetune]; see configs/table2/")
     sp.add_argument("--name", default="default", help="output folder RUN/finetune/NAME")
     sp.add_argument(
         "--resume_from_checkpoint",
@@ -82,7 +60,13 @@ def add_command(sub) -> None:
     sp.add_argument(
         "--pretrain_cfg_dropout", type=float, help="share of D_pre examples trained on the empty prompt"
     )
-    sp.add_argument("--no-unlabeled", dest="no_unlabeled", action="store_true", help="D_model = D_human only")
+    sp.add_argument(
+        "--no-unlabeled",
+        dest="use_unlabeled",
+        action="store_false",
+        default=None,
+        help="D_model = D_human only",
+    )
     sp.add_argument("--max_train_steps", type=int)
     sp.add_argument("--train_batch_size", type=int)
     sp.add_argument("--gradient_accumulation_steps", type=int)
@@ -93,5 +77,4 @@ def add_command(sub) -> None:
         "--use_ema", action=argparse.BooleanOptionalAction, help="ship the EMA of the weights (default: on)"
     )
     sp.add_argument("--checkpointing_steps", type=int)
-    sp.add_argument("--seed", type=int)
-    sp.set_defaults(func=cmd_finetune)
+    add_seed(sp)

@@ -1,4 +1,4 @@
-"""``t2ialign label simulate | export | import | stats | compare``: the data side of stage 3 on the command line.
+"""``t2ialign label simulate | export | import | gold | backup | stats | compare``: stage 3, the data side.
 
 Thin: parse, open the run, call the library function, print. ``add_commands(label_subparsers)`` registers
 the commands on the ``label`` subparsers of the main CLI; each sets ``func`` to a function of ``args`` that
@@ -11,12 +11,8 @@ import contextlib
 import json
 from pathlib import Path
 
+from t2ialign.core.cliutil import add_seed, subcommand
 from t2ialign.store import open_existing
-
-
-def _add_run_args(sp) -> None:
-    sp.add_argument("run", metavar="RUN", help="run directory")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
 
 
 def cmd_simulate(args) -> int:
@@ -239,8 +235,8 @@ def _add_compare_commands(label_subparsers) -> None:
         "compare", help="side-by-side human evaluation of two models (paper Fig. 3)"
     ).add_subparsers(dest="compare_command", required=True)
 
-    sp = compare.add_parser("create", help="a comparison: one query per prompt, two anonymous sets A and B")
-    _add_run_args(sp)
+    help = "a comparison: one query per prompt, two anonymous sets A and B"
+    sp = subcommand(compare, "create", cmd_compare_create, help)
     sp.add_argument("name", metavar="NAME", help="comparison name: letters, digits, . _ @ -")
     sp.add_argument(
         "--first",
@@ -255,11 +251,9 @@ def _add_compare_commands(label_subparsers) -> None:
         "(default: the two models' images in RUN/evaluate/images.json)",
     )
     sp.add_argument("--raters", type=int, default=9, help="votes wanted per query, from distinct raters")
-    sp.add_argument("--seed", type=int, default=0, help="seed of the A/B order and of the query order")
-    sp.set_defaults(func=cmd_compare_create)
+    add_seed(sp, default=0, help="seed of the A/B order and of the query order")
 
-    sp = compare.add_parser("simulate", help="simulated raters vote from the world judge")
-    _add_run_args(sp)
+    sp = subcommand(compare, "simulate", cmd_compare_simulate, "simulated raters vote from the world judge")
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("--raters", type=int, help="simulated raters sim-1..sim-N (default: the comparison's)")
     sp.add_argument(
@@ -271,67 +265,48 @@ def _add_compare_commands(label_subparsers) -> None:
     sp.add_argument(
         "--tie-margin", type=float, default=0.15, help="fidelity: mean log distances closer than this tie"
     )
-    sp.add_argument("--seed", type=int, default=0)
-    sp.set_defaults(func=cmd_compare_simulate)
+    add_seed(sp, default=0)
 
-    sp = compare.add_parser("tally", help="Fig. 3: vote histograms, to metrics.json and a PNG")
-    _add_run_args(sp)
+    sp = subcommand(compare, "tally", cmd_compare_tally, "Fig. 3: vote histograms, to metrics.json and a PNG")
     sp.add_argument("name", metavar="NAME")
     sp.add_argument("--plot", help="PNG path (default: RUN/fig3_NAME.png)")
     sp.add_argument("--json", action="store_true", help="print the tally as JSON")
-    sp.set_defaults(func=cmd_compare_tally)
 
-    sp = compare.add_parser("list", help="the run's comparisons and their progress")
-    _add_run_args(sp)
-    sp.set_defaults(func=cmd_compare_list)
+    subcommand(compare, "list", cmd_compare_list, "the run's comparisons and their progress")
 
 
-def add_commands(label_subparsers) -> None:
-    """Register simulate, export, import, stats and compare on the ``t2ialign label`` subparsers."""
-    sp = label_subparsers.add_parser(
-        "simulate", help="label every image by simulated labelers (the world judge with noise and skips)"
-    )
-    _add_run_args(sp)
+def add_commands(sub) -> None:
+    """Register simulate, export, import, gold, backup, stats and compare on the ``t2ialign label``
+    subparsers ``sub``."""
+    help = "label every image by simulated labelers (the world judge with noise and skips)"
+    sp = subcommand(sub, "simulate", cmd_simulate, help)
     sp.add_argument("--labelers", type=int, default=3, help="number of simulated labelers sim-1..sim-N")
     sp.add_argument("--noise", type=float, default=0.05, help="probability of flipping good <-> bad, 0-0.5")
     sp.add_argument("--skip", type=float, default=0.05, help="probability of answering skip, 0-0.5")
-    sp.add_argument("--seed", type=int, default=0)
+    add_seed(sp, default=0)
     sp.add_argument("--role", default="human", help="which images: human, unlabeled or eval")
-    sp.set_defaults(func=cmd_simulate)
 
-    sp = label_subparsers.add_parser("export", help="write every label to a .jsonl or .parquet file")
-    _add_run_args(sp)
+    sp = subcommand(sub, "export", cmd_export, "write every label to a .jsonl or .parquet file")
     sp.add_argument("out", metavar="OUT", help="output file, .jsonl or .parquet")
-    sp.set_defaults(func=cmd_export)
 
-    sp = label_subparsers.add_parser("import", help="read labels from an export into a run")
-    _add_run_args(sp)
+    sp = subcommand(sub, "import", cmd_import, "read labels from an export into a run")
     sp.add_argument("input", metavar="IN", help="a .jsonl or .parquet label export")
     sp.add_argument(
         "--images-from",
         metavar="RUN",
         help="run directory holding the image files of images new to RUN (an export carries no files)",
     )
-    sp.set_defaults(func=cmd_import)
 
-    sp = label_subparsers.add_parser(
-        "gold", help="add gold images (world renders with a known answer) to measure raters' accuracy"
-    )
-    _add_run_args(sp)
+    help = "add gold images (world renders with a known answer) to measure raters' accuracy"
+    sp = subcommand(sub, "gold", cmd_gold, help)
     sp.add_argument("--n", type=int, default=40, help="how many: half right renders, half wrong ones")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.set_defaults(func=cmd_gold)
+    add_seed(sp, default=0)
 
-    sp = label_subparsers.add_parser(
-        "backup", help="copy a run's SQLite database with SQLite's online backup API (safe while serving)"
-    )
-    _add_run_args(sp)
+    help = "copy a run's SQLite database with SQLite's online backup API (safe while serving)"
+    sp = subcommand(sub, "backup", cmd_backup, help)
     sp.add_argument("out", metavar="OUT", help="the backup file to create, e.g. backups/run-2026-12-01.db")
-    sp.set_defaults(func=cmd_backup)
 
-    sp = label_subparsers.add_parser("stats", help="Table 1 class balance, agreement, progress")
-    _add_run_args(sp)
+    sp = subcommand(sub, "stats", cmd_stats, "Table 1 class balance, agreement, progress")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
-    sp.set_defaults(func=cmd_stats)
 
-    _add_compare_commands(label_subparsers)
+    _add_compare_commands(sub)

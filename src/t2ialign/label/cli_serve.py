@@ -1,6 +1,6 @@
-"""``t2ialign label serve | add-labeler | revoke | rotate``: run the labeling web app, manage accounts.
+"""``t2ialign label serve | add-labeler | revoke | rotate | exclude``: the labeling web app, its accounts.
 
-``add_commands(label_subparsers)`` registers both on the ``label`` subparsers of the main CLI; each sets
+``add_commands(label_subparsers)`` registers them on the ``label`` subparsers of the main CLI; each sets
 ``func`` to a function of ``args`` that returns 0 or raises ValueError for bad input.
 """
 
@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from t2ialign.core.cliutil import subcommand
 from t2ialign.store import open_existing
 
 ADMIN_SECRET_ENV = "T2IALIGN_ADMIN_SECRET"
@@ -134,23 +135,28 @@ def cmd_add_labeler(args) -> int:
 
     with open_existing(args.run, args.db_url) as store:
         token = create_labeler(store, args.name)
-    print(f"labeler {args.name} created; their token (shown only now, stored hashed):\n{token}")
+    print(f"labeler {args.name} created; their token (shown only now, stored hashed):")
+    print(token)
     return 0
 
 
 def add_commands(label_subparsers) -> None:
-    """Register serve and add-labeler on the ``t2ialign label`` subparsers."""
-    from t2ialign.label.app import DEFAULT_BODY_TIMEOUT_SECONDS, DEFAULT_LEASE_SECONDS
-    from t2ialign.label.http import DEFAULT_HEAD_TIMEOUT_SECONDS
+    """Register serve, revoke, rotate, exclude and add-labeler on the ``t2ialign label`` subparsers."""
+    _add_serve(label_subparsers)
+    _add_account_commands(label_subparsers)
 
-    sp = label_subparsers.add_parser(
+
+def _add_serve(label_subparsers) -> None:
+    from t2ialign.label.app import DEFAULT_LEASE_SECONDS
+
+    sp = subcommand(
+        label_subparsers,
         "serve",
-        help="run the labeling web app over a run",
+        cmd_serve,
+        "run the labeling web app over a run",
         description=f"Run the labeling web app. The admin secret comes from ${ADMIN_SECRET_ENV} or "
         "--admin-secret-file; the server refuses to start without one.",
     )
-    sp.add_argument("run", metavar="RUN", help="run directory")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--k", type=int, default=3, help="labels wanted per image, from distinct labelers")
@@ -176,6 +182,21 @@ def add_commands(label_subparsers) -> None:
         "believed (default: none)",
     )
     sp.add_argument(
+        "--gold-rate",
+        type=float,
+        default=0.0,
+        help="share of screens that are gold images (t2ialign label gold), 0-1; they measure raters' "
+        "accuracy and are never feedback",
+    )
+    _add_timeouts(sp)
+
+
+def _add_timeouts(sp) -> None:
+    """How long the server waits for a slow or idle client (cmd_serve checks each is in (0, 3600])."""
+    from t2ialign.label.app import DEFAULT_BODY_TIMEOUT_SECONDS
+    from t2ialign.label.http import DEFAULT_HEAD_TIMEOUT_SECONDS
+
+    sp.add_argument(
         "--head-timeout",
         type=float,
         default=DEFAULT_HEAD_TIMEOUT_SECONDS,
@@ -188,43 +209,26 @@ def add_commands(label_subparsers) -> None:
         help="seconds a request body has to arrive, else 408",
     )
     sp.add_argument(
-        "--gold-rate",
-        type=float,
-        default=0.0,
-        help="share of screens that are gold images (t2ialign label gold), 0-1; they measure raters' "
-        "accuracy and are never feedback",
-    )
-    sp.add_argument(
         "--keep-alive-timeout",
         type=float,
         default=5.0,
         help="seconds an idle keep-alive connection stays open",
     )
-    sp.set_defaults(func=cmd_serve)
 
+
+def _add_account_commands(sub) -> None:
+    """Labeler accounts: revoke, rotate, exclude, add-labeler."""
     for name, func, text in (
         ("revoke", cmd_revoke, "revoke a labeler's access at once (token and sessions); labels are kept"),
         ("rotate", cmd_rotate, "give a labeler a new token (printed once); the old one and sessions end"),
     ):
-        sp = label_subparsers.add_parser(name, help=text)
-        sp.add_argument("run", metavar="RUN", help="run directory")
+        sp = subcommand(sub, name, func, text)
         sp.add_argument("name", metavar="NAME", help="labeler name")
-        sp.add_argument(
-            "--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)"
-        )
-        sp.set_defaults(func=func)
 
-    sp = label_subparsers.add_parser(
-        "exclude", help="exclude a labeler's labels from training (a careless rater); rows are kept"
-    )
-    sp.add_argument("run", metavar="RUN", help="run directory")
+    help = "exclude a labeler's labels from training (a careless rater); rows are kept"
+    sp = subcommand(sub, "exclude", cmd_exclude, help)
     sp.add_argument("name", metavar="NAME", help="labeler name")
     sp.add_argument("--include", action="store_true", help="include them again")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
-    sp.set_defaults(func=cmd_exclude)
 
-    sp = label_subparsers.add_parser("add-labeler", help="create a labeler account and print its token once")
-    sp.add_argument("run", metavar="RUN", help="run directory")
+    sp = subcommand(sub, "add-labeler", cmd_add_labeler, "create a labeler account and print its token once")
     sp.add_argument("name", metavar="NAME", help="labeler name: letters, digits, . _ @ -")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
-    sp.set_defaults(func=cmd_add_labeler)

@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from t2ialign.core.cliutil import add_config, add_seed, config_from_args, subcommand
 from t2ialign.store import open_existing
 
 
 def _config(args):
-    from t2ialign.config import from_dict, load_config, to_dict
+    from t2ialign.config import load_config
 
-    cfg = load_config(args.config).reward
-    overrides = {
-        k: getattr(args, k)
-        for k in ("clip", "pc_weight", "temperature", "epochs", "seed")
-        if getattr(args, k, None) is not None
-    }
-    return from_dict(type(cfg), to_dict(cfg) | overrides, "reward")
+    return config_from_args(load_config(args.config).reward, args, "reward")
 
 
 def _clip(cfg):
@@ -94,46 +89,42 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
-    """Register ``embed``, ``train``, ``score`` and ``eval`` on the ``reward`` subparsers."""
+def _add_run_command(sub, name: str, func, help: str):
+    """A command over a run that reads the [reward] table and a CLIP."""
+    sp = subcommand(sub, name, func, help)
+    add_config(sp, "[reward]")
+    sp.add_argument("--clip", help="local transformers CLIP folder (default: the shipped world CLIP)")
+    return sp
 
-    def common(sp):
-        sp.add_argument("run", metavar="RUN", help="run directory")
-        sp.add_argument(
-            "--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)"
-        )
-        sp.add_argument("--config", help="TOML or JSON config file (table [reward])")
-        sp.add_argument("--clip", help="local transformers CLIP folder (default: the shipped world CLIP)")
 
-    sp = sub.add_parser("embed", help="CLIP embeddings of every image and prompt of the run, cached")
-    common(sp)
-    sp.set_defaults(func=cmd_embed)
-
-    sp = sub.add_parser("train", help="train r_phi: MSE (Eq. 1) + lambda * prompt classification (Eq. 2)")
-    common(sp)
-    sp.add_argument("--out", help="output folder (default: RUN/reward)")
+def _add_training_args(sp) -> None:
+    """The [reward] fields that ``train`` and ``eval`` take from the command line."""
     sp.add_argument("--pc-weight", dest="pc_weight", type=float, help="lambda of Eq. 3")
     sp.add_argument("--temperature", type=float, help="T of Eq. 2")
     sp.add_argument("--epochs", type=int)
-    sp.add_argument("--seed", type=int)
-    sp.set_defaults(func=cmd_train)
+    add_seed(sp)
 
-    sp = sub.add_parser("score", help="score images against a prompt with a trained reward model")
+
+def add_commands(sub) -> None:
+    """Register ``embed``, ``train``, ``score`` and ``eval`` on the ``reward`` subparsers."""
+    _add_run_command(sub, "embed", cmd_embed, "CLIP embeddings of every image and prompt of the run, cached")
+
+    help = "train r_phi: MSE (Eq. 1) + lambda * prompt classification (Eq. 2)"
+    sp = _add_run_command(sub, "train", cmd_train, help)
+    sp.add_argument("--out", help="output folder (default: RUN/reward)")
+    _add_training_args(sp)
+
+    sp = subcommand(
+        sub, "score", cmd_score, "score images against a prompt with a trained reward model", run=None
+    )
     sp.add_argument("model", help="reward model folder")
     sp.add_argument("images", nargs="+")
     sp.add_argument("--prompt", required=True)
     sp.add_argument(
         "--clip", help="where its CLIP is, if not where it was trained (it must be the same CLIP)"
     )
-    sp.set_defaults(func=cmd_score)
 
-    sp = sub.add_parser(
-        "eval", help="pairwise accuracy vs labelers (Fig. 4): reward, no PC, half data, CLIP score"
-    )
-    common(sp)
+    help = "pairwise accuracy vs labelers (Fig. 4): reward, no PC, half data, CLIP score"
+    sp = _add_run_command(sub, "eval", cmd_eval, help)
     sp.add_argument("--seeds", type=int, default=3, help="number of seeds per trained variant")
-    sp.add_argument("--pc-weight", dest="pc_weight", type=float)
-    sp.add_argument("--temperature", type=float)
-    sp.add_argument("--epochs", type=int)
-    sp.add_argument("--seed", type=int)
-    sp.set_defaults(func=cmd_eval)
+    _add_training_args(sp)

@@ -31,6 +31,7 @@ import torch
 
 from t2ialign import __version__
 from t2ialign.config import ConfigError, GenerateConfig, to_dict
+from t2ialign.core.cliutil import add_config, add_sampler_args, config_from_args, subcommand
 from t2ialign.core.fsutil import atomic_write
 from t2ialign.generate.images import generate, image_seed, select_prompts
 from t2ialign.store import Store
@@ -203,68 +204,22 @@ def rejection_sample(
     passed by a caller that already loaded the pipeline, else ``cfg.generate.model`` is loaded. Writes the
     selection file and the metrics entry; returns the summary (also stored in the file).
     """
-    from t2ialign.models.load import load_pipeline
-    from t2ialign.reward.model import RewardModel
-
     cfg.validate()
-    if not prompts:
-        raise ValueError("no prompts given")
-    if len(set(prompts)) != len(prompts):
-        dup = next(p for p in prompts if prompts.count(p) > 1)
-        raise ValueError(f"prompt {dup!r} is given twice")
-    known = {r["text"] for r in store.list_prompts()}
-    unknown = [p for p in prompts if p not in known]
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} prompts are not in the run (e.g. {unknown[0]!r}); run `t2ialign prompts` first"
-        )
+    _check_prompts(store, prompts)
     rpath = reward_path(cfg, store)
-    if reward is None:
-        if not (rpath / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no reward model at {rpath}; train one with `t2ialign reward train {store.run_dir}` or "
-                "pass its folder (--reward)"
-            )
-        reward = RewardModel.load(rpath)  # refuses a CLIP other than the one it was trained on
-    if pipe is None:
-        pipe, model_id, revision = load_pipeline(cfg.generate.model)
-    elif model_info is None:
-        raise ValueError("a pipeline passed in needs its model_info (model id, revision)")
-    else:
-        model_id, revision = model_info
+    reward = reward if reward is not None else _load_reward(rpath, store)
+    pipe, (model_id, revision) = _pipeline(cfg, pipe, model_info)
 
     t0 = time.time()
     gen_cfg = candidate_config(cfg)
     gen = generate(gen_cfg, store, prompts, pipe=pipe, model_info=(model_id, revision), progress=progress)
     candidates = _find_candidates(store, prompts, gen_cfg, model_id, revision)
     rewards = _score(store, reward, candidates, progress)
-
-    per_prompt, kept_all, random_all = [], [], []
-    for p in prompts:
-        entries = [
-            {"index": i, "seed": r["seed"], "sha256": r["sha256"], "reward": rw}
-            for i, (r, rw) in enumerate(zip(candidates[p], rewards[p], strict=True))
-        ]
-        kept = [entries[i] for i in top_k(rewards[p], cfg.keep)]
-        rand = entries[: cfg.keep]
-        kept_all += [e["reward"] for e in kept]
-        random_all += [e["reward"] for e in rand]
-        per_prompt.append({"prompt": p, "kept": kept, "random": rand, "candidates": entries})
+    per_prompt = [{"prompt": p} | _select(candidates[p], rewards[p], cfg.keep) for p in prompts]
 
     path = selection_path(store, model_id, cfg.best_of, cfg.keep)
-    summary = {
-        "file": str(path.relative_to(store.run_dir)),
-        "model_id": model_id,
-        "model_revision": revision,
-        "best_of": cfg.best_of,
-        "keep": cfg.keep,
-        "prompts": len(prompts),
-        "mean_reward_kept": round(_mean(kept_all), 6),
-        "mean_reward_random": round(_mean(random_all), 6),
-        "mean_reward_all": round(_mean([x for p in prompts for x in rewards[p]]), 6),
-        "generated": gen["generated"],
-        "seconds": round(time.time() - t0, 2),
-    }
+    summary = _summary(store, path, cfg, (model_id, revision), per_prompt)
+    summary |= {"generated": gen["generated"], "seconds": round(time.time() - t0, 2)}
     selection = {
         "format": SELECTION_FORMAT,
         "t2ialign_version": __version__,
@@ -285,6 +240,79 @@ def rejection_sample(
     sections = store.read_metrics().get(METRICS_SECTION, {})
     store.update_metrics(**{METRICS_SECTION: {**sections, path.stem: summary}})
     return summary
+
+
+def _check_prompts(store: Store, prompts: list[str]) -> None:
+    """ValueError unless ``prompts`` is a non-empty list of distinct prompts of the run."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    if len(set(prompts)) != len(prompts):
+        dup = next(p for p in prompts if prompts.count(p) > 1)
+        raise ValueError(f"prompt {dup!r} is given twice")
+    known = {r["text"] for r in store.list_prompts()}
+    unknown = [p for p in prompts if p not in known]
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} prompts are not in the run (e.g. {unknown[0]!r}); run `t2ialign prompts` first"
+        )
+
+
+def _load_reward(rpath: Path, store: Store):
+    from t2ialign.reward.model import RewardModel
+
+    if not (rpath / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no reward model at {rpath}; train one with `t2ialign reward train {store.run_dir}` or "
+            "pass its folder (--reward)"
+        )
+    return RewardModel.load(rpath)  # refuses a CLIP other than the one it was trained on
+
+
+def _pipeline(cfg: SampleConfig, pipe, model_info: tuple[str, str] | None):
+    """The pipeline and its (model id, revision): the one passed in, else ``cfg.generate.model`` loaded."""
+    from t2ialign.models.load import load_pipeline
+
+    if pipe is None:
+        pipe, model_id, revision = load_pipeline(cfg.generate.model)
+        return pipe, (model_id, revision)
+    if model_info is None:
+        raise ValueError("a pipeline passed in needs its model_info (model id, revision)")
+    return pipe, model_info
+
+
+def _select(rows: list[dict], rewards: list[float], keep: int) -> dict:
+    """One prompt's entry of the selection: its candidates, the ``keep`` kept and the random baseline."""
+    entries = [
+        {"index": i, "seed": r["seed"], "sha256": r["sha256"], "reward": rw}
+        for i, (r, rw) in enumerate(zip(rows, rewards, strict=True))
+    ]
+    return {
+        "kept": [entries[i] for i in top_k(rewards, keep)],
+        "random": entries[:keep],
+        "candidates": entries,
+    }
+
+
+def _summary(
+    store: Store, path: Path, cfg: SampleConfig, model: tuple[str, str], per_prompt: list[dict]
+) -> dict:
+    """What the selection says in brief: where it is, of which model, and the mean reward of the images
+    kept, of the random baseline and of all candidates."""
+
+    def mean_reward(which: str) -> float:
+        return round(_mean([e["reward"] for p in per_prompt for e in p[which]]), 6)
+
+    return {
+        "file": str(path.relative_to(store.run_dir)),
+        "model_id": model[0],
+        "model_revision": model[1],
+        "best_of": cfg.best_of,
+        "keep": cfg.keep,
+        "prompts": len(per_prompt),
+        "mean_reward_kept": mean_reward("kept"),
+        "mean_reward_random": mean_reward("random"),
+        "mean_reward_all": mean_reward("candidates"),
+    }
 
 
 def write_selection(path: Path, selection: dict) -> None:
@@ -332,24 +360,11 @@ def load_selection(path: str | Path) -> dict:
 
 
 def _sample_config(args) -> SampleConfig:
-    from t2ialign.config import from_dict, load_config
+    """The [generate] table with the sampler flags given, role eval, and the flags of rejection sampling."""
+    from t2ialign.config import load_config
 
-    gen = load_config(args.config).generate
-    overrides = {
-        k: getattr(args, k)
-        for k in (
-            "model",
-            "num_inference_steps",
-            "guidance_scale",
-            "scheduler",
-            "batch_size",
-            "mixed_precision",
-            "seed",
-        )
-        if getattr(args, k, None) is not None
-    }
-    gen = from_dict(GenerateConfig, to_dict(gen) | overrides | {"role": "eval"}, "generate")
-    return SampleConfig(best_of=args.best_of, keep=args.keep, reward=args.reward, generate=gen)
+    gen = config_from_args(load_config(args.config).generate, args, "generate", role="eval")
+    return config_from_args(SampleConfig(generate=gen), args, "sample")
 
 
 def cmd_sample(args) -> int:
@@ -369,17 +384,9 @@ def add_command(sub) -> None:
     """Register ``sample`` on the top-level subparsers."""
     from t2ialign.world.prompts import SPLITS
 
-    sp = sub.add_parser(
-        "sample",
-        help="stage 6: rejection sampling, the best k of n images per prompt by reward (Sec. 4.3)",
-    )
-    sp.add_argument("run", metavar="RUN", help="run directory")
-    sp.add_argument("--db-url", help="SQLAlchemy URL of the run database (default: SQLite file in the run)")
-    sp.add_argument("--config", help="TOML or JSON config file (table [generate]: the sampler)")
-    sp.add_argument(
-        "--model",
-        help="local diffusers Stable Diffusion folder, base or fine-tuned (default: the shipped world model)",
-    )
+    help = "stage 6: rejection sampling, the best k of n images per prompt by reward (Sec. 4.3)"
+    sp = subcommand(sub, "sample", cmd_sample, help)
+    add_config(sp, "[generate]: the sampler")
     sp.add_argument("--reward", help="reward model folder (default: RUN/reward)")
     sp.add_argument("--best-of", dest="best_of", type=int, default=16, help="n: candidates per prompt")
     sp.add_argument("--keep", type=int, default=4, help="k: images kept per prompt, greatest reward first")
@@ -394,10 +401,8 @@ def add_command(sub) -> None:
     sp.add_argument(
         "--max-prompts", dest="max_prompts", type=int, help="a seeded sample of this many prompts per split"
     )
-    sp.add_argument("--steps", dest="num_inference_steps", type=int, help="sampler steps")
-    sp.add_argument("--guidance-scale", dest="guidance_scale", type=float)
-    sp.add_argument("--scheduler", help="default, dpm++, ddim, euler, euler_a or pndm")
-    sp.add_argument("--batch-size", dest="batch_size", type=int, help="images per pipeline call")
-    sp.add_argument("--mixed-precision", dest="mixed_precision", help="no, bf16 or fp16")
-    sp.add_argument("--seed", type=int, help="seed of the candidates' image seeds and of the prompt sample")
-    sp.set_defaults(func=cmd_sample)
+    add_sampler_args(
+        sp,
+        model_help="local diffusers Stable Diffusion folder, base or fine-tuned (default: the shipped world model)",
+        seed_help="seed of the candidates' image seeds and of the prompt sample",
+    )
