@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -80,3 +82,29 @@ def test_publish_dir_replaces_a_folder_whole(tmp_path):
     publish_dir(tmp, final)
     assert [p.name for p in final.iterdir()] == ["new.txt"]
     assert not tmp.exists() and not (tmp_path / "out.old").exists()
+
+
+def test_fingerprints_see_weights_config_and_files(tmp_path):
+    from t2ialign.core.fingerprint import file_sha256, folder_fingerprint, module_fingerprint
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2000, 2)  # 4,000 float32 weights: 16,000 bytes, more than the 4,096 sampled
+    fp = module_fingerprint(net)
+    assert fp == module_fingerprint(net) and len(fp) == 16
+    with torch.no_grad():
+        net.weight[0, 0] += 1.0  # inside the sample: seen by both
+    assert module_fingerprint(net) != fp
+    full = module_fingerprint(net, sample_bytes=None)
+    with torch.no_grad():
+        net.weight[1, -1] += 1.0  # past the first 4,096 bytes: only the full hash sees it
+    assert module_fingerprint(net, sample_bytes=None) != full
+    net.config = {"width": 1}
+    assert module_fingerprint(net) != module_fingerprint(net, with_config=False)
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "b.txt").write_text("ignored")
+    f1 = folder_fingerprint(tmp_path)
+    (tmp_path / "b.txt").write_text("still ignored")
+    assert folder_fingerprint(tmp_path) == f1
+    (tmp_path / "a.json").write_text('{"x": 1}')
+    assert folder_fingerprint(tmp_path) != f1
+    assert file_sha256(tmp_path / "a.json") == hashlib.sha256(b'{"x": 1}').hexdigest()

@@ -9,7 +9,6 @@ Resume refuses a missing path or a config that differs from the checkpoint's: it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from t2ialign.core.fingerprint import file_sha256
 from t2ialign.core.fsutil import fsync_dir, fsync_file
 
 MANIFEST = "manifest.json"
@@ -26,14 +26,6 @@ PREFIX = "checkpoint-"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete, corrupt, or made with another config."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict, dict]:
@@ -82,7 +74,7 @@ def save_checkpoint(
     files = {}
     for name in ("tensors.safetensors", "state.json"):
         fsync_file(tmp / name)
-        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
     (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
     fsync_file(tmp / MANIFEST)
     fsync_dir(tmp)
@@ -146,7 +138,7 @@ def load_checkpoint(
     if verify:
         manifest = json.loads((path / MANIFEST).read_text())
         for name, f in manifest["files"].items():
-            if _sha256(path / name) != f["sha256"]:
+            if file_sha256(path / name) != f["sha256"]:
                 raise CheckpointError(f"checkpoint {path}: {name} does not match its manifest (corrupt)")
     state = json.loads((path / "state.json").read_text())
     if expect_config is not None and state.get("config") != expect_config:

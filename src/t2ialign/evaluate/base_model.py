@@ -11,11 +11,13 @@ from t2ialign.config import GenerateConfig
 from t2ialign.evaluate.alignment import OBJECT_SPLITS, alignment_report
 from t2ialign.generate.images import generate, select_prompts
 from t2ialign.label.oracle import judge_stored
+from t2ialign.label.stats import PAPER_TABLE1
 from t2ialign.store import Store
 from t2ialign.world.judge import Judge
 from t2ialign.world.prompts import CATEGORIES, build_prompt_set
 
-PAPER_TABLE1_GOOD = {"count": 0.344, "color": 0.704, "background": 0.669, "combination": 0.358}
+# the paper's Table 1 good shares as fractions (label.stats.PAPER_TABLE1 holds the table)
+PAPER_TABLE1_GOOD = {c: round(PAPER_TABLE1[c]["good"] / 100, 3) for c in CATEGORIES}
 
 
 def evaluate_base(

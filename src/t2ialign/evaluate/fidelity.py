@@ -36,6 +36,7 @@ from safetensors.numpy import save as save_numpy
 from torch import nn
 from torch.nn import functional as F
 
+from t2ialign.core.fingerprint import file_sha256
 from t2ialign.core.fsutil import atomic_write
 from t2ialign.models.embed import clip_fingerprint, embed_images
 from t2ialign.world.render import render
@@ -433,14 +434,6 @@ def load_inception(path: str | Path) -> FIDInceptionV3:
     except RuntimeError as e:
         raise ValueError(f"{p} is not an FID Inception-v3 state dict: {e}") from e
     return model
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def inception_feature_fingerprint(path: str | Path) -> str:

@@ -34,9 +34,6 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from t2ialign.config import EvaluateConfig, GenerateConfig, to_dict
 from t2ialign.core.fsutil import atomic_write
 from t2ialign.evaluate.alignment import summarize
@@ -247,6 +244,60 @@ def _aligned(judged: dict) -> float:
     return 1.0 if judged["verdict"] == "good" else 0.0  # a skip counts as not aligned, as in summarize
 
 
+def _alignment(judged: list[dict]) -> dict:
+    """``summarize`` per group and category, with "all" over groups and over categories."""
+    alignment = {
+        g: {c: summarize([j for j in judged if j["group"] == g and j["category"] == c]) for c in CATEGORIES}
+        | {"all": summarize([j for j in judged if j["group"] == g])}
+        for g in GROUPS
+    }
+    alignment["all"] = {c: summarize([j for j in judged if j["category"] == c]) for c in CATEGORIES} | {
+        "all": summarize(judged)
+    }
+    return alignment
+
+
+def _score(
+    store: Store, rows: list[dict], judge, emb, reward, group_of: dict, cfg: EvaluateConfig, progress: bool
+):
+    """The judge's verdicts (with each image's group), r_phi's rewards, and the per-model figures: CLIP
+    score, FD_CLIP (and FID with Inception weights), mean reward per group."""
+    from t2ialign.evaluate.fidelity import fidelity_report
+
+    judged = judge_stored(store, rows, judge)
+    for j in judged:
+        j["group"] = group_of[j["prompt"]]
+    shas, texts = [r["sha256"] for r in rows], [r["prompt"] for r in rows]
+    emb.ensure(shas, sorted(set(texts)), progress)
+    x, z = emb.images.get(shas), emb.texts.get(texts)
+    rewards = reward.score_embeddings(x, z).double()
+    clip_scores = (x.double() * z.double()).sum(-1)
+    pixels = [(r["prompt"], store.image_array(r["sha256"])) for r in rows]
+    fidelity = fidelity_report(
+        pixels, reward.clip, reward.processor, store.run_dir / "fidelity", inception_path=cfg.inception
+    )
+    by_group = {g: round(float(rewards[[group_of[t] == g for t in texts]].mean()), 4) for g in GROUPS}
+    return judged, rewards, {"clip_score": clip_scores, "fidelity": fidelity, "by_group": by_group}
+
+
+def _model_entry(model, model_id, revision, cfg, judged, rewards, scores) -> dict:
+    """One model's entry in ``evaluate.models`` (its "seconds" are added by the caller)."""
+    return {
+        "kind": model["kind"],
+        "path": model["path"],
+        "model_id": model_id,
+        "model_revision": revision,
+        "n_images": len(judged),
+        "images_per_prompt": cfg.images_per_prompt,
+        "alignment": _alignment(judged),
+        "mean_reward": round(float(rewards.mean()), 4),
+        "mean_reward_by_group": scores["by_group"],
+        "clip_score": round(float(scores["clip_score"].mean()), 4),
+        "fd_clip": round(scores["fidelity"]["fd_clip"], 5),
+        "fid_inception": scores["fidelity"]["fid_inception"],
+    }
+
+
 def evaluate_models(
     store: Store, models: dict[str, dict], cfg: EvaluateConfig, progress: bool = True, judge=None
 ) -> dict:
@@ -259,7 +310,6 @@ def evaluate_models(
     including "all"; ``paired_attribute`` {model: {group: {attribute: ...}}} the same for the judge's
     reading of count, color, shape and background over the prompts that name it; ``paired_reward``
     {model: {group: ...}} for r_phi's reward."""
-    from t2ialign.evaluate.fidelity import fidelity_report
     from t2ialign.models.embed import Embeddings
     from t2ialign.reward.model import RewardModel
     from t2ialign.world.judge import Judge
@@ -289,50 +339,12 @@ def evaluate_models(
         images, sets, model_id, revision = _images_of(store, model, prompts, cfg, reward, progress)
         slots = [(p, k) for p in prompts for k in images[p]]
         rows = [images[p][k] for p, k in slots]
-        judged = judge_stored(store, rows, judge)
-        for j in judged:
-            j["group"] = group_of[j["prompt"]]
-        alignment = {
-            g: {
-                c: summarize([j for j in judged if j["group"] == g and j["category"] == c])
-                for c in CATEGORIES
-            }
-            | {"all": summarize([j for j in judged if j["group"] == g])}
-            for g in GROUPS
-        }
-        alignment["all"] = {c: summarize([j for j in judged if j["category"] == c]) for c in CATEGORIES} | {
-            "all": summarize(judged)
-        }
-        shas, texts = [r["sha256"] for r in rows], [r["prompt"] for r in rows]
-        emb.ensure(shas, sorted(set(texts)), progress)
-        x, z = emb.images.get(shas), emb.texts.get(texts)
-        rewards = reward.score_embeddings(x, z).double()
+        judged, rewards, scores = _score(store, rows, judge, emb, reward, group_of, cfg, progress)
         by_slot[name], reward_by_slot[name] = {p: {} for p in prompts}, {p: {} for p in prompts}
         for (p, k), j, rw in zip(slots, judged, rewards.tolist(), strict=True):
             by_slot[name][p][k], reward_by_slot[name][p][k] = j, rw
-        clip_scores = (x.double() * z.double()).sum(-1)
-        pixels = [
-            (r["prompt"], np.asarray(Image.open(store.image_path(r["sha256"])).convert("RGB"))) for r in rows
-        ]
-        fidelity = fidelity_report(
-            pixels, reward.clip, reward.processor, store.run_dir / "fidelity", inception_path=cfg.inception
-        )
-        report["models"][name] = {
-            "kind": model["kind"],
-            "path": model["path"],
-            "model_id": model_id,
-            "model_revision": revision,
-            "n_images": len(rows),
-            "images_per_prompt": cfg.images_per_prompt,
-            "alignment": alignment,
-            "mean_reward": round(float(rewards.mean()), 4),
-            "mean_reward_by_group": {
-                g: round(float(rewards[[group_of[t] == g for t in texts]].mean()), 4) for g in GROUPS
-            },
-            "clip_score": round(float(clip_scores.mean()), 4),
-            "fd_clip": round(fidelity["fd_clip"], 5),
-            "fid_inception": fidelity["fid_inception"],
-            "seconds": round(time.time() - t0, 1),
+        report["models"][name] = _model_entry(model, model_id, revision, cfg, judged, rewards, scores) | {
+            "seconds": round(time.time() - t0, 1)
         }
         if model["kind"] == "rejection":
             report["models"][name] |= {

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from t2ialign.config import FinetuneConfig
+from t2ialign.core.fingerprint import module_fingerprint
 from t2ialign.core.fsutil import atomic_write
 from t2ialign.finetune.losses import clamp_rewards
 from t2ialign.store import Store
@@ -41,18 +42,6 @@ class LatentSet:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-
-def module_fingerprint(module) -> str:
-    """Identifies a model by its config and (a sample of) its weights: a cache made with another VAE or
-    text encoder is never reused."""
-    config = getattr(module, "config", {})
-    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().contiguous().numpy().tobytes()[:4096])
-    return h.hexdigest()[:16]
 
 
 def pipeline_resolution(pipe) -> int:
@@ -113,11 +102,11 @@ def _cached_set(cache_dir: Path, what: str, identity: dict, build) -> LatentSet:
     return s
 
 
-def _load_rgb(path: Path, size: int) -> np.ndarray:
-    im = Image.open(path).convert("RGB")
+def _load_rgb(store: Store, sha256: str, size: int) -> np.ndarray:
+    im = store.open_image(sha256)
     if im.size != (size, size):
         raise ValueError(
-            f"image {path.name} is {im.size[0]}x{im.size[1]}, but the model works at {size}x{size}: "
+            f"image {sha256}.png is {im.size[0]}x{im.size[1]}, but the model works at {size}x{size}: "
             "D_model must be images this model generated"
         )
     return np.asarray(im)
@@ -201,7 +190,7 @@ def build_model_set(store: Store, pipe, items: list[dict], progress: bool = Fals
     }
 
     def build() -> LatentSet:
-        images = [_load_rgb(store.image_path(r["sha256"]), size) for r in items]
+        images = [_load_rgb(store, r["sha256"], size) for r in items]
         mean, std = encode_images(pipe.vae, images, desc="encode D_model", progress=progress)
         row = {t: i for i, t in enumerate(texts)}
         return LatentSet(

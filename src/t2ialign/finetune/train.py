@@ -98,11 +98,8 @@ def finetune(
     report.json. A folder with checkpoints is only continued with ``resume_from_checkpoint``.
     """
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
-    from diffusers.training_utils import EMAModel
 
     from t2ialign.models.load import load_pipeline
-    from t2ialign.reward.model import RewardModel
 
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
@@ -110,39 +107,81 @@ def finetune(
         cpu=not torch.cuda.is_available(),
     )
     out = store.run_dir / "finetune" / name
-    ckpt_root = out / "checkpoints"
+    resume = _resume_point(out / "checkpoints", resume_from_checkpoint, accelerator)
+    pipe, model_id, revision = load_pipeline(cfg.pretrained_model_name_or_path)
+    identity = _identity(cfg, accelerator.num_processes, revision)
+    # refuse a mismatched checkpoint before any expensive work
+    checkpoint = load_checkpoint(resume, expect_config=identity) if resume is not None else None
+    data = _Data(cfg, store, pipe, accelerator, progress and accelerator.is_main_process)
+    state = _train_state(pipe.unet, cfg, identity, out / "checkpoints")
+    start = 0
+    if checkpoint is not None:
+        start = state.restore(*checkpoint)
+        accelerator.print(f"resumed from {resume} at step {start}")
+    unet, optimizer = accelerator.prepare(state.module, state.optimizer)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "finetune_config.json").write_text(json.dumps(to_dict(cfg), indent=1) + "\n")
+        _truncate_log(out / "batches.jsonl", start)
+    losses, rewards_seen, seconds = _train(
+        cfg, name, data, state, unet, optimizer, accelerator, start, progress
+    )
+    report = _report(cfg, name, model_id, revision, data, accelerator, start, losses, rewards_seen, seconds)
+    if not losses:
+        report["final_loss"] = checkpoint[1].get("loss") if checkpoint is not None else None
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(unet)
+        state.finish()
+        _save_outputs(pipe, unet, cfg, out, report)
+        (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        store.update_metrics(finetune={**store.read_metrics().get("finetune", {}), name: report})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report
+
+
+def _resume_point(ckpt_root: Path, resume_from_checkpoint: str | None, accelerator) -> Path | None:
+    """The checkpoint to continue, or None; a folder with checkpoints is continued only when asked."""
     if resume_from_checkpoint is None and latest_checkpoint(ckpt_root) is not None:
         raise CheckpointError(
-            f"{out} already holds checkpoints: pass resume_from_checkpoint='latest' (--resume_from_checkpoint "
-            "latest) to continue them, or choose another name"
+            f"{ckpt_root.parent} already holds checkpoints: pass resume_from_checkpoint='latest' "
+            "(--resume_from_checkpoint latest) to continue them, or choose another name"
         )
     resume = resolve_resume(ckpt_root, resume_from_checkpoint)
     if resume_from_checkpoint == "latest" and resume is None:
         accelerator.print(f"no checkpoint under {ckpt_root} yet: starting at step 0")
+    return resume
 
-    pipe, model_id, revision = load_pipeline(cfg.pretrained_model_name_or_path)
-    identity = _identity(cfg, accelerator.num_processes, revision)
-    state: dict = {}
-    if resume is not None:  # refuse a mismatched checkpoint before any expensive work
-        ckpt_tensors, state = load_checkpoint(resume, expect_config=identity)
 
-    # --- data, encoded once by the main process (the others read its cache) ---
-    reward_path = Path(cfg.reward) if cfg.reward else store.run_dir / "reward"
-    with accelerator.main_process_first():
-        reward_model = RewardModel.load(reward_path) if cfg.weights == "reward" else None
-        items = model_examples(store, cfg, reward_model, progress and accelerator.is_main_process)
-        d_model = build_model_set(store, pipe, items, progress and accelerator.is_main_process)
-        d_pre = (
-            build_pretrain_set(store, pipe, cfg, progress and accelerator.is_main_process)
-            if cfg.beta > 0
-            else None
-        )
-    scaling = float(pipe.vae.config.scaling_factor)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    T = noise_scheduler.config.num_train_timesteps
+class _Data:
+    """D_model (weighted by the reward or the labels) and D_pre, encoded once by the main process (the
+    others read its cache), with the noise scheduler and the global batch sizes."""
 
-    # --- the trainable UNet: all of it, or LoRA adapters ---
-    unet = pipe.unet
+    def __init__(self, cfg: FinetuneConfig, store: Store, pipe, accelerator, progress: bool):
+        from diffusers import DDPMScheduler
+
+        from t2ialign.reward.model import RewardModel
+
+        self.reward_path = Path(cfg.reward) if cfg.reward else store.run_dir / "reward"
+        with accelerator.main_process_first():
+            self.reward_model = RewardModel.load(self.reward_path) if cfg.weights == "reward" else None
+            items = model_examples(store, cfg, self.reward_model, progress)
+            self.model = build_model_set(store, pipe, items, progress)
+            self.pre = build_pretrain_set(store, pipe, cfg, progress) if cfg.beta > 0 else None
+        self.scaling = float(pipe.vae.config.scaling_factor)
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        world, accum = accelerator.num_processes, cfg.gradient_accumulation_steps
+        self.g_model = cfg.train_batch_size * accum * world
+        self.g_pre = cfg.pretrain_batch_size * accum * world
+        # (1, L, H): the text encoder's states for "", what classifier-free guidance conditions on
+        dropout = self.pre is not None and cfg.pretrain_cfg_dropout > 0
+        self.null_emb = encode_texts(pipe, [""]) if dropout else None
+
+
+def _train_state(unet, cfg: FinetuneConfig, identity: dict, ckpt_root: Path) -> TrainState:
+    """The trainable UNet (all of it, or LoRA adapters), its AdamW and optional EMA, checkpointed."""
+    from diffusers.training_utils import EMAModel
+
     unet.train()
     if cfg.lora_rank > 0:
         from peft import LoraConfig
@@ -157,44 +196,87 @@ def finetune(
             )
         )
     params = [p for p in unet.parameters() if p.requires_grad]
-    raw_optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
-    train_state = TrainState(
+    return TrainState(
         unet,
-        raw_optimizer,
+        optimizer,
         ema,
         config=identity,
         root=ckpt_root,
         keep=cfg.checkpoints_total_limit,
         trainable_only=True,
     )
-    start = 0
-    if resume is not None:
-        start = train_state.restore(ckpt_tensors, state)
-        accelerator.print(f"resumed from {resume} at step {start}")
-    unet, optimizer = accelerator.prepare(unet, raw_optimizer)
 
+
+def _step_batches(cfg: FinetuneConfig, data: _Data, step: int) -> dict:
+    """Step ``step``'s global batches: example indices, posterior noise, diffusion noise and timesteps of
+    D_model and D_pre, and D_pre's caption dropout, all drawn from a generator seeded by (seed, step)."""
+    T = data.scheduler.config.num_train_timesteps
+    gen = torch.Generator().manual_seed(stable_seed("finetune-noise", cfg.seed, step))
+    out = {
+        "model": batch_indices(len(data.model), data.g_model, step, cfg.seed, "model"),
+        "model_noise": draw_noise(data.model, data.g_model, T, gen),
+    }
+    if data.pre is not None:
+        out["pre"] = batch_indices(len(data.pre), data.g_pre, step, cfg.seed, "pre")
+        out["pre_noise"] = draw_noise(data.pre, data.g_pre, T, gen)
+        out["drop"] = (
+            torch.rand(data.g_pre, generator=gen) < cfg.pretrain_cfg_dropout
+            if data.null_emb is not None
+            else None
+        )
+    return out
+
+
+def _micro(data: _Data, s: LatentSet, idx, eps, noise, t, k: int, per: int):
+    """Examples [k * per, (k + 1) * per) of a global batch: noisy latents, timesteps, conditioning,
+    target and weights."""
+    sl = slice(k * per, (k + 1) * per)
+    i = torch.from_numpy(idx[sl])
+    x0 = (s.mean[i] + s.std[i] * eps[sl]) * data.scaling  # (B, C, h, w): a posterior sample
+    noisy = data.scheduler.add_noise(x0, noise[sl], t[sl])
+    target = denoising_target(data.scheduler, x0, noise[sl], t[sl])
+    return noisy, t[sl], s.text_emb[s.text_ids[i]], target, s.weights[i]
+
+
+def _micro_loss(cfg: FinetuneConfig, data: _Data, batches: dict, unet, k: int, device):
+    """Eq. 4 on this process's slice k (micro-step m, rank r: k = m * world + r) of the step's batches,
+    with one UNet call on the D_model and D_pre examples together (one forward instead of two)."""
+    noisy, t, cond, target, w = _micro(
+        data, data.model, batches["model"], *batches["model_noise"], k, cfg.train_batch_size
+    )
+    b = len(w)
+    if data.pre is not None:
+        per = cfg.pretrain_batch_size
+        p_noisy, p_t, p_cond, p_target, _ = _micro(
+            data, data.pre, batches["pre"], *batches["pre_noise"], k, per
+        )
+        if batches["drop"] is not None:  # the empty prompt, as the pipeline's unconditional branch sees it
+            p_cond = torch.where(batches["drop"][k * per : (k + 1) * per, None, None], data.null_emb, p_cond)
+        noisy, t = torch.cat([noisy, p_noisy]), torch.cat([t, p_t])
+        cond, target = torch.cat([cond, p_cond]), torch.cat([target, p_target])
+    pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=cond.to(device)).sample
+    per_sample = per_sample_mse(pred, target.to(device))  # (B [+ B_pre],)
+    pre = per_sample[b:] if data.pre is not None else None
+    return eq4_loss(per_sample[:b], w.to(device), pre, cfg.beta)[0]
+
+
+def _train(
+    cfg: FinetuneConfig,
+    name: str,
+    data: _Data,
+    state: TrainState,
+    unet,
+    optimizer,
+    accelerator,
+    start: int,
+    progress: bool,
+):
+    """The step loop from ``start``: every process computes the same global batch and takes its slice;
+    gradient accumulation over micro-steps; a checkpoint every ``checkpointing_steps`` and at the end."""
     world, rank, accum = accelerator.num_processes, accelerator.process_index, cfg.gradient_accumulation_steps
-    g_model = cfg.train_batch_size * accum * world
-    g_pre = cfg.pretrain_batch_size * accum * world
-    log_path = out / "batches.jsonl"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "finetune_config.json").write_text(json.dumps(to_dict(cfg), indent=1) + "\n")
-        _truncate_log(log_path, start)
-
-    def micro(data: LatentSet, idx, eps, noise, t, m: int, per: int):
-        """This process's slice of micro-step m: noisy latents, conditioning, target, weights."""
-        sl = slice((m * world + rank) * per, (m * world + rank + 1) * per)
-        i = torch.from_numpy(idx[sl])
-        x0 = (data.mean[i] + data.std[i] * eps[sl]) * scaling  # (B, C, h, w): a posterior sample
-        noisy = noise_scheduler.add_noise(x0, noise[sl], t[sl])
-        target = denoising_target(noise_scheduler, x0, noise[sl], t[sl])
-        return noisy, t[sl], data.text_emb[data.text_ids[i]], target, data.weights[i]
-
-    device = accelerator.device
-    # (1, L, H): the text encoder's states for "", what classifier-free guidance conditions on
-    null_emb = encode_texts(pipe, [""]) if d_pre is not None and cfg.pretrain_cfg_dropout > 0 else None
+    log_path = state.root.parent / "batches.jsonl"
     losses, rewards_seen, t0 = [], [], time.time()
     bar = tqdm(
         range(start, cfg.max_train_steps),
@@ -204,73 +286,57 @@ def finetune(
         disable=not (progress and accelerator.is_main_process),
     )
     for step in bar:
-        set_lr(raw_optimizer, lr_at(step, cfg.learning_rate, cfg.lr_warmup_steps))
-        gen = torch.Generator().manual_seed(stable_seed("finetune-noise", cfg.seed, step))
-        idx_m = batch_indices(len(d_model), g_model, step, cfg.seed, "model")
-        noise_m = draw_noise(d_model, g_model, T, gen)
-        if d_pre is not None:
-            idx_p = batch_indices(len(d_pre), g_pre, step, cfg.seed, "pre")
-            noise_p = draw_noise(d_pre, g_pre, T, gen)
-            drop_p = (
-                torch.rand(g_pre, generator=gen) < cfg.pretrain_cfg_dropout if null_emb is not None else None
-            )
+        set_lr(state.optimizer, lr_at(step, cfg.learning_rate, cfg.lr_warmup_steps))
+        batches = _step_batches(cfg, data, step)
         step_loss = 0.0
         for m in range(accum):
             with accelerator.accumulate(unet):
-                noisy, t, cond, target, w = micro(d_model, idx_m, *noise_m, m, cfg.train_batch_size)
-                b = len(w)
-                if d_pre is not None:  # one UNet call on both batches: one forward instead of two
-                    p_noisy, p_t, p_cond, p_target, _ = micro(
-                        d_pre, idx_p, *noise_p, m, cfg.pretrain_batch_size
-                    )
-                    if drop_p is not None:  # the empty prompt, as the pipeline's unconditional branch sees it
-                        k = (m * world + rank) * cfg.pretrain_batch_size
-                        drop = drop_p[k : k + cfg.pretrain_batch_size, None, None]
-                        p_cond = torch.where(drop, null_emb, p_cond)
-                    noisy, t = torch.cat([noisy, p_noisy]), torch.cat([t, p_t])
-                    cond, target = torch.cat([cond, p_cond]), torch.cat([target, p_target])
-                pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=cond.to(device)).sample
-                per_sample = per_sample_mse(pred, target.to(device))  # (B [+ B_pre],)
-                loss, parts = eq4_loss(
-                    per_sample[:b], w.to(device), per_sample[b:] if d_pre is not None else None, cfg.beta
-                )
+                loss = _micro_loss(cfg, data, batches, unet, m * world + rank, accelerator.device)
                 check_finite(loss, f"finetune {name}", step, gather=accelerator.gather)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_(state.params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.item() / accum
-        if ema is not None:
-            ema.step(params)
+        if state.ema is not None:
+            state.ema.step(state.params)
         losses.append(step_loss)
-        rewards_seen.append(float(d_model.weights[torch.from_numpy(idx_m)].mean()))
+        rewards_seen.append(float(data.model.weights[torch.from_numpy(batches["model"])].mean()))
         if accelerator.is_main_process:
+            pre = batches["pre"].tolist() if data.pre is not None else []
             with open(log_path, "a") as f:
-                f.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "model": idx_m.tolist(),
-                            "pre": idx_p.tolist() if d_pre is not None else [],
-                        }
-                    )
-                )
-                f.write("\n")
+                f.write(json.dumps({"step": step, "model": batches["model"].tolist(), "pre": pre}) + "\n")
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", reward=f"{np.mean(rewards_seen[-20:]):.3f}")
         if (step + 1) % cfg.checkpointing_steps == 0 or step + 1 == cfg.max_train_steps:
             if accelerator.is_main_process:
-                train_state.save(step + 1, float(np.mean(losses[-20:])))
+                state.save(step + 1, float(np.mean(losses[-20:])))
             accelerator.wait_for_everyone()
     bar.close()
-    seconds = time.time() - t0
-    steps_run = cfg.max_train_steps - start
+    return losses, rewards_seen, time.time() - t0
 
-    report = {
+
+def _report(
+    cfg: FinetuneConfig,
+    name,
+    model_id,
+    revision,
+    data: _Data,
+    accelerator,
+    start,
+    losses,
+    rewards_seen,
+    seconds,
+) -> dict:
+    """report.json: what was trained, on how much, how fast, to what loss."""
+    steps_run = cfg.max_train_steps - start
+    n_pre = len(data.pre) if data.pre is not None else 0
+    g_pre = data.g_pre if data.pre is not None else 0
+    return {
         "name": name,
         "base_model": model_id,
         "base_revision": revision,
-        "reward_model": str(reward_path) if reward_model is not None else None,
+        "reward_model": str(data.reward_path) if data.reward_model is not None else None,
         "weights": cfg.weights,
         "use_unlabeled": cfg.use_unlabeled,
         "top_k_per_prompt": cfg.top_k_per_prompt,
@@ -279,28 +345,17 @@ def finetune(
         "pretrain_cfg_dropout": cfg.pretrain_cfg_dropout,
         "learning_rate": cfg.learning_rate,
         "use_ema": cfg.use_ema,
-        "n_model": len(d_model),
-        "n_pretrain": len(d_pre) if d_pre is not None else 0,
-        "mean_weight": round(float(d_model.weights.mean()), 4),
+        "n_model": len(data.model),
+        "n_pretrain": n_pre,
+        "mean_weight": round(float(data.model.weights.mean()), 4),
         "steps": cfg.max_train_steps,
         "steps_this_call": steps_run,
-        "num_processes": world,
-        "global_batch": {"model": g_model, "pretrain": g_pre if d_pre is not None else 0},
+        "num_processes": accelerator.num_processes,
+        "global_batch": {"model": data.g_model, "pretrain": g_pre},
         "seconds": round(seconds, 2),
-        "images_per_second": round(steps_run * (g_model + (g_pre if d_pre is not None else 0)) / seconds, 1)
-        if steps_run
-        else None,
-        "final_loss": round(float(np.mean(losses[-20:])), 5) if losses else state.get("loss"),
+        "images_per_second": round(steps_run * (data.g_model + g_pre) / seconds, 1) if steps_run else None,
+        "final_loss": round(float(np.mean(losses[-20:])), 5) if losses else None,
     }
-    if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(unet)
-        train_state.finish()
-        _save_outputs(pipe, unet, cfg, out, report)
-        (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        store.update_metrics(finetune={**store.read_metrics().get("finetune", {}), name: report})
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return report
 
 
 def _save_outputs(pipe, unet, cfg: FinetuneConfig, out: Path, report: dict) -> None:

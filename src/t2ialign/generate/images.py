@@ -92,6 +92,28 @@ def select_prompts(rows: list[dict], max_prompts: int | None, seed: int) -> list
     return [r for i, r in enumerate(rows) if i in keep]
 
 
+def _records(store: Store, batch: list[tuple[str, int]], images, shas: set[str], common: dict) -> list[dict]:
+    """Store each image's PNG and return the rows of the new ones; an image byte-identical to one already
+    recorded (a degenerate model) is skipped, keeping one."""
+    records = []
+    for (prompt, seed), image in zip(batch, images, strict=True):
+        sha = store.put_image_bytes(png_bytes(image))
+        if sha in shas:
+            continue
+        shas.add(sha)
+        records.append(
+            dict(
+                sha256=sha,
+                prompt_text=prompt,
+                seed=seed,
+                width=image.shape[1],
+                height=image.shape[0],
+                **common,
+            )
+        )
+    return records
+
+
 def generate(
     cfg: GenerateConfig,
     store: Store,
@@ -141,28 +163,16 @@ def generate(
     for i in range(0, len(todo), cfg.batch_size):
         batch = todo[i : i + cfg.batch_size]
         images = sample_images(pipe, [p for p, _ in batch], [s for _, s in batch], cfg)
-        records = []
-        for (prompt, seed), image in zip(batch, images, strict=True):
-            sha = store.put_image_bytes(png_bytes(image))
-            if sha in shas:  # byte-identical to an image already recorded (a degenerate model): keep one
-                duplicates += 1
-                continue
-            shas.add(sha)
-            records.append(
-                dict(
-                    sha256=sha,
-                    prompt_text=prompt,
-                    model_id=model_id,
-                    model_revision=model_revision,
-                    seed=seed,
-                    sampler=sampler,
-                    role=cfg.role,
-                    width=image.shape[1],
-                    height=image.shape[0],
-                )
-            )
+        records = _records(
+            store,
+            batch,
+            images,
+            shas,
+            dict(model_id=model_id, model_revision=model_revision, sampler=sampler, role=cfg.role),
+        )
         store.add_images(records)  # one transaction per batch: a crash loses at most this batch
         made += len(records)
+        duplicates += len(batch) - len(records)
         bar.update(len(batch))
     bar.close()
     seconds = time.time() - t0

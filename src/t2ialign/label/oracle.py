@@ -4,9 +4,6 @@ counts its verdicts."""
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
-
 from t2ialign.store import Store
 from t2ialign.world.judge import Judge
 from t2ialign.world.prompts import spec_of
@@ -18,7 +15,7 @@ def judge_stored(store: Store, images: list[dict], judge: Judge, batch: int = 51
     out = []
     for i in range(0, len(images), batch):
         rows = images[i : i + batch]
-        pixels = [np.asarray(Image.open(store.image_path(r["sha256"])).convert("RGB")) for r in rows]
+        pixels = [store.image_array(r["sha256"]) for r in rows]
         specs = [spec_of(prompts[r["prompt"]]) for r in rows]
         for r, spec, v in zip(rows, specs, judge.judge(pixels, specs), strict=True):
             p = prompts[r["prompt"]]

@@ -7,7 +7,6 @@ labeling reuses one cache per CLIP: ``RUN/embeddings/<clip key>/{images,texts}.s
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from t2ialign.core.fingerprint import module_fingerprint
 from t2ialign.core.fsutil import atomic_write
 from t2ialign.store import Store
 
@@ -30,11 +30,7 @@ def clip_features(out) -> torch.Tensor:
 
 def clip_fingerprint(model) -> str:
     """Identifies a CLIP by its architecture and weights: embeddings of two CLIPs never mix."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().contiguous().numpy().tobytes()[:4096])  # a sample of each tensor
-    return h.hexdigest()[:16]
+    return module_fingerprint(model)
 
 
 def _fast_pixels(processor, images: list) -> torch.Tensor | None:
@@ -151,7 +147,7 @@ class Embeddings:
         missing = self.images.missing(shas)
         for i in tqdm(range(0, len(missing), 1024), desc="embed images", disable=not progress):
             chunk = missing[i : i + 1024]
-            pil = [Image.open(self.store.image_path(s)).convert("RGB") for s in chunk]
+            pil = [self.store.open_image(s) for s in chunk]
             self.images.add(chunk, embed_images(self.clip, self.processor, pil))
         missing = self.texts.missing(texts)
         if missing:

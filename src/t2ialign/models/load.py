@@ -7,9 +7,10 @@ clear error.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from t2ialign.core.fingerprint import folder_fingerprint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "world" / "weights"
 WORLD_SD = WEIGHTS_DIR / "sd"
@@ -58,14 +59,7 @@ def resolve_sd_path(path: str | Path | None) -> tuple[Path, str]:
 
 def revision(folder: Path) -> str:
     """A short content hash of a pipeline's UNet weights and config: which exact model made an image."""
-    h = hashlib.sha256()
-    for f in sorted((folder / "unet").glob("*")):
-        if f.suffix in (".json", ".safetensors", ".bin"):
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
+    return folder_fingerprint(folder / "unet")
 
 
 def load_pipeline(path: str | Path | None = None):
@@ -105,3 +99,20 @@ def load_clip(path: str | Path | None = None):
     model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
     processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
     return model, processor, model_id
+
+
+def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
+    """A stock ``StableDiffusionPipeline`` of these parts, with no safety checker or feature extractor
+    (what the shapes world and the tests' tiny models ship)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

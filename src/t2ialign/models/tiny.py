@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from t2ialign.models.load import assemble_pipeline
 from t2ialign.models.tokenizer import MAX_LENGTH, build_clip_tokenizer
 
 
@@ -31,7 +32,7 @@ def _text_config(tokenizer) -> dict:
 
 def build_tiny_pipeline(path: str | Path, seed: int = 0, image_size: int = 32) -> Path:
     """Save a tiny StableDiffusionPipeline (VAE factor 2, latent 4 x image_size/2) to ``path``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_clip_tokenizer()
@@ -60,16 +61,7 @@ def build_tiny_pipeline(path: str | Path, seed: int = 0, image_size: int = 32) -
     scheduler = DDIMScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler)
     pipe.save_pretrained(path, safe_serialization=True)
     return Path(path)
 

@@ -39,6 +39,7 @@ from t2ialign.core.fsutil import atomic_write, publish_dir
 from t2ialign.core.seeds import stable_seed
 from t2ialign.core.training import TrainState, fit
 from t2ialign.models.embed import clip_features
+from t2ialign.models.load import assemble_pipeline
 from t2ialign.models.tokenizer import MAX_LENGTH, build_clip_tokenizer, grammar_corpus
 from t2ialign.world import vocab
 from t2ialign.world.dataset import caption_for, web_caption
@@ -395,17 +396,10 @@ def embed_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor
 def save_pipeline(final: Path, vae, text_encoder, tokenizer, unet, sched, full: dict) -> None:
     """A stock ``StableDiffusionPipeline`` of these parts (DPM-Solver++ on the training schedule), saved to
     a temporary folder, then renamed into place; ``t2ialign.json`` records the config that made it."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler
 
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(sched.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    pipe = assemble_pipeline(
+        vae, text_encoder, tokenizer, unet, DPMSolverMultistepScheduler.from_config(sched.config)
     )
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():

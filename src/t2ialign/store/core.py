@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from alembic import command
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -160,6 +161,17 @@ class Store(LabelsMixin, ComparisonsMixin):
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
             raise ValueError(f"not a sha256 (64 lowercase hex digits): {sha256!r}")
         return self.images_dir / sha256[:2] / f"{sha256}.png"
+
+    def open_image(self, sha256: str):
+        """The stored image as an RGB ``PIL.Image``."""
+        from PIL import Image
+
+        with Image.open(self.image_path(sha256)) as im:
+            return im.convert("RGB")
+
+    def image_array(self, sha256: str) -> np.ndarray:
+        """The stored image as an (H, W, 3) uint8 array."""
+        return np.asarray(self.open_image(sha256))
 
     def put_image_bytes(self, png_bytes: bytes) -> str:
         """Store a PNG under the sha256 of its bytes and return the sha256; storing it again is a no-op.
