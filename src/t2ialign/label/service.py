@@ -1,9 +1,15 @@
 """The one code path by which any label enters a run: the web app's handlers call :func:`submit_label`,
 the simulated labelers :func:`submit_labels` (the same validation and the same upsert, many at once), so
-simulated feedback is stored exactly as people's is."""
+simulated feedback is stored exactly as people's is. Side-by-side votes likewise: :func:`submit_vote`
+for the web app, :func:`submit_votes` for the simulated raters.
+
+Votes enter with answers as the rater saw them (A / B / tie); the store translates them to the model they
+prefer in the transaction that writes them. A vote is final; a resend of it changes nothing. A query
+takes at most its comparison's ``raters_per_query`` votes, from distinct raters."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from t2ialign.store import LABEL_VALUES, Store
@@ -35,3 +41,30 @@ def submit_labels(store: Store, labels: list[tuple[int, int, str]]) -> None:
         if value not in LABEL_VALUES:
             raise ValueError(f"label must be one of {', '.join(LABEL_VALUES)}, got {value!r}")
     store.set_labels([(image_id, labeler_id, value) for labeler_id, image_id, value in labels])
+
+
+# --- side-by-side votes (paper Sec. 4.2) -------------------------------------------------------------------
+
+
+def submit_vote(
+    store: Store,
+    labeler_id: int,
+    query_id: int,
+    alignment: str,
+    fidelity: str,
+    leased_at: datetime | None = None,
+) -> str:
+    """Record one rater's vote on one query, answers as shown (A, B or tie); committed when this returns.
+
+    Returns "new", or "unchanged" for a resend of the same vote. Raises ``store.VoteConflict`` when the
+    rater voted otherwise before (a vote is final) or the query has all its votes, ValueError for an
+    unknown query or rater or an answer outside A / B / tie. With ``leased_at`` (the web app), a new vote
+    needs the query leased to the rater at that time (``store.NotLeased``, a VoteConflict, otherwise).
+    """
+    counts = store.add_votes([(query_id, labeler_id, alignment, fidelity)], leased_at=leased_at)
+    return "new" if counts["new"] else "unchanged"
+
+
+def submit_votes(store: Store, votes: Iterable[tuple[int, int, str, str]]) -> dict[str, int]:
+    """Many (labeler_id, query_id, alignment, fidelity) at once, in one transaction: all or none."""
+    return store.add_votes([(q, lab, a, f) for lab, q, a, f in votes])

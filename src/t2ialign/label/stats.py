@@ -211,6 +211,27 @@ def rater_quality(store: Store) -> dict[str, dict]:
     - ``excluded``: excluded from the training labels (``t2ialign label exclude``).
     - ``flags``: "low agreement", "low gold accuracy", "fast", "skips a lot" when the thresholds above are passed.
     """
+    labelers, rows, gold = _rater_rows(store)
+    gold_right: dict[int, list[bool]] = {}
+    for lab, value, answer in gold:
+        if value != "skip":
+            gold_right.setdefault(lab, []).append(value == answer)
+    by_image: dict[int, Counter] = {}
+    for image_id, _, value, _ in rows:
+        by_image.setdefault(image_id, Counter())[value] += 1
+    answers: dict[int, list[tuple[int, str, object]]] = {i: [] for i in labelers}
+    for image_id, lab, value, created in rows:
+        answers.setdefault(lab, []).append((image_id, value, created))
+    return {
+        name: _rater_row(answers.get(lab, []), by_image, gold_right.get(lab, []), excluded)
+        for lab, (name, excluded) in sorted(labelers.items(), key=lambda x: x[1][0])
+    }
+
+
+def _rater_rows(store: Store) -> tuple[dict[int, tuple[str, bool]], list, list]:
+    """What :func:`rater_quality` reads: the labelers but the admin {id: (name, excluded)}; the labels of
+    images with role human (image_id, labeler_id, value, created_at) by labeler and time; and every label
+    of a gold image with its known answer (labeler_id, value, answer)."""
     with store.session() as s:
         labelers = {
             i: (name, excluded)
@@ -231,53 +252,52 @@ def rater_quality(store: Store) -> dict[str, dict]:
                 GoldRow, GoldRow.image_id == LabelRow.image_id
             )
         ).all()
-    gold_right: dict[int, list[bool]] = {}
-    for lab, value, answer in gold:
-        if value != "skip":
-            gold_right.setdefault(lab, []).append(value == answer)
-    by_image: dict[int, Counter] = {}
-    for image_id, _, value, _ in rows:
-        by_image.setdefault(image_id, Counter())[value] += 1
-    answers: dict[int, list[tuple[int, str, object]]] = {i: [] for i in labelers}
-    for image_id, lab, value, created in rows:
-        answers.setdefault(lab, []).append((image_id, value, created))
-    out = {}
-    for lab, (name, excluded) in sorted(labelers.items(), key=lambda x: x[1][0]):
-        mine = answers.get(lab, [])
-        n = len(mine)
-        skips = sum(v == "skip" for _, v, _ in mine)
-        agree = compared = 0
-        for image_id, value, _ in mine:
-            if value == "skip":
-                continue
-            others = by_image[image_id].copy()
-            others[value] -= 1
-            if others["good"] != others["bad"]:
-                compared += 1
-                agree += value == ("good" if others["good"] > others["bad"] else "bad")
-        gaps = sorted((b[2] - a[2]).total_seconds() for a, b in zip(mine, mine[1:], strict=False))
-        median_gap = gaps[len(gaps) // 2] if gaps else 0.0
-        row = {
-            "labels": n,
-            "skip_rate": round(skips / n, 4) if n else None,
-            "agreement": round(agree / compared, 4) if compared else None,
-            "compared": compared,
-            "per_minute": round(60.0 / median_gap, 2) if median_gap > 0 else None,
-            "gold_accuracy": round(sum(gold_right[lab]) / len(gold_right[lab]), 4)
-            if gold_right.get(lab)
-            else None,
-            "gold": len(gold_right.get(lab, ())),
-            "excluded": bool(excluded),
-        }
-        flags = []
-        if compared >= MIN_COMPARED and row["agreement"] < AGREEMENT_FLOOR:
-            flags.append("low agreement")
-        if row["gold"] >= MIN_GOLD and row["gold_accuracy"] < AGREEMENT_FLOOR:
-            flags.append("low gold accuracy")
-        if row["per_minute"] is not None and row["per_minute"] > MAX_ANSWERS_PER_MINUTE:
-            flags.append("fast")
-        if n >= MIN_COMPARED and skips / n > MAX_SKIP_RATE:
-            flags.append("skips a lot")
-        row["flags"] = flags
-        out[name] = row
-    return out
+    return labelers, rows, gold
+
+
+def _agreement(mine: list[tuple[int, str, object]], by_image: dict[int, Counter]) -> tuple[int, int]:
+    """(agree, compared): of a rater's good/bad answers, how many equal the majority of the *other*
+    labelers' good/bad answers on the same image, and on how many images the others have a majority."""
+    agree = compared = 0
+    for image_id, value, _ in mine:
+        if value == "skip":
+            continue
+        others = by_image[image_id].copy()
+        others[value] -= 1
+        if others["good"] != others["bad"]:
+            compared += 1
+            agree += value == ("good" if others["good"] > others["bad"] else "bad")
+    return agree, compared
+
+
+def _rater_row(
+    mine: list[tuple[int, str, object]], by_image: dict[int, Counter], gold_right: list[bool], excluded
+) -> dict:
+    """One rater's row of :func:`rater_quality` from their answers (image_id, value, created_at) in time
+    order, every image's answers, and whether each of their gold answers was right."""
+    n = len(mine)
+    skips = sum(v == "skip" for _, v, _ in mine)
+    agree, compared = _agreement(mine, by_image)
+    gaps = sorted((b[2] - a[2]).total_seconds() for a, b in zip(mine, mine[1:], strict=False))
+    median_gap = gaps[len(gaps) // 2] if gaps else 0.0
+    row = {
+        "labels": n,
+        "skip_rate": round(skips / n, 4) if n else None,
+        "agreement": round(agree / compared, 4) if compared else None,
+        "compared": compared,
+        "per_minute": round(60.0 / median_gap, 2) if median_gap > 0 else None,
+        "gold_accuracy": round(sum(gold_right) / len(gold_right), 4) if gold_right else None,
+        "gold": len(gold_right),
+        "excluded": bool(excluded),
+    }
+    flags = []
+    if compared >= MIN_COMPARED and row["agreement"] < AGREEMENT_FLOOR:
+        flags.append("low agreement")
+    if row["gold"] >= MIN_GOLD and row["gold_accuracy"] < AGREEMENT_FLOOR:
+        flags.append("low gold accuracy")
+    if row["per_minute"] is not None and row["per_minute"] > MAX_ANSWERS_PER_MINUTE:
+        flags.append("fast")
+    if n >= MIN_COMPARED and skips / n > MAX_SKIP_RATE:
+        flags.append("skips a lot")
+    row["flags"] = flags
+    return row

@@ -8,6 +8,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
 from t2ialign.world.prompts import CATEGORIES, SPLITS
 
 DB_FILENAME = "t2ialign.db"
@@ -96,6 +100,20 @@ def _check_utc(name: str, t) -> datetime:
     if not isinstance(t, datetime) or t.tzinfo is None:
         raise ValueError(f"{name} must be a timezone-aware datetime, got {t!r}")
     return t.astimezone(UTC)
+
+
+def _insert(s: Session):
+    """The dialect's INSERT of this session's database, the one with ON CONFLICT DO UPDATE (an upsert)."""
+    return {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[s.get_bind().dialect.name]
+
+
+def _check_known(s: Session, row: type, ids, what: str) -> None:
+    """ValueError naming the smallest of these ids that no ``row`` has (a labeler, an image, ...)."""
+    for chunk in _chunks(sorted(ids), 500):
+        found = set(s.scalars(select(row.id).where(row.id.in_(chunk))))
+        unknown = sorted(set(chunk) - found)
+        if unknown:
+            raise ValueError(f"unknown {what} id {unknown[0]}")
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:

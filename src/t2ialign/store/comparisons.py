@@ -6,25 +6,23 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from t2ialign.store._common import (
     _INT64,
-    NotLeased,
-    VoteConflict,
     _as_utc,
     _check_int,
+    _check_known,
     _check_one_of,
     _check_str,
     _check_utc,
     _chunks,
 )
+from t2ialign.store.leases import QUERIES, admit, assign, mine_state, read_taken, with_taken
 from t2ialign.store.schema import (
     SHOWN_SIDES,
     ComparisonImageRow,
-    ComparisonLeaseRow,
     ComparisonQueryRow,
     ComparisonRow,
     ComparisonVoteRow,
@@ -58,73 +56,16 @@ class ComparisonsMixin:
         prompt has one query per comparison. Everything is validated before anything is written, in one
         transaction; a taken name is an error.
         """
-        for label, value in (("comparison name", name), ("first_model", first_model)):
-            _check_str(label, value)
-        _check_str("second_model", second_model)
-        if first_model == second_model:
-            raise ValueError(f"the two models of a comparison need different names, both are {first_model!r}")
-        _check_int("raters_per_query", raters_per_query, 1, 1000)
-        _check_int("seed", seed, *_INT64)
+        comparison = _comparison_row(name, first_model, second_model, raters_per_query, seed)
         if not isinstance(queries, list) or not queries:
             raise ValueError("a comparison needs at least one query")
         texts: set[str] = set()
         for q in queries:
-            if not isinstance(q, dict) or set(q) != {"prompt", "first", "second", "first_shown_as"}:
-                raise ValueError(
-                    f"a query is a dict with keys prompt, first, second, first_shown_as; got {q!r}"
-                )
-            _check_str("query prompt", q["prompt"])
-            if q["prompt"] in texts:
-                raise ValueError(f"prompt {q['prompt']!r} has two queries; one per prompt")
-            texts.add(q["prompt"])
-            _check_one_of(f"first_shown_as of {q['prompt']!r}:", q["first_shown_as"], SHOWN_SIDES)
-            sets = (q["first"], q["second"])
-            for images in sets:
-                if not isinstance(images, list | tuple) or not 1 <= len(images) <= MAX_COMPARISON_SET:
-                    raise ValueError(
-                        f"each set of prompt {q['prompt']!r} needs 1 to {MAX_COMPARISON_SET} images, "
-                        f"got {images!r}"
-                    )
-                for sha in images:
-                    self.image_path(sha)  # the sha256's form
-            if len(sets[0]) != len(sets[1]):
-                raise ValueError(
-                    f"the sets of prompt {q['prompt']!r} have {len(sets[0])} and {len(sets[1])} images; "
-                    "a fair comparison shows as many of each"
-                )
-            for images in sets:  # one image may be in both sets, not twice in one
-                if len(set(images)) != len(images):
-                    raise ValueError(f"an image appears twice in one set of prompt {q['prompt']!r}")
+            _check_query(q, texts, self.image_path)  # image_path checks the sha256's form
         with self.session() as s:
             if s.scalar(select(ComparisonRow.id).where(ComparisonRow.name == name)) is not None:
                 raise ValueError(f"a comparison named {name!r} already exists")
-            prompt_ids: dict[str, int] = {}
-            for chunk in _chunks(sorted(texts), 500):
-                prompt_ids.update(
-                    s.execute(select(PromptRow.text, PromptRow.id).where(PromptRow.text.in_(chunk))).all()
-                )
-            shas = sorted({sha for q in queries for sha in (*q["first"], *q["second"])})
-            images: dict[str, tuple[int, int]] = {}
-            for chunk in _chunks(shas, 500):
-                q_ = select(ImageRow.sha256, ImageRow.id, ImageRow.prompt_id).where(
-                    ImageRow.sha256.in_(chunk)
-                )
-                images.update({sha: (i, p) for sha, i, p in s.execute(q_)})
-            for q in queries:
-                if q["prompt"] not in prompt_ids:
-                    raise ValueError(f"unknown prompt {q['prompt']!r}: add_prompts it first")
-                for sha in (*q["first"], *q["second"]):
-                    if sha not in images:
-                        raise ValueError(f"image {sha} is not recorded in the run: add_images it first")
-                    if images[sha][1] != prompt_ids[q["prompt"]]:
-                        raise ValueError(f"image {sha} is not an image of prompt {q['prompt']!r}")
-            comparison = ComparisonRow(
-                name=name,
-                first_model=first_model,
-                second_model=second_model,
-                raters_per_query=raters_per_query,
-                seed=seed,
-            )
+            prompt_ids, images = _prompts_and_images(s, queries)
             s.add(comparison)
             s.flush()
             for q in queries:
@@ -136,7 +77,7 @@ class ComparisonsMixin:
                 s.add(row)
                 s.flush()
                 s.add_all(
-                    ComparisonImageRow(query_id=row.id, image_id=images[sha][0], model=model, position=i)
+                    ComparisonImageRow(query_id=row.id, image_id=images[sha], model=model, position=i)
                     for model in ("first", "second")
                     for i, sha in enumerate(q[model])
                 )
@@ -257,6 +198,7 @@ class ComparisonsMixin:
 
         ``leased_at`` (the web app's path): a new vote needs a lease of the query to this rater that is
         still active at ``leased_at``, else :class:`NotLeased`: raters answer only what they were handed.
+        The rule is the labels' too (``store.leases``).
         """
         if leased_at is not None:
             leased_at = _check_utc("leased_at", leased_at)
@@ -272,67 +214,20 @@ class ComparisonsMixin:
             return counts
         with self.session() as s:
             query_ids = sorted({q for q, _, _, _ in votes})
-            queries: dict[int, tuple[str, int]] = {}
-            for chunk in _chunks(query_ids, 500):
-                locked = (
-                    select(
-                        ComparisonQueryRow.id,
-                        ComparisonQueryRow.first_shown_as,
-                        ComparisonRow.raters_per_query,
-                    )
-                    .join(ComparisonRow, ComparisonQueryRow.comparison_id == ComparisonRow.id)
-                    .where(ComparisonQueryRow.id.in_(chunk))
-                    .order_by(ComparisonQueryRow.id)  # one lock order: no deadlock between two writers
-                    .with_for_update(of=ComparisonQueryRow)
-                )
-                queries.update({i: (shown, wanted) for i, shown, wanted in s.execute(locked)})
-            unknown = [q for q in query_ids if q not in queries]
-            if unknown:
-                raise ValueError(f"unknown comparison query id {unknown[0]}")
-            labeler_ids = sorted({lab for _, lab, _, _ in votes})
-            for chunk in _chunks(labeler_ids, 500):
-                found = set(s.scalars(select(LabelerRow.id).where(LabelerRow.id.in_(chunk))))
-                if set(chunk) - found:
-                    raise ValueError(f"unknown labeler id {sorted(set(chunk) - found)[0]}")
-            stored: dict[tuple[int, int], tuple[str, str]] = {}
-            n_votes: dict[int, int] = dict.fromkeys(query_ids, 0)
-            for chunk in _chunks(query_ids, 500):
-                rows = select(
-                    ComparisonVoteRow.query_id,
-                    ComparisonVoteRow.labeler_id,
-                    ComparisonVoteRow.alignment,
-                    ComparisonVoteRow.fidelity,
-                ).where(ComparisonVoteRow.query_id.in_(chunk))
-                for q, lab, a, f in s.execute(rows):
-                    stored[(q, lab)] = (a, f)
-                    n_votes[q] += 1
-            leased: set[tuple[int, int]] = set()
-            if leased_at is not None:
-                for chunk in _chunks(query_ids, 500):
-                    rows = select(ComparisonLeaseRow.query_id, ComparisonLeaseRow.labeler_id).where(
-                        ComparisonLeaseRow.query_id.in_(chunk), ComparisonLeaseRow.expires_at > leased_at
-                    )
-                    leased.update((q, lab) for q, lab in s.execute(rows))
+            queries = _lock_queries(s, query_ids)
+            _check_known(s, LabelerRow, {lab for _, lab, _, _ in votes}, "labeler")
+            taken = read_taken(s, QUERIES, query_ids, leased_at)
             new = []
             for q, lab, alignment, fidelity in votes:
                 shown, wanted = queries[q]
                 choice = (shown_to_choice(alignment, shown), shown_to_choice(fidelity, shown))
-                if (q, lab) in stored:
-                    if stored[(q, lab)] != choice:
-                        raise VoteConflict(
-                            f"rater {lab} already voted on query {q} with other answers, and a vote is final"
-                        )
-                    counts["unchanged"] += 1
-                    continue
-                if leased_at is not None and (q, lab) not in leased:
-                    raise NotLeased(
-                        f"query {q} is not leased to you (or its lease expired): ask /api/compare/next for work"
+                if admit(QUERIES, taken, q, lab, choice, wanted, leased=leased_at is not None):
+                    new.append(
+                        ComparisonVoteRow(query_id=q, labeler_id=lab, alignment=choice[0], fidelity=choice[1])
                     )
-                n_votes[q] += 1
-                if n_votes[q] > wanted:
-                    raise VoteConflict(f"query {q} has all the {wanted} votes it wants already")
-                new.append(dict(query_id=q, labeler_id=lab, alignment=choice[0], fidelity=choice[1]))
-            s.add_all(ComparisonVoteRow(**v) for v in new)
+                else:
+                    counts["unchanged"] += 1
+            s.add_all(new)
             counts["new"] = len(new)
         return counts
 
@@ -346,49 +241,8 @@ class ComparisonsMixin:
         """Hand comparison queries to a rater, as :meth:`assign_images` hands images: in one serialized
         transaction, drop expired leases, read every query's :class:`QueryState` for this rater, let
         ``choose`` pick query ids, lease them to the rater until ``expires_at``. Returns the picked ids."""
-        return self._lease(
-            labeler_id,
-            now,
-            expires_at,
-            choose,
-            _COMPARISON_LOCK_KEY,
-            ComparisonLeaseRow,
-            "query_id",
-            _query_states,
-            "query",
-            "a comparison query",
-        )
-
-    def _lease(
-        self, labeler_id, now, expires_at, choose, lock_key, lease_row, item_col, read_states, noun, what
-    ) -> list[int]:
-        """The shared body of :meth:`assign_images` and :meth:`assign_query`: one serialized transaction
-        that drops expired leases, reads the states, lets ``choose`` pick ids and leases them."""
-        _check_int("labeler_id", labeler_id, 1, _INT64[1])
-        now, expires_at = _check_utc("now", now), _check_utc("expires_at", expires_at)
         with self.session() as s:
-            if self.engine.dialect.name == "postgresql":
-                s.execute(select(func.pg_advisory_xact_lock(lock_key)))
-            if s.get(LabelerRow, labeler_id) is None:
-                raise ValueError(f"unknown labeler id {labeler_id}")
-            s.execute(delete(lease_row).where(lease_row.expires_at <= now))
-            states = read_states(s, labeler_id)
-            known = {getattr(st, item_col) for st in states}
-            picked = list(choose(states))
-            for i in picked:
-                if i not in known:
-                    raise ValueError(f"choose picked {noun} {i!r}, which is not {what}")
-            upsert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[self.engine.dialect.name]
-            for i in picked:
-                stmt = upsert(lease_row).values(
-                    **{item_col: i}, labeler_id=labeler_id, expires_at=expires_at, created_at=now
-                )
-                s.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[item_col, "labeler_id"], set_={"expires_at": expires_at}
-                    )
-                )
-            return picked
+            return assign(s, QUERIES, labeler_id, now, expires_at, choose, _query_states)
 
     def comparison_progress(self, labeler_id: int) -> dict[str, int]:
         """Counts for a rater's progress line over every comparison: queries, those with all the votes
@@ -421,8 +275,6 @@ class ComparisonsMixin:
 
 # Images per set of a comparison query at most (the paper shows sets of four).
 MAX_COMPARISON_SET = 16
-# The key of the PostgreSQL advisory lock that serializes comparison assignments (any fixed 64-bit number).
-_COMPARISON_LOCK_KEY = 0x7432_6961_7362_7331  # "t2iasbs1"
 
 
 def shown_to_choice(answer: str, first_shown_as: str) -> str:
@@ -446,60 +298,100 @@ def _comparison_dict(row: ComparisonRow) -> dict[str, Any]:
     }
 
 
+def _comparison_row(name, first, second, raters, seed) -> ComparisonRow:
+    """The comparison's row, its fields validated (not its name's freedom: that needs the database)."""
+    for label, value in (("comparison name", name), ("first_model", first), ("second_model", second)):
+        _check_str(label, value)
+    if first == second:
+        raise ValueError(f"the two models of a comparison need different names, both are {first!r}")
+    _check_int("raters_per_query", raters, 1, 1000)
+    _check_int("seed", seed, *_INT64)
+    return ComparisonRow(
+        name=name, first_model=first, second_model=second, raters_per_query=raters, seed=seed
+    )
+
+
+def _check_query(q, texts: set[str], check_sha: Callable[[str], object]) -> None:
+    """ValueError unless ``q`` is a well-formed query (see ``add_comparison``) of a prompt not in ``texts``
+    (the prompts of the queries before it), which it joins; ``check_sha`` checks a sha256's form."""
+    if not isinstance(q, dict) or set(q) != {"prompt", "first", "second", "first_shown_as"}:
+        raise ValueError(f"a query is a dict with keys prompt, first, second, first_shown_as; got {q!r}")
+    _check_str("query prompt", q["prompt"])
+    if q["prompt"] in texts:
+        raise ValueError(f"prompt {q['prompt']!r} has two queries; one per prompt")
+    texts.add(q["prompt"])
+    _check_one_of(f"first_shown_as of {q['prompt']!r}:", q["first_shown_as"], SHOWN_SIDES)
+    sets = (q["first"], q["second"])
+    for images in sets:
+        if not isinstance(images, list | tuple) or not 1 <= len(images) <= MAX_COMPARISON_SET:
+            raise ValueError(
+                f"each set of prompt {q['prompt']!r} needs 1 to {MAX_COMPARISON_SET} images, got {images!r}"
+            )
+        for sha in images:
+            check_sha(sha)
+    if len(sets[0]) != len(sets[1]):
+        raise ValueError(
+            f"the sets of prompt {q['prompt']!r} have {len(sets[0])} and {len(sets[1])} images; "
+            "a fair comparison shows as many of each"
+        )
+    for images in sets:  # one image may be in both sets, not twice in one
+        if len(set(images)) != len(images):
+            raise ValueError(f"an image appears twice in one set of prompt {q['prompt']!r}")
+
+
+def _prompts_and_images(s: Session, queries: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """The ids of the queries' prompts (text -> id) and images (sha256 -> id); ValueError for a prompt or
+    an image not recorded in the run, or an image of another prompt than its query's."""
+    prompt_ids: dict[str, int] = {}
+    for chunk in _chunks(sorted({q["prompt"] for q in queries}), 500):
+        prompt_ids.update(
+            s.execute(select(PromptRow.text, PromptRow.id).where(PromptRow.text.in_(chunk))).all()
+        )
+    shas = sorted({sha for q in queries for sha in (*q["first"], *q["second"])})
+    images: dict[str, tuple[int, int]] = {}
+    for chunk in _chunks(shas, 500):
+        rows = select(ImageRow.sha256, ImageRow.id, ImageRow.prompt_id).where(ImageRow.sha256.in_(chunk))
+        images.update({sha: (i, p) for sha, i, p in s.execute(rows)})
+    for q in queries:
+        if q["prompt"] not in prompt_ids:
+            raise ValueError(f"unknown prompt {q['prompt']!r}: add_prompts it first")
+        for sha in (*q["first"], *q["second"]):
+            if sha not in images:
+                raise ValueError(f"image {sha} is not recorded in the run: add_images it first")
+            if images[sha][1] != prompt_ids[q["prompt"]]:
+                raise ValueError(f"image {sha} is not an image of prompt {q['prompt']!r}")
+    return prompt_ids, {sha: i for sha, (i, _) in images.items()}
+
+
+def _lock_queries(s: Session, query_ids: list[int]) -> dict[int, tuple[str, int]]:
+    """{query id: (first_shown_as, raters_per_query)} of these queries, whose rows are locked for the
+    transaction (PostgreSQL; SQLite's write lock serializes anyway); ValueError for an unknown id."""
+    queries: dict[int, tuple[str, int]] = {}
+    for chunk in _chunks(query_ids, 500):
+        locked = (
+            select(ComparisonQueryRow.id, ComparisonQueryRow.first_shown_as, ComparisonRow.raters_per_query)
+            .join(ComparisonRow, ComparisonQueryRow.comparison_id == ComparisonRow.id)
+            .where(ComparisonQueryRow.id.in_(chunk))
+            .order_by(ComparisonQueryRow.id)  # one lock order: no deadlock between two writers
+            .with_for_update(of=ComparisonQueryRow)
+        )
+        queries.update({i: (shown, wanted) for i, shown, wanted in s.execute(locked)})
+    unknown = [q for q in query_ids if q not in queries]
+    if unknown:
+        raise ValueError(f"unknown comparison query id {unknown[0]}")
+    return queries
+
+
 def _query_states(s: Session, labeler_id: int) -> list[QueryState]:
     """The :class:`QueryState` of every comparison query for this rater (expired leases already removed),
-    in query id order; one statement, so one snapshot (see :func:`_image_states`)."""
-    mine = ComparisonVoteRow.labeler_id == labeler_id
-    votes = (
-        select(
-            ComparisonVoteRow.query_id,
-            func.sum(case((mine, 0), else_=1)).label("n_other"),
-            func.max(case((mine, 1), else_=0)).label("voted"),
-        )
-        .group_by(ComparisonVoteRow.query_id)
-        .subquery()
-    )
-    answered = (
-        select(ComparisonVoteRow.id)
-        .where(
-            ComparisonVoteRow.query_id == ComparisonLeaseRow.query_id,
-            ComparisonVoteRow.labeler_id == ComparisonLeaseRow.labeler_id,
-        )
-        .exists()
-    )
-    my_lease = ComparisonLeaseRow.labeler_id == labeler_id
-    leases = (
-        select(
-            ComparisonLeaseRow.query_id,
-            func.sum(case((my_lease, 0), (answered, 0), else_=1)).label("n_other"),
-            func.max(case((my_lease, 1), else_=0)).label("leased"),
-        )
-        .group_by(ComparisonLeaseRow.query_id)
-        .subquery()
-    )
+    in query id order; one statement, so one snapshot (``leases.with_taken``)."""
     q = (
-        select(
-            ComparisonQueryRow.id,
-            ComparisonQueryRow.comparison_id,
-            func.coalesce(votes.c.n_other, 0),
-            func.coalesce(leases.c.n_other, 0),
-            ComparisonRow.raters_per_query,
-            func.coalesce(votes.c.voted, 0),
-            func.coalesce(leases.c.leased, 0),
-        )
+        select(ComparisonQueryRow.id, ComparisonQueryRow.comparison_id, ComparisonRow.raters_per_query)
         .join(ComparisonRow, ComparisonQueryRow.comparison_id == ComparisonRow.id)
-        .outerjoin(votes, votes.c.query_id == ComparisonQueryRow.id)
-        .outerjoin(leases, leases.c.query_id == ComparisonQueryRow.id)
         .order_by(ComparisonQueryRow.id)
     )
+    rows = s.execute(with_taken(q, QUERIES, labeler_id, ComparisonQueryRow.id))
     return [
-        QueryState(
-            query_id=i,
-            comparison_id=c,
-            n_votes=int(n_votes),
-            n_leased=int(n_leased),
-            wanted=int(wanted),
-            mine="voted" if voted else "leased" if leased else None,
-        )
-        for i, c, n_votes, n_leased, wanted, voted, leased in s.execute(q)
+        QueryState(i, c, int(n_votes), int(n_leased), int(wanted), mine_state(voted, leased, "voted"))
+        for i, c, wanted, n_votes, n_leased, voted, leased in rows
     ]

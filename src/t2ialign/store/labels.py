@@ -7,32 +7,23 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import case, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from t2ialign.store import schema as db
 from t2ialign.store._common import (
     _INT64,
-    NotLeased,
     _as_utc,
     _check_int,
+    _check_known,
     _check_one_of,
     _check_str,
     _check_utc,
     _chunks,
+    _insert,
 )
-from t2ialign.store.schema import (
-    LABEL_VALUES,
-    GoldRow,
-    ImageRow,
-    ImageState,
-    LabelerRow,
-    LabelRow,
-    LeaseRow,
-    PromptRow,
-    SessionRow,
-    _utcnow,
-)
+from t2ialign.store.leases import IMAGES, admit, assign, mine_state, read_taken, with_taken
+from t2ialign.store.schema import GoldRow, ImageRow, LabelerRow, LabelRow, LeaseRow, PromptRow, SessionRow
 
 
 class LabelsMixin:
@@ -85,29 +76,21 @@ class LabelsMixin:
             leased_at = _check_utc("leased_at", leased_at)
         _check_int("k", k, 1, 100_000, nullable=True)
         for image_id, labeler_id, value in labels:
-            _check_one_of("label value", value, LABEL_VALUES)
+            _check_one_of("label value", value, db.LABEL_VALUES)
             _check_int("image_id", image_id, 1, _INT64[1])
             _check_int("labeler_id", labeler_id, 1, _INT64[1])
         if len({(i, lab) for i, lab, _ in labels}) != len(labels):
             raise ValueError("the same (image, labeler) is given twice")
         if not labels:
             return
-        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[self.engine.dialect.name]
         with self.session() as s:
-            for ids, row, what in (
-                ({i for i, _, _ in labels}, ImageRow, "image"),
-                ({lab for _, lab, _ in labels}, LabelerRow, "labeler"),
-            ):
-                for chunk in _chunks(sorted(ids), 500):
-                    found = set(s.scalars(select(row.id).where(row.id.in_(chunk))))
-                    unknown = sorted(set(chunk) - found)
-                    if unknown:
-                        raise ValueError(f"unknown {what} id {unknown[0]}")
+            _check_known(s, ImageRow, {i for i, _, _ in labels}, "image")
+            _check_known(s, LabelerRow, {lab for _, lab, _ in labels}, "labeler")
             if leased_at is not None:
                 _check_leased(s, labels, leased_at, k)
-            now = _utcnow()
+            now = db._utcnow()
             for chunk in _chunks(labels, 500):
-                stmt = insert(LabelRow).values(
+                stmt = _insert(s)(LabelRow).values(
                     [
                         dict(image_id=i, labeler_id=lab, value=v, created_at=now, updated_at=now)
                         for i, lab, v in chunk
@@ -361,29 +344,22 @@ class LabelsMixin:
         labeler_id: int,
         now: datetime,
         expires_at: datetime,
-        choose: Callable[[list[ImageState]], list[int]],
+        choose: Callable[[list[db.ImageState]], list[int]],
         gold: bool = False,
     ) -> list[int]:
-        """Hand images to a labeler (with ``gold``: gold images, see ``GoldRow``): in one transaction, drop expired leases, read the state of every image
-        to label (role human) as seen by this labeler, let ``choose`` pick image ids from those states, and
-        lease the picked ones to the labeler until ``expires_at``. Returns the picked ids.
+        """Hand images to a labeler (with ``gold``: gold images, see ``GoldRow``): in one transaction, drop
+        expired leases, read the state of every image to label (role human) as seen by this labeler, let
+        ``choose`` pick image ids from those states, and lease the picked ones to the labeler until
+        ``expires_at``. Returns the picked ids.
 
         Assignments are serialized (SQLite: the transaction's write lock; PostgreSQL: an advisory lock), so
         two labelers asking at once cannot both take an image's last free place. ``choose`` is the policy
-        (``t2ialign.label.assignment``); it must be quick, it runs inside the transaction.
+        (``t2ialign.label.assignment``); it must be quick, it runs inside the transaction. The rule is the
+        comparisons' too (``store.leases``).
         """
-        return self._lease(
-            labeler_id,
-            now,
-            expires_at,
-            choose,
-            _ASSIGNMENT_LOCK_KEY,
-            LeaseRow,
-            "image_id",
-            partial(_image_states, gold=gold),
-            "image",
-            "an image to label",
-        )
+        with self.session() as s:
+            states = partial(_image_states, gold=gold)
+            return assign(s, IMAGES, labeler_id, now, expires_at, choose, states)
 
     def labeling_progress(self, labeler_id: int, k: int) -> dict[str, int]:
         """Counts for a labeler's progress line: images to label (role human), those with >= k labels, all
@@ -422,105 +398,27 @@ def _check_leased(s: Session, labels: list[tuple[int, int, str]], now: datetime,
     """NotLeased unless every label is a change of the labeler's own or answers an active lease of theirs
     on an image with fewer than ``k`` labels (counting the new ones of this batch); see ``set_labels``."""
     image_ids = sorted({i for i, _, _ in labels})
-    if s.bind.dialect.name == "postgresql":  # one lock order: no deadlock between two writers
+    if s.get_bind().dialect.name == "postgresql":  # one lock order: no deadlock between two writers
         s.execute(
             select(ImageRow.id).where(ImageRow.id.in_(image_ids)).order_by(ImageRow.id).with_for_update()
         )
-    pairs = {(i, lab) for i, lab, _ in labels}
-    mine = {
-        (i, lab)
-        for i, lab in s.execute(
-            select(LabelRow.image_id, LabelRow.labeler_id).where(LabelRow.image_id.in_(image_ids))
-        )
-        if (i, lab) in pairs
-    }
-    leased = {
-        (i, lab)
-        for i, lab in s.execute(
-            select(LeaseRow.image_id, LeaseRow.labeler_id).where(
-                LeaseRow.image_id.in_(image_ids), LeaseRow.expires_at > now
-            )
-        )
-    }
+    taken = read_taken(s, IMAGES, image_ids, now)
     gold = set(s.scalars(select(GoldRow.image_id).where(GoldRow.image_id.in_(image_ids))))
-    counts = dict(
-        s.execute(
-            select(LabelRow.image_id, func.count())
-            .where(LabelRow.image_id.in_(image_ids))
-            .group_by(LabelRow.image_id)
-        ).all()
-    )
-    for i, lab, _ in labels:
-        if (i, lab) in mine:
-            continue  # a change of their own answer (or a resend): always theirs to make
-        if (i, lab) not in leased:
-            raise NotLeased(f"image {i} is not leased to you (or its lease expired): ask /api/next for work")
-        counts[i] = counts.get(i, 0) + 1
-        if k is not None and i not in gold and counts[i] > k:  # every rater may answer a gold image
-            raise NotLeased(f"image {i} has all the {k} labels it wants already")
+    for i, lab, value in labels:  # every rater may answer a gold image: no k
+        admit(IMAGES, taken, i, lab, (value,), None if i in gold else k, leased=True)
 
 
-# --- assignment helpers -----------------------------------------------------------------------------------
-
-# Any fixed 64-bit number: the key of the PostgreSQL advisory lock that serializes assignments.
-_ASSIGNMENT_LOCK_KEY = 0x7432_6961_6C69_676E  # "t2ialign"
-
-
-def _image_states(s: Session, labeler_id: int, gold: bool = False) -> list[ImageState]:
-    """The :class:`ImageState` of every image with role human, for this labeler (expired leases already
-    removed), in image id order.
-
-    One SQL statement, so one snapshot: labels are written without the assignment lock, and on PostgreSQL
-    (READ COMMITTED) each statement sees the newest commits. Counting labels and leases in two statements
-    could miss a label committed in between and count its labeler in neither, and send one labeler too many.
-    """
-    mine = LabelRow.labeler_id == labeler_id
-    labels = (
-        select(
-            LabelRow.image_id,
-            func.sum(case((mine, 0), else_=1)).label("n_other"),
-            func.max(case((mine, 1), else_=0)).label("labeled"),
-        )
-        .group_by(LabelRow.image_id)
-        .subquery()
-    )
-    # Another labeler's lease counts only until that labeler answers (then the label counts instead).
-    answered = (
-        select(LabelRow.id)
-        .where(LabelRow.image_id == LeaseRow.image_id, LabelRow.labeler_id == LeaseRow.labeler_id)
-        .exists()
-    )
-    my_lease = LeaseRow.labeler_id == labeler_id
-    leases = (
-        select(
-            LeaseRow.image_id,
-            func.sum(case((my_lease, 0), (answered, 0), else_=1)).label("n_other"),
-            func.max(case((my_lease, 1), else_=0)).label("leased"),
-        )
-        .group_by(LeaseRow.image_id)
-        .subquery()
-    )
+def _image_states(s: Session, labeler_id: int, gold: bool = False) -> list[db.ImageState]:
+    """The :class:`ImageState` of every image with role human (with ``gold``: every gold image), for this
+    labeler (expired leases already removed), in image id order; one statement (``leases.with_taken``)."""
     q = (
-        select(
-            ImageRow.id,
-            ImageRow.prompt_id,
-            func.coalesce(labels.c.n_other, 0),
-            func.coalesce(leases.c.n_other, 0),
-            func.coalesce(labels.c.labeled, 0),
-            func.coalesce(leases.c.leased, 0),
-        )
-        .outerjoin(labels, labels.c.image_id == ImageRow.id)
-        .outerjoin(leases, leases.c.image_id == ImageRow.id)
+        select(ImageRow.id, ImageRow.prompt_id)
         .where(ImageRow.id.in_(select(GoldRow.image_id)) if gold else ImageRow.role == "human")
         .order_by(ImageRow.id)
     )
     return [
-        ImageState(
-            image_id=i,
-            prompt_id=p,
-            n_labels=int(n_labels),
-            n_leased=int(n_leased),
-            mine="labeled" if labeled else "leased" if leased else None,
+        db.ImageState(i, p, int(n_labels), int(n_leased), mine_state(labeled, leased, "labeled"))
+        for i, p, n_labels, n_leased, labeled, leased in s.execute(
+            with_taken(q, IMAGES, labeler_id, ImageRow.id)
         )
-        for i, p, n_labels, n_leased, labeled, leased in s.execute(q)
     ]
