@@ -20,13 +20,7 @@ from sqlalchemy import Select, case, delete, func, select
 from sqlalchemy.orm import Session
 
 from t2ialign.store._common import _INT64, NotLeased, VoteConflict, _check_int, _check_utc, _chunks, _insert
-from t2ialign.store.schema import (
-    ComparisonLeaseRow,
-    ComparisonVoteRow,
-    LabelerRow,
-    LabelRow,
-    LeaseRow,
-)
+from t2ialign.store.schema import ComparisonLeaseRow, ComparisonVoteRow, LabelerRow, LabelRow, LeaseRow
 
 
 class Words(NamedTuple):
