@@ -100,27 +100,6 @@ def _round(x) -> float | None:
 
 def plot_fig4(results: dict, path: str | Path) -> Path:
     """A grouped bar chart like the paper's Fig. 4: accuracy per scorer and evaluation set, std as error bars."""
-    import matplotlib
+    from t2ialign.core import figures  # matplotlib only when a figure is drawn
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scorers = list(results["scorers"])
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(scorers)
-    for i, name in enumerate(scorers):
-        means = [results["scorers"][name][k]["mean"] or 0.0 for k in EVAL_SETS]
-        stds = [results["scorers"][name][k]["std"] or 0.0 for k in EVAL_SETS]
-        ax.bar(np.arange(len(EVAL_SETS)) + i * width, means, width, yerr=stds, capsize=3, label=name)
-    ax.set_xticks(np.arange(len(EVAL_SETS)) + width * (len(scorers) - 1) / 2)
-    ax.set_xticklabels([f"{k.replace('_', ' ')}\n({results['n_pairs'][k]} pairs)" for k in EVAL_SETS])
-    ax.set_ylabel("pairwise accuracy")
-    ax.set_ylim(0.0, 1.0)
-    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Agreement with labelers' preferences (paper Fig. 4)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return figures.write_png(figures.fig4(results, sets=list(EVAL_SETS)), path)
