@@ -24,8 +24,11 @@ committed before the answer is sent. Security (the threat model is ``tests/test_
 server-side sessions, a sign-in rate limit, a Host allow-list, cross-site checks and headers (``Guard``). Input is validated before anything is written; errors are 4xx with a
 ``detail`` message.
 
+``create_app`` checks its settings, builds a :class:`_Server` (the store, the settings, who is asking)
+and adds the route groups, one function each: pages, sign-in, labeling, admin, side-by-side.
+
 (No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations, and those name
-dependencies local to ``create_app``.)
+dependencies built per app, ``Me`` and ``Admin`` of each route group.)
 """
 
 import asyncio
@@ -34,6 +37,7 @@ import json
 import math
 import secrets
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -257,6 +261,151 @@ def _error_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # Location, message and type only: echoing the input back would reflect what the client sent, and
+    # NaN, infinity or a lone surrogate in it made the encoder fail (500).
+    errors = [
+        {
+            "loc": [_printable(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg")),
+            "type": str(e.get("type")),
+        }
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": _error_message(errors), "errors": errors}, status_code=422)
+
+
+def _html(render: Callable[[str], str], status_code: int = 200) -> HTMLResponse:
+    # A fresh nonce per page: only the page's own inline script may run (defence in depth for escaping).
+    nonce = secrets.token_urlsafe(16)
+    csp = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    headers = {
+        "Content-Security-Policy": csp,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+    return HTMLResponse(render(nonce), status_code=status_code, headers=headers)
+
+
+def _isoformat(row: dict[str, Any]) -> dict[str, Any]:
+    """A label row for JSON: its times in ISO 8601."""
+    return {**row, "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat()}
+
+
+# The settings of create_app that must lie in a range: (lowest, highest).
+_RANGES = {
+    "session_seconds": (60, 30 * 24 * 3600),
+    "login_attempts": (1, 10_000),
+    "login_window_seconds": (1, 24 * 3600),
+    "body_timeout_seconds": (0.01, 3600),
+    "gold_rate": (0, 1),
+}
+
+
+def _check_settings(k: Any, lease_seconds: Any, allowed_hosts: Any, **ranged: Any) -> None:
+    """Refuse settings out of range (ValueError), before anything is opened."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
+        raise ValueError(f"k must be an integer in [1, 1000], got {k!r}")
+    if not isinstance(lease_seconds, int | float) or not 1 <= lease_seconds <= 7 * 24 * 3600:
+        raise ValueError(f"lease_seconds must be in [1, 604800], got {lease_seconds!r}")
+    for name, value in ranged.items():
+        lo, hi = _RANGES[name]
+        if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    if allowed_hosts is not None and (
+        isinstance(allowed_hosts, str)
+        or not allowed_hosts
+        or not all(isinstance(h, str) and h for h in allowed_hosts)
+    ):
+        raise ValueError(f"allowed_hosts must be a non-empty list of host names, got {allowed_hosts!r}")
+
+
+@dataclass
+class _Server:
+    """What every route of one app shares: the store, the settings and who is asking."""
+
+    store: Store
+    k: int
+    lease_seconds: float
+    clock: Callable[[], datetime]
+    session_seconds: float
+    gold_rate: float
+    limiter: LoginLimiter
+
+    def client(self, request: Request) -> str:
+        # The peer's address; behind a proxy named in --forwarded-allow-ips, uvicorn puts the client's here.
+        return request.client.host if request.client else "unknown"
+
+    def check_not_limited(self, request: Request) -> None:
+        wait = self.limiter.retry_after(self.client(request), self.clock().timestamp())
+        if wait is not None:
+            raise HTTPException(
+                429, f"too many failed sign-ins: try again in {wait} s", headers={"Retry-After": str(wait)}
+            )
+
+    def failed_sign_in(self, request: Request) -> None:
+        self.limiter.failed(self.client(request), self.clock().timestamp())
+
+    @staticmethod
+    def bearer(request: Request) -> str | None:
+        header = request.headers.get("authorization")
+        if header is None:
+            return None
+        scheme, _, token = header.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else ""
+
+    def account_or_none(self, request: Request) -> auth.Account | None:
+        token = self.bearer(request)
+        if token is None:  # a browser: the session cookie
+            return auth.session_account(self.store, request.cookies.get(COOKIE), self.clock())
+        self.check_not_limited(request)
+        acc = auth.authenticate(self.store, token)
+        if acc is None:
+            self.failed_sign_in(request)
+        return acc
+
+    def account(self, request: Request) -> auth.Account:
+        acc = self.account_or_none(request)
+        if acc is None:
+            detail = "sign in first: send Authorization: Bearer TOKEN (or sign in on the page)"
+            if self.bearer(request) is not None:
+                detail = "invalid token"
+            elif request.cookies.get(COOKIE):
+                detail = "your session ended (signed out, expired or revoked): sign in again"
+            raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+        return acc
+
+    def admin(self, request: Request) -> auth.Account:
+        acc = self.account(request)
+        if not acc.is_admin:
+            raise HTTPException(403, "only the admin may do this")
+        return acc
+
+    def page(self, request: Request, render: Callable[[auth.Account, str], str], admin: bool = False):
+        """A page for the signed-in (``admin``: the admin; others 403), the sign-in page for anyone else
+        (401 on an admin page)."""
+        acc = self.account_or_none(request)
+        if acc is None:
+            return _html(pages.login_page, status_code=401 if admin else 200)
+        if admin and not acc.is_admin:
+            raise HTTPException(403, "only the admin may see this page")
+        return _html(lambda nonce: render(acc, nonce))
+
+    def summary(self) -> dict[str, Any]:
+        from t2ialign.label.stats import (  # imported when first asked, not at server start
+            label_summary,
+            rater_quality,
+        )
+
+        return {**label_summary(self.store), "raters": rater_quality(self.store)}
+
+    def tallies(self) -> list[dict[str, Any]]:
+        return [sidebyside.tally(self.store, c["name"]) for c in self.store.list_comparisons()]
+
+
 def create_app(
     run_dir: str | Path,
     admin_secret: str,
@@ -283,25 +432,16 @@ def create_app(
     not arrived in this time is answered 408. ``gold_rate``: the share of screens that are gold images
     (known answers; ``t2ialign label gold``), which measure each rater's accuracy and are never feedback.
     """
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
-        raise ValueError(f"k must be an integer in [1, 1000], got {k!r}")
-    if not isinstance(lease_seconds, int | float) or not 1 <= lease_seconds <= 7 * 24 * 3600:
-        raise ValueError(f"lease_seconds must be in [1, 604800], got {lease_seconds!r}")
-    for name, value, lo, hi in (
-        ("session_seconds", session_seconds, 60, 30 * 24 * 3600),
-        ("login_attempts", login_attempts, 1, 10_000),
-        ("login_window_seconds", login_window_seconds, 1, 24 * 3600),
-        ("body_timeout_seconds", body_timeout_seconds, 0.01, 3600),
-        ("gold_rate", gold_rate, 0, 1),
-    ):
-        if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
-            raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
-    if allowed_hosts is not None and (
-        isinstance(allowed_hosts, str)
-        or not allowed_hosts
-        or not all(isinstance(h, str) and h for h in allowed_hosts)
-    ):
-        raise ValueError(f"allowed_hosts must be a non-empty list of host names, got {allowed_hosts!r}")
+    _check_settings(
+        k,
+        lease_seconds,
+        allowed_hosts,
+        session_seconds=session_seconds,
+        login_attempts=login_attempts,
+        login_window_seconds=login_window_seconds,
+        body_timeout_seconds=body_timeout_seconds,
+        gold_rate=gold_rate,
+    )
     admin_secret = auth.check_admin_secret(admin_secret)
     store = Store.open(run_dir, db_url=db_url)
     auth.ensure_admin(store, admin_secret)
@@ -317,105 +457,32 @@ def create_app(
     app.state.store = store
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, timeout_seconds=body_timeout_seconds)
     app.add_middleware(Guard, allowed_hosts=None if allowed_hosts is None else tuple(allowed_hosts))
+    app.add_exception_handler(RequestValidationError, _invalid)
     limiter = LoginLimiter(login_attempts, login_window_seconds)
+    server = _Server(store, k, lease_seconds, clock, session_seconds, gold_rate, limiter)
+    for routes in (_page_routes, _session_routes, _label_routes, _admin_routes, _compare_routes):
+        routes(app, server)
+    return app
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        # Location, message and type only: echoing the input back would reflect what the client sent, and
-        # NaN, infinity or a lone surrogate in it made the encoder fail (500).
-        errors = [
-            {
-                "loc": [_printable(p) for p in e.get("loc", ())],
-                "msg": str(e.get("msg")),
-                "type": str(e.get("type")),
-            }
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": _error_message(errors), "errors": errors}, status_code=422)
 
-    # --- who is asking ---------------------------------------------------------------------------------
+# --- the route groups ------------------------------------------------------------------------------------
 
-    def _client(request: Request) -> str:
-        # The peer's address; behind a proxy named in --forwarded-allow-ips, uvicorn puts the client's here.
-        return request.client.host if request.client else "unknown"
 
-    def _check_not_limited(request: Request) -> None:
-        wait = limiter.retry_after(_client(request), clock().timestamp())
-        if wait is not None:
-            raise HTTPException(
-                429, f"too many failed sign-ins: try again in {wait} s", headers={"Retry-After": str(wait)}
-            )
-
-    def _bearer(request: Request) -> str | None:
-        header = request.headers.get("authorization")
-        if header is None:
-            return None
-        scheme, _, token = header.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else ""
-
-    def account_or_none(request: Request) -> auth.Account | None:
-        token = _bearer(request)
-        if token is None:  # a browser: the session cookie
-            return auth.session_account(store, request.cookies.get(COOKIE), clock())
-        _check_not_limited(request)
-        acc = auth.authenticate(store, token)
-        if acc is None:
-            limiter.failed(_client(request), clock().timestamp())
-        return acc
-
-    def account(request: Request) -> auth.Account:
-        acc = account_or_none(request)
-        if acc is None:
-            detail = "sign in first: send Authorization: Bearer TOKEN (or sign in on the page)"
-            if _bearer(request) is not None:
-                detail = "invalid token"
-            elif request.cookies.get(COOKIE):
-                detail = "your session ended (signed out, expired or revoked): sign in again"
-            raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
-        return acc
-
-    def admin(acc: Annotated[auth.Account, Depends(account)]) -> auth.Account:
-        if not acc.is_admin:
-            raise HTTPException(403, "only the admin may do this")
-        return acc
-
-    Me = Annotated[auth.Account, Depends(account)]
-    Admin = Annotated[auth.Account, Depends(admin)]
-
-    def _html(render: Callable[[str], str], status_code: int = 200) -> HTMLResponse:
-        # A fresh nonce per page: only the page's own inline script may run (defence in depth for escaping).
-        nonce = secrets.token_urlsafe(16)
-        csp = (
-            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src 'self'; "
-            "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-        )
-        headers = {
-            "Content-Security-Policy": csp,
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-        }
-        return HTMLResponse(render(nonce), status_code=status_code, headers=headers)
-
-    # --- pages -----------------------------------------------------------------------------------------
-
+def _page_routes(app: FastAPI, s: _Server) -> None:
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request):
-        acc = account_or_none(request)
-        if acc is None:
-            return _html(pages.login_page)
-        screen = assignment.next_screen(store, acc.id, k, lease_seconds, now=clock(), gold_rate=gold_rate)
-        progress = store.labeling_progress(acc.id, k)
-        return _html(lambda nonce: pages.labeling_page(acc, screen, progress, k, nonce))
+        def render(acc: auth.Account, nonce: str) -> str:
+            screen = assignment.next_screen(
+                s.store, acc.id, s.k, s.lease_seconds, now=s.clock(), gold_rate=s.gold_rate
+            )
+            progress = s.store.labeling_progress(acc.id, s.k)
+            return pages.labeling_page(acc, screen, progress, s.k, nonce)
+
+        return s.page(request, render)
 
     @app.get("/admin", response_class=HTMLResponse)
     def admin_view(request: Request):
-        acc = account_or_none(request)
-        if acc is None:
-            return _html(pages.login_page, status_code=401)
-        if not acc.is_admin:
-            raise HTTPException(403, "only the admin may see this page")
-        summary = _summary()
-        return _html(lambda nonce: pages.admin_page(acc, summary, k, nonce))
+        return s.page(request, lambda acc, nonce: pages.admin_page(acc, s.summary(), s.k, nonce), admin=True)
 
     @app.get("/favicon.ico")
     def favicon():
@@ -425,22 +492,24 @@ def create_app(
     def healthz():
         return {"ok": True}
 
-    # --- sign in ---------------------------------------------------------------------------------------
+
+def _session_routes(app: FastAPI, s: _Server) -> None:
+    Me = Annotated[auth.Account, Depends(s.account)]
 
     @app.post("/api/login")
     def login(body: LoginIn, request: Request, response: Response):
-        _check_not_limited(request)
-        acc = auth.authenticate(store, body.token)
+        s.check_not_limited(request)
+        acc = auth.authenticate(s.store, body.token)
         if acc is None:
-            limiter.failed(_client(request), clock().timestamp())
+            s.failed_sign_in(request)
             raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-        session_id = auth.new_session(store, acc, session_seconds, clock())
+        session_id = auth.new_session(s.store, acc, s.session_seconds, s.clock())
         # HttpOnly: page scripts cannot read it; SameSite=Strict: other sites cannot send requests with it.
         # Secure when the request came over TLS (behind a proxy: when it forwards X-Forwarded-Proto).
         response.set_cookie(
             COOKIE,
             session_id,
-            max_age=int(session_seconds),
+            max_age=int(s.session_seconds),
             httponly=True,
             samesite="strict",
             path="/",
@@ -450,7 +519,7 @@ def create_app(
 
     @app.post("/api/logout")
     def logout(request: Request, response: Response):
-        auth.end_session(store, request.cookies.get(COOKIE))  # on the server: a copied cookie is dead too
+        auth.end_session(s.store, request.cookies.get(COOKIE))  # on the server: a copied cookie is dead too
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return {"ok": True}
 
@@ -458,41 +527,42 @@ def create_app(
     def me(acc: Me):
         return {"name": acc.name, "is_admin": acc.is_admin}
 
-    # --- labeling --------------------------------------------------------------------------------------
+
+def _label_routes(app: FastAPI, s: _Server) -> None:
+    Me = Annotated[auth.Account, Depends(s.account)]
 
     @app.get("/api/next")
     def next_(acc: Me):
-        screen = assignment.next_screen(store, acc.id, k, lease_seconds, now=clock(), gold_rate=gold_rate)
-        return {**screen, "progress": store.labeling_progress(acc.id, k)}
+        screen = assignment.next_screen(
+            s.store, acc.id, s.k, s.lease_seconds, now=s.clock(), gold_rate=s.gold_rate
+        )
+        return {**screen, "progress": s.store.labeling_progress(acc.id, s.k)}
 
     @app.get("/api/labels")
     def my_labels(acc: Me):
-        return [
-            {**r, "created_at": r["created_at"].isoformat(), "updated_at": r["updated_at"].isoformat()}
-            for r in store.labels_of(acc.id)
-        ]
+        return [_isoformat(r) for r in s.store.labels_of(acc.id)]
 
     @app.post("/api/labels")
     def post_label(body: LabelIn, acc: Me):
-        found = store.images_by_id([body.image_id])
-        if not found or (found[0]["role"] != "human" and not store.gold_answers([body.image_id])):
+        found = s.store.images_by_id([body.image_id])
+        if not found or (found[0]["role"] != "human" and not s.store.gold_answers([body.image_id])):
             raise HTTPException(404, f"unknown image id {body.image_id} (no image to label has this id)")
         try:  # committed when it returns
-            submit_leased_label(store, acc.id, body.image_id, body.value, k=k, now=clock())
+            submit_leased_label(s.store, acc.id, body.image_id, body.value, k=s.k, now=s.clock())
         except NotLeased as e:
             raise HTTPException(409, str(e)) from None
         return {"image_id": body.image_id, "value": body.value}
 
     @app.delete("/api/labels/{image_id}")
     def delete_label(image_id: int, acc: Me):
-        if not 1 <= image_id <= _INT64_MAX or not store.delete_label(image_id, acc.id):
+        if not 1 <= image_id <= _INT64_MAX or not s.store.delete_label(image_id, acc.id):
             raise HTTPException(404, f"you have no label on image {image_id}")
         return {"deleted": image_id}
 
     @app.post("/api/undo")
     def undo(acc: Me):
-        last = store.last_label(acc.id)
-        if last is None or not store.delete_label(last["image_id"], acc.id):
+        last = s.store.last_label(acc.id)
+        if last is None or not s.store.delete_label(last["image_id"], acc.id):
             raise HTTPException(404, "nothing to undo: you have no labels")
         return {"undone": last}
 
@@ -500,31 +570,25 @@ def create_app(
     def image(filename: str, acc: Me):
         sha = filename.removesuffix(".png")
         try:
-            path = store.image_path(sha)  # only 64 lowercase hex digits: nothing outside images/
+            path = s.store.image_path(sha)  # only 64 lowercase hex digits: nothing outside images/
         except ValueError:
             raise HTTPException(404, "no such image: image URLs are /images/<sha256>.png") from None
         if not filename.endswith(".png") or not path.is_file():
             raise HTTPException(404, "no such image: image URLs are /images/<sha256>.png")
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
-    # --- admin -----------------------------------------------------------------------------------------
 
-    def _summary() -> dict[str, Any]:
-        from t2ialign.label.stats import (  # imported when first asked, not at server start
-            label_summary,
-            rater_quality,
-        )
-
-        return {**label_summary(store), "raters": rater_quality(store)}
+def _admin_routes(app: FastAPI, s: _Server) -> None:
+    Admin = Annotated[auth.Account, Depends(s.admin)]
 
     @app.get("/api/admin/stats")
     def stats(acc: Admin):
-        return _summary()
+        return s.summary()
 
     @app.post("/api/admin/labelers", status_code=201)
     def add_labeler(body: LabelerIn, acc: Admin):
         try:
-            token = auth.create_labeler(store, body.name)
+            token = auth.create_labeler(s.store, body.name)
         except ValueError as e:
             code = 409 if "already exists" in str(e) else 422
             raise HTTPException(code, str(e)) from None
@@ -534,52 +598,46 @@ def create_app(
     def export(acc: Admin):
         def lines() -> Iterator[bytes]:
             after = 0
-            while page := store.label_records(after_id=after, limit=1000):
+            while page := s.store.label_records(after_id=after, limit=1000):
                 for r in page:
-                    r = {
-                        **r,
-                        "created_at": r["created_at"].isoformat(),
-                        "updated_at": r["updated_at"].isoformat(),
-                    }
-                    yield (json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8")
+                    yield (json.dumps(_isoformat(r), ensure_ascii=False) + "\n").encode("utf-8")
                 after = page[-1]["id"]
 
         headers = {"Content-Disposition": 'attachment; filename="labels.jsonl"'}
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
 
-    # --- side-by-side evaluation (paper Fig. 3) --------------------------------------------------------
+
+def _compare_routes(app: FastAPI, s: _Server) -> None:
+    """Side-by-side evaluation (paper Fig. 3)."""
+    Me = Annotated[auth.Account, Depends(s.account)]
+    Admin = Annotated[auth.Account, Depends(s.admin)]
 
     @app.get("/compare", response_class=HTMLResponse)
     def compare_view(request: Request):
-        acc = account_or_none(request)
-        if acc is None:
-            return _html(pages.login_page)
-        query = sidebyside.next_query(store, acc.id, lease_seconds, now=clock())
-        progress = store.comparison_progress(acc.id)
-        return _html(lambda nonce: pages.compare_page(acc, query, progress, nonce))
+        def render(acc: auth.Account, nonce: str) -> str:
+            query = sidebyside.next_query(s.store, acc.id, s.lease_seconds, now=s.clock())
+            return pages.compare_page(acc, query, s.store.comparison_progress(acc.id), nonce)
+
+        return s.page(request, render)
 
     @app.get("/admin/compare", response_class=HTMLResponse)
     def compare_admin_view(request: Request):
-        acc = account_or_none(request)
-        if acc is None:
-            return _html(pages.login_page, status_code=401)
-        if not acc.is_admin:
-            raise HTTPException(403, "only the admin may see this page")
-        tallies = _tallies()
-        return _html(lambda nonce: pages.compare_admin_page(acc, tallies, nonce))
+        return s.page(
+            request, lambda acc, nonce: pages.compare_admin_page(acc, s.tallies(), nonce), admin=True
+        )
 
     @app.get("/api/compare/next")
     def compare_next(acc: Me):
-        query = sidebyside.next_query(store, acc.id, lease_seconds, now=clock())
-        return {"query": query, "progress": store.comparison_progress(acc.id)}
+        query = sidebyside.next_query(s.store, acc.id, s.lease_seconds, now=s.clock())
+        return {"query": query, "progress": s.store.comparison_progress(acc.id)}
 
     @app.post("/api/compare/votes")
     def post_vote(body: VoteIn, acc: Me):
-        if not store.comparison_queries(query_ids=[body.query_id]):
+        if not s.store.comparison_queries(query_ids=[body.query_id]):
             raise HTTPException(404, f"unknown query id {body.query_id}")
         try:  # committed when it returns
             status = sidebyside.submit_vote(
-                store, acc.id, body.query_id, body.alignment, body.fidelity, leased_at=clock()
+                s.store, acc.id, body.query_id, body.alignment, body.fidelity, leased_at=s.clock()
             )
         except VoteConflict as e:
             raise HTTPException(409, str(e)) from None
@@ -590,11 +648,6 @@ def create_app(
             "status": status,
         }
 
-    def _tallies() -> list[dict[str, Any]]:
-        return [sidebyside.tally(store, c["name"]) for c in store.list_comparisons()]
-
     @app.get("/api/admin/compare")
     def compare_tallies(acc: Admin):
-        return {"comparisons": _tallies()}
-
-    return app
+        return {"comparisons": s.tallies()}
