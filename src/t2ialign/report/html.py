@@ -3,9 +3,10 @@
 Everything is read from the run directory: ``metrics.json`` (each stage writes its own section),
 ``evaluate/images.json`` (the evaluation images of each model) and the image files. Sections that the
 run has not measured say so and name the command that measures them; no number is made up. The page
-needs no network and no JavaScript: figures are drawn with matplotlib (Agg) and, like the images,
-embedded as ``data:image/png;base64`` URIs; a Content-Security-Policy forbids loading anything else.
-Every string that comes from the run (prompts, model names, paths) is HTML-escaped.
+needs no network and no JavaScript: figures are drawn by ``core.figures`` (matplotlib, Agg) and, like the
+images, embedded as ``data:image/png;base64`` URIs; a Content-Security-Policy forbids loading anything
+else. The page is rendered from the Jinja2 templates in ``report/templates`` (``core.html``, autoescaping
+on): every string that comes from the run (prompts, model names, paths) is HTML-escaped.
 
 The last table of the page shows ``evaluate.claims.claims(metrics)``: the paper's claims with the measured
 number and a verdict.
@@ -14,16 +15,18 @@ number and a verdict.
 from __future__ import annotations
 
 import base64
-import html
-import io
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 from t2ialign import __version__
+from t2ialign.core import figures
 from t2ialign.core.fsutil import atomic_write
+from t2ialign.core.html import macros, render, table
 from t2ialign.evaluate.claims import (
     ABLATIONS,
     COMMANDS,
@@ -47,116 +50,61 @@ from t2ialign.world import vocab
 from t2ialign.world.prompts import CATEGORIES
 
 GRID_PER_CATEGORY = 2  # prompts per category and group in the image grids
+TEMPLATES = Path(__file__).parent / "templates"
 
 
 # --- small helpers ------------------------------------------------------------------------------------------
 
 
-class Raw(str):
-    """HTML that is already safe (built here): table cells of this type are not escaped again."""
-
-
-def _e(x: Any) -> str:
-    return x if isinstance(x, Raw) else html.escape(str(x), quote=True)
+def _m() -> Any:
+    """The section macros (``report/templates/sections.html``); each returns Markup."""
+    return macros(TEMPLATES, "sections.html")
 
 
 def _num(x: Any, fmt: str = ".4g") -> str:
     return format(x, fmt) if _isnum(x) else "—"
 
 
-def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _not_measured(command: str) -> str:
-    return f'<p class="nm">not measured in this run (run <code>{_e(command)}</code>)</p>'
+def _not_measured(command: str) -> Markup:
+    return _m().not_measured(command)
 
 
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _img(png: bytes, alt: str, cls: str = "figure") -> str:
-    return f'<img class="{cls}" alt="{_e(alt)}" src="{_data_uri(png)}">'
-
-
-def _new_figure(width: float, height: float):
-    # matplotlib's object API without pyplot: no global state, no GUI backend; savefig uses Agg for PNG
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height))
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    # "tight" keeps legends placed outside the axes
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    return buf.getvalue()
-
-
-def _bars(ax, labels: list[str], series: dict[str, list], errors: dict[str, list] | None = None) -> None:
-    """Grouped bars: one group per label, one bar per series; None values are left out."""
-    import numpy as np
-
-    n = max(len(series), 1)
-    width = 0.8 / n
-    x = np.arange(len(labels))
-    for i, (name, values) in enumerate(series.items()):
-        xs = [x[j] + i * width for j, v in enumerate(values) if _isnum(v)]
-        ys = [v for v in values if _isnum(v)]
-        yerr = None
-        if errors is not None:
-            err = [e for v, e in zip(values, errors[name], strict=True) if _isnum(v)]
-            yerr = np.array(err, dtype=float).T if err else None
-        ax.bar(xs, ys, width, yerr=yerr, capsize=2, label=name)
-    ax.set_xticks(x + width * (n - 1) / 2)
-    ax.set_xticklabels(labels, fontsize=8)
+def _chart(fig, alt: str) -> Markup | None:
+    """A ``core.figures`` figure as an embedded PNG (None for no figure)."""
+    return None if fig is None else _m().figure(_data_uri(figures.png_bytes(fig)), alt)
 
 
 # --- sections ----------------------------------------------------------------------------------------------------
 
 
-def _section_header(metrics: dict, run_dir: Path) -> str:
+def _section_header(metrics: dict, run_dir: Path) -> Markup:
     configs = {}
     for name, section in metrics.items():
         if isinstance(section, dict):
             for key in ("config", "settings"):
                 if key in section:
                     configs[f"{name}.{key}"] = section[key]
-    parts = [
-        _table(
-            ["", ""],
-            [
-                ["run directory", str(run_dir)],
-                ["report written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
-                ["t2ialign version", __version__],
-                ["metrics.json sections", ", ".join(sorted(metrics)) or "none"],
-            ],
-            "kv",
-        )
+    kv = [
+        ["run directory", str(run_dir)],
+        ["report written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
+        ["t2ialign version", __version__],
+        ["metrics.json sections", ", ".join(sorted(metrics)) or "none"],
     ]
-    if configs:
-        parts.append(
-            f"<details><summary>configs found ({len(configs)})</summary>"
-            f"<pre>{_e(json.dumps(configs, indent=1, sort_keys=True))}</pre></details>"
-        )
-    else:
-        parts.append("<p>No stage config recorded in metrics.json.</p>")
     timings = metrics.get("timings")
+    rows = []
     if isinstance(timings, dict) and timings:
         rows = [[k, _num(v, ".1f")] for k, v in timings.items()]
         total = sum(v for v in timings.values() if _isnum(v))
-        rows.append([Raw("<b>total</b>"), _num(total, ".1f")])
-        parts.append("<h3>Timings (seconds per stage)</h3>" + _table(["stage", "seconds"], rows))
-    else:
-        parts.append("<h3>Timings</h3>" + _not_measured(COMMANDS["timings"]))
-    return "\n".join(parts)
+        rows.append([Markup("<b>total</b>"), _num(total, ".1f")])
+    dump = json.dumps(configs, indent=1, sort_keys=True) if configs else ""
+    return _m().header(kv, dump, len(configs), rows, COMMANDS["timings"])
 
 
-def _section_table1(metrics: dict) -> str:
+def _section_table1(metrics: dict) -> Markup:
     t1 = metrics.get("table1")
     if not isinstance(t1, dict) or not isinstance(t1.get("run"), dict):
         return _not_measured(COMMANDS["table1"])
@@ -172,41 +120,21 @@ def _section_table1(metrics: dict) -> str:
             + [_num(_get(run, c, v), ".1f") for v in ("good", "bad", "skip")]
             + [_num(_get(run, c, "n"), "d")]
         )
-    parts = [
-        _table(
-            [
-                "category",
-                "paper good %",
-                "paper bad %",
-                "paper skip %",
-                "run good %",
-                "run bad %",
-                "run skip %",
-                "run labels",
-            ],
-            rows,
-        )
-    ]
+    header = ["category"] + [f"{w} {v} %" for w in ("paper", "run") for v in ("good", "bad", "skip")]
     sim = metrics.get("label_simulate")
     kappa = _get(sim, "fleiss_kappa")
-    if _isnum(kappa):
-        settings = _get(sim, "settings") or {}
-        parts.append(
-            f"<p>Fleiss' kappa between labelers: <b>{kappa:.3f}</b>"
-            + (f" ({_e(', '.join(f'{k} {v}' for k, v in settings.items()))})" if settings else "")
-            + "</p>"
-        )
-    else:
-        parts.append("<p>Fleiss' kappa: not measured in this run.</p>")
-    base = metrics.get("base_eval")
-    by_cat = _get(base, "by_category")
+    settings = (_get(sim, "settings") or {}) if _isnum(kappa) else {}
+    by_cat = _get(metrics.get("base_eval"), "by_category")
+    base_rows = None
     if isinstance(by_cat, dict):
-        rows = [[c, _ci_cell(by_cat.get(c))] for c in CATEGORIES if c in by_cat]
-        parts.append(
-            "<h3>Base model judged automatically (<code>t2ialign evaluate-base</code>)</h3>"
-            + _table(["category", "aligned (95% CI)"], rows)
-        )
-    return "\n".join(parts)
+        base_rows = [[c, _ci_cell(by_cat.get(c))] for c in CATEGORIES if c in by_cat]
+    return _m().table1(
+        [*header, "run labels"],
+        rows,
+        f"{kappa:.3f}" if _isnum(kappa) else None,
+        ", ".join(f"{k} {v}" for k, v in settings.items()),
+        base_rows,
+    )
 
 
 def _ci_cell(s: Any) -> str:
@@ -217,7 +145,7 @@ def _ci_cell(s: Any) -> str:
     return f"{_pct(s.get('alignment'))}{ci_text} n={s['n']}"
 
 
-def _section_fig4(metrics: dict) -> str:
+def _section_fig4(metrics: dict) -> Markup:
     results = metrics.get("reward_eval")
     scorers = _get(results, "scorers")
     if not isinstance(scorers, dict) or not scorers:
@@ -235,42 +163,12 @@ def _section_fig4(metrics: dict) -> str:
             row.append(_pct(m) + (f" ± {_pct(sd)}" if _isnum(sd) and sd else ""))
         rows.append(row)
     header = ["scorer"] + [f"{k.replace('_', ' ')} ({n_pairs.get(k, '?')} pairs)" for k in sets]
-    seeds = results.get("seeds")
-    parts = [
-        _table(header, rows),
-        f"<p>Mean ± std over seeds {_e(seeds)}; CLIP score has no seed.</p>" if seeds else "",
-    ]
-    fig = _new_figure(7.5, 3.4)
-    ax = fig.add_subplot()
-    series = {n: [_get(scorers, n, k, "mean") for k in sets] for n in names}
-    errs = {n: [_get(scorers, n, k, "std") or 0.0 for k in sets] for n in names}
-    _bars(ax, [k.replace("_", " ") for k in sets], series, errs)
-    ax.set_ylim(0, 1)
-    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
-    ax.set_ylabel("pairwise accuracy")
-    ax.set_title("Agreement with labelers' preferences (paper Fig. 4)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    parts.append(_img(_png(fig), "Fig. 4 bar chart"))
-    return "\n".join(parts)
+    chart = _chart(figures.fig4(results, names, sets), "Fig. 4 bar chart")
+    return _m().fig4(header, rows, results.get("seeds"), chart)
 
 
-def _section_evaluate(metrics: dict) -> str:
-    ev = metrics.get("evaluate")
-    models = _get(ev, "models")
-    if not isinstance(models, dict) or not models:
-        return _not_measured(COMMANDS["evaluate"])
-    parts = []
-    prompts = ev.get("prompts") if isinstance(ev.get("prompts"), dict) else {}
-    if prompts:
-        parts.append(
-            "<p>Evaluation prompts: "
-            + _e(
-                ", ".join(
-                    f"{len(v)} {g.replace('_', ' ')}" for g, v in prompts.items() if isinstance(v, list)
-                )
-            )
-            + f"; reward model <code>{_e(ev.get('reward_model', '—'))}</code>.</p>"
-        )
+def _models_table(models: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per evaluated model: what it is, its images, reward, CLIP score, fidelity and time."""
     rows = []
     for name, m in models.items():
         m = m if isinstance(m, dict) else {}
@@ -289,22 +187,18 @@ def _section_evaluate(metrics: dict) -> str:
                 _num(m.get("seconds"), ".0f"),
             ]
         )
-    parts.append(
-        _table(
-            [
-                "model",
-                "kind",
-                "model id @ revision",
-                "images",
-                "mean reward",
-                "by group",
-                "CLIP score",
-                "FD_CLIP ↓",
-                "FID ↓",
-                "s",
-            ],
-            rows,
-        )
+    header = ["model", "kind", "model id @ revision", "images", "mean reward", "by group"]
+    return [*header, "CLIP score", "FD_CLIP ↓", "FID ↓", "s"], rows
+
+
+def _section_evaluate(metrics: dict) -> Markup:
+    ev = metrics.get("evaluate")
+    models = _get(ev, "models")
+    if not isinstance(models, dict) or not models:
+        return _not_measured(COMMANDS["evaluate"])
+    prompts = ev.get("prompts") if isinstance(ev.get("prompts"), dict) else {}
+    prompts_text = ", ".join(
+        f"{len(v)} {g.replace('_', ' ')}" for g, v in prompts.items() if isinstance(v, list)
     )
     cats = [*CATEGORIES, "all"]
     groups = [*GROUPS, "all"]
@@ -314,33 +208,15 @@ def _section_evaluate(metrics: dict) -> str:
             cells = [_get(m, "alignment", g, c) for c in cats]
             if any(isinstance(s, dict) and s.get("n") for s in cells):
                 rows.append([name, g] + [_ci_cell(s) for s in cells])
-    parts.append(
-        "<h3>Alignment by the world judge: share of good images, Wilson 95% interval</h3>"
-        + _table(["model", "group"] + cats, rows)
+    charts = [_chart(figures.alignment_chart(models, g, cats), f"alignment chart, {g}") for g in groups]
+    return _m().evaluate(
+        prompts_text if prompts else "",
+        ev.get("reward_model", "—"),
+        _models_table(models),
+        (["model", "group", *cats], rows),
+        [c for c in charts if c is not None],
+        _paired_tables(ev, cats, groups),
     )
-    for g in groups:
-        series, errs = {}, {}
-        for name, m in models.items():
-            vals, err = [], []
-            for c in cats:
-                s = _get(m, "alignment", g, c)
-                a, ci = _get(s, "alignment"), _get(s, "ci95")
-                vals.append(a)
-                ok = _isnum(a) and isinstance(ci, list) and len(ci) == 2 and all(_isnum(x) for x in ci)
-                err.append([max(a - ci[0], 0.0), max(ci[1] - a, 0.0)] if ok else [0.0, 0.0])
-            series[name], errs[name] = vals, err
-        if not any(_isnum(v) for vals in series.values() for v in vals):
-            continue
-        fig = _new_figure(7.5, 3.2)
-        ax = fig.add_subplot()
-        _bars(ax, cats, series, errs)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("aligned (judge)")
-        ax.set_title(f"Alignment per category, {g.replace('_', ' ')} prompts")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        parts.append(_img(_png(fig), f"alignment chart, {g}"))
-    parts.append(_paired_tables(ev, cats, groups))
-    return "\n".join(parts)
 
 
 def _delta_cell(stat: Any) -> Any:
@@ -351,34 +227,27 @@ def _delta_cell(stat: Any) -> Any:
     sizes = f" {_num(stat.get('n_prompts'), 'd')}/{_num(stat.get('n_images'), 'd')}"
     if not (isinstance(ci, list) and len(ci) == 2 and all(_isnum(x) for x in ci)):
         return f"{100 * stat['delta']:+.1f} [no interval]{sizes}"
-    text = _e(f"{100 * stat['delta']:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]{sizes}")
-    return Raw(f"<b>{text}</b>" if ci[0] > 0 or ci[1] < 0 else text)
+    text = f"{100 * stat['delta']:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]{sizes}"
+    return _m().bold(text) if ci[0] > 0 or ci[1] < 0 else text
 
 
-def _paired_tables(ev: dict, cats: list[str], groups: list[str]) -> str:
-    """The paired differences from base (evaluate.paired, paired_attribute): two tables and a forest plot."""
-    paired = ev.get("paired")
-    head = "<h3>Paired difference from base: same prompts and seeds, 95% interval by a bootstrap over prompts</h3>"
-    if not isinstance(paired, dict) or not paired:
-        why = "no model named base was evaluated" if "paired" in ev else "this evaluation predates them"
-        return head + (
-            f'<p class="nm">not measured ({_e(why)}; run <code>{_e(COMMANDS["evaluate"])}</code>)</p>'
-        )
-    parts = [
-        head,
-        "<p>Cells: model − base in points of aligned share, [95% interval], prompts / image pairs. Bold: the "
-        "interval excludes zero, the only case a gain counts as reproduced. Prompts are resampled within "
-        "each group and category, so pooled cells keep the evaluation's mix; intervals over few prompts "
-        "(the unseen-prompt split has 4 count prompts) are rough and tend to be too narrow.</p>",
-    ]
-    rows = [
-        [name, g] + [_delta_cell(_get(by_group, g, c)) for c in cats]
-        for name, by_group in paired.items()
+def _delta_rows(by_model: dict, groups: list[str], columns: list[str]) -> list[list[Any]]:
+    return [
+        [name, g] + [_delta_cell(_get(by_group, g, c)) for c in columns]
+        for name, by_group in by_model.items()
         for g in groups
         if isinstance(_get(by_group, g), dict)
     ]
-    parts.append(_table(["model", "group"] + cats, rows))
+
+
+def _paired_tables(ev: dict, cats: list[str], groups: list[str]) -> Markup:
+    """The paired differences from base (evaluate.paired, paired_attribute): two tables and a forest plot."""
+    paired = ev.get("paired")
+    if not isinstance(paired, dict) or not paired:
+        why = "no model named base was evaluated" if "paired" in ev else "this evaluation predates them"
+        return _m().paired(why, COMMANDS["evaluate"], None, None, None)
     attrs = ev.get("paired_attribute")
+    attributes = None
     if isinstance(attrs, dict) and attrs:
         present = {
             a
@@ -389,56 +258,10 @@ def _paired_tables(ev: dict, cats: list[str], groups: list[str]) -> str:
             for a in v
         }
         names = [a for a in vocab.ATTRIBUTES if a in present] + sorted(present - set(vocab.ATTRIBUTES))
-        rows = [
-            [name, g] + [_delta_cell(_get(by_group, g, a)) for a in names]
-            for name, by_group in attrs.items()
-            for g in groups
-            if isinstance(_get(by_group, g), dict)
-        ]
-        parts.append(
-            "<h4>Per attribute: the judge reads the attribute the prompt names (over the prompts naming it)</h4>"
-            + _table(["model", "group"] + names, rows)
-        )
-    png = _forest(paired, cats, groups)
-    if png:
-        parts.append(_img(png, "forest plot of paired differences from base"))
-    return "\n".join(parts)
-
-
-def _forest(paired: dict, cats: list[str], groups: list[str]) -> bytes | None:
-    """One panel per group: each model's paired difference per category, points with 95% intervals."""
-    models = list(paired)
-    rows = [(c, m) for c in cats for m in models]
-    if not any(_isnum(_get(paired, m, g, c, "delta")) for g in groups for c, m in rows):
-        return None
-    fig = _new_figure(2.6 * len(groups) + 1.5, 0.9 + 0.22 * len(rows))
-    colors = [f"C{i % 10}" for i in range(len(models))]
-    labeled: set[str] = set()  # one legend entry per model
-    for i, g in enumerate(groups):
-        # one x scale for every panel: the groups compare at a glance
-        ax = fig.add_subplot(1, len(groups), i + 1, sharex=fig.axes[0] if fig.axes else None)
-        for y, (c, m) in enumerate(rows):
-            stat = _get(paired, m, g, c)
-            d, ci = _get(stat, "delta"), _get(stat, "ci95")
-            if not _isnum(d):
-                continue
-            color = colors[models.index(m)]
-            if isinstance(ci, list) and len(ci) == 2 and all(_isnum(x) for x in ci):
-                ax.plot([100 * ci[0], 100 * ci[1]], [y, y], color=color, lw=1.5)
-            ax.plot([100 * d], [y], "o", color=color, ms=3.5, label=None if m in labeled else m)
-            labeled.add(m)
-        ax.axvline(0, color="gray", lw=0.8, ls="--")
-        ax.set_ylim(len(rows) - 0.5, -0.5)
-        ax.set_yticks([k * len(models) + (len(models) - 1) / 2 for k in range(len(cats))])  # block centres
-        ax.set_yticklabels(cats if i == 0 else [], fontsize=8)
-        for k in range(1, len(cats)):
-            ax.axhline(k * len(models) - 0.5, color="#ddd", lw=0.6)
-        ax.set_title(g.replace("_", " "), fontsize=9)
-        ax.set_xlabel("model − base (points)", fontsize=8)
-        ax.tick_params(axis="x", labelsize=7)
-    fig.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle("Paired difference from base with 95% intervals (bootstrap over prompts)", fontsize=10)
-    return _png(fig)
+        attributes = (["model", "group", *names], _delta_rows(attrs, groups, names))
+    deltas = (["model", "group", *cats], _delta_rows(paired, groups, cats))
+    forest = _chart(figures.forest(paired, cats, groups), "forest plot of paired differences from base")
+    return _m().paired("", COMMANDS["evaluate"], deltas, attributes, forest)
 
 
 def _finetune_data(rep: dict) -> str:
@@ -470,7 +293,7 @@ def _no_column(rep) -> str:
     return "(fine-tuned, ablation unknown)"
 
 
-def _section_table2(metrics: dict) -> str:
+def _section_table2(metrics: dict) -> Markup:
     models = _get(metrics, "evaluate", "models")
     if not isinstance(models, dict) or not models:
         return _not_measured(COMMANDS["table2"])
@@ -499,144 +322,89 @@ def _section_table2(metrics: dict) -> str:
                 _num(paper.get("reward"), ".2f"),
             ]
         )
-    parts = [
-        _table(
-            [
-                "model",
-                "paper column",
-                "fine-tuning data",
-                "FD_CLIP ↓ (run)",
-                "FID ↓ (run)",
-                "FID on MS-CoCo ↓ (paper)",
-                "mean reward ↑ (run)",
-                "avg reward ↑ (paper)",
-            ],
-            rows,
-        ),
-        "<p>Our fidelity is the Fréchet distance on CLIP features against renders of the same prompts (FID "
-        "on Inception features only where weights were given); the paper's FID is on MS-CoCo, so compare "
-        "orderings, not values.</p>",
-        "<p>Paper (Table 2): "
-        + _e(", ".join(f"{v['paper']} FID {v['fid']} / reward {v['reward']}" for v in ABLATIONS.values()))
-        + "</p>",
-    ]
+    header = ["model", "paper column", "fine-tuning data", "FD_CLIP ↓ (run)", "FID ↓ (run)"]
+    header += ["FID on MS-CoCo ↓ (paper)", "mean reward ↑ (run)", "avg reward ↑ (paper)"]
+    paper = ", ".join(f"{v['paper']} FID {v['fid']} / reward {v['reward']}" for v in ABLATIONS.values())
     missing = [
         ABLATIONS[k]["paper"] for k in ("human_only", "no_pretrain", "full") if k not in roles["ablations"]
     ]
-    if missing:
-        parts.append(
-            f"<p class='nm'>Ablations not evaluated in this run: {_e(', '.join(missing))} (run "
-            f"<code>{_e(COMMANDS['table2'])}</code>)</p>"
-        )
-    return "\n".join(parts)
+    return _m().table2(header, rows, paper, ", ".join(missing), COMMANDS["table2"])
 
 
-def _fig3_chart(result: dict, name: str) -> bytes | None:
-    panels = []
+def _fig3_tally(result: dict, comp: dict) -> tuple[list[str], list[list[str]]]:
+    """Fig. 3's numbers of one comparison, a row per question."""
+    thr = _get(result, "alignment", "threshold") or _get(result, "fidelity", "threshold") or 7
+    first, second = comp.get("first_model", "first"), comp.get("second_model", "second")
+    rows = []
     for q in QUESTIONS:
         t = result.get(q)
-        hist = _get(t, "histogram")
-        pct = _get(t, "percent")
-        if not isinstance(pct, list) and isinstance(hist, list) and hist and all(_isnum(h) for h in hist):
-            total = sum(hist)
-            pct = [100.0 * h / total for h in hist] if total else None
-        if isinstance(pct, list) and pct and all(_isnum(p) for p in pct):
-            share = _get(t, "share_ge_threshold")
-            panels.append((q, pct, _get(t, "threshold"), share if _isnum(share) else None))
-    if not panels:
-        return None
-    fig = _new_figure(4.2 * len(panels), 3.0)
+        if not isinstance(t, dict):
+            rows.append([q, "—", "—", "—", "—", "—", "—"])
+            continue
+        rows.append(
+            [
+                q,
+                _num(t.get("queries"), "d"),
+                _num(t.get("incomplete"), "d"),
+                _pct(t.get("share_ge_threshold", t.get("share_ge_7"))),
+                _pct(t.get("share_second_ge_threshold")),
+                _pct(t.get("tie_share")),
+                " ".join(str(h) for h in t.get("histogram", [])) or "—",
+            ]
+        )
+    header = [
+        "question",
+        "queries",
+        "incomplete",
+        f">= {thr} votes for {first}",
+        f">= {thr} votes for {second}",
+    ]
+    return [*header, "tie votes", "histogram (queries by votes for the first, 0..n)"], rows
+
+
+def _fig3_comparison(name: str, result: dict, panel: str | None) -> dict[str, Any]:
+    """One comparison of the Fig. 3 section: its title, the paper's panel, the tallies and the chart."""
     comp = result.get("comparison") if isinstance(result.get("comparison"), dict) else {}
-    for i, (q, pct, threshold, share) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        thr = threshold if _isnum(threshold) else 2 * (len(pct) - 1) // 3 + 1
-        colors = ["#2e6fb8" if v >= thr else "#9dbbe0" for v in range(len(pct))]
-        ax.bar(range(len(pct)), pct, color=colors, width=0.8)
-        boxed = 100 * share if share is not None else sum(pct[int(thr) :])
-        ax.set_title(f"{q}: {boxed:.0f}% of queries with >= {thr:g} votes", fontsize=9)
-        ax.set_xticks(range(len(pct)))
-        ax.set_xlabel(f"votes for {comp.get('first_model', 'the first model')}", fontsize=8)
-        ax.set_ylabel("% of queries", fontsize=8)
-    fig.suptitle(f"{comp.get('first_model', name)} vs {comp.get('second_model', '?')}", fontsize=10)
-    return _png(fig)
+    by_split = result.get("by_split")
+    split_rows = None
+    if isinstance(by_split, dict) and by_split:
+        rows = [
+            [
+                split,
+                q,
+                _num(_get(v, q, "queries"), "d"),
+                _pct(_get(v, q, "share_ge_threshold")),
+                _pct(_get(v, q, "share_second_ge_threshold")),
+            ]
+            for split, v in by_split.items()
+            for q in QUESTIONS
+        ]
+        split_rows = (["split", "question", "queries", ">= 7 for first", ">= 7 for second"], rows)
+    title = f"{name}: {comp.get('first_model', '?')} vs {comp.get('second_model', '?')}"
+    return {
+        "title": title,
+        "info": ", ".join(f"{k} {comp[k]}" for k in ("queries", "raters_per_query") if k in comp),
+        "paper": PAPER_FIG3[panel] if panel else None,
+        "tally": _fig3_tally(result, comp),
+        "by_split": split_rows,
+        "chart": _chart(figures.fig3(result, f"{title} (paper Fig. 3)"), f"Fig. 3 histogram, {name}"),
+    }
 
 
-def _section_fig3(metrics: dict) -> str:
+def _section_fig3(metrics: dict) -> Markup:
     sbs = metrics.get("side_by_side")
     if not isinstance(sbs, dict) or not sbs:
         return _not_measured(COMMANDS["side_by_side"])
     panel_of = {p["name"]: k for k, p in fig3_panels(sbs).items()}
-    parts = []
-    for name in sorted(sbs):
-        result = sbs[name] if isinstance(sbs[name], dict) else {}
-        comp = result.get("comparison") if isinstance(result.get("comparison"), dict) else {}
-        title = f"{name}: {comp.get('first_model', '?')} vs {comp.get('second_model', '?')}"
-        info = ", ".join(f"{k} {comp[k]}" for k in ("queries", "raters_per_query") if k in comp)
-        parts.append(f"<h3>{_e(title)}</h3>" + (f"<p>{_e(info)}</p>" if info else ""))
-        panel = panel_of.get(name)
-        if panel:
-            parts.append(
-                f"<p>Paper Fig. 3{_e(PAPER_FIG3[panel]['title'])}: alignment — "
-                f"{_e(PAPER_FIG3[panel]['alignment'])}; fidelity — {_e(PAPER_FIG3[panel]['fidelity'])}.</p>"
-            )
-        thr = _get(result, "alignment", "threshold") or _get(result, "fidelity", "threshold") or 7
-        first, second = comp.get("first_model", "first"), comp.get("second_model", "second")
-        rows = []
-        for q in QUESTIONS:
-            t = result.get(q)
-            if not isinstance(t, dict):
-                rows.append([q, "—", "—", "—", "—", "—", "—"])
-                continue
-            share = t.get("share_ge_threshold", t.get("share_ge_7"))
-            rows.append(
-                [
-                    q,
-                    _num(t.get("queries"), "d"),
-                    _num(t.get("incomplete"), "d"),
-                    _pct(share),
-                    _pct(t.get("share_second_ge_threshold")),
-                    _pct(t.get("tie_share")),
-                    " ".join(str(h) for h in t.get("histogram", [])) or "—",
-                ]
-            )
-        parts.append(
-            _table(
-                [
-                    "question",
-                    "queries",
-                    "incomplete",
-                    f">= {thr} votes for {first}",
-                    f">= {thr} votes for {second}",
-                    "tie votes",
-                    "histogram (queries by votes for the first, 0..n)",
-                ],
-                rows,
-            )
-        )
-        by_split = result.get("by_split")
-        if isinstance(by_split, dict) and by_split:
-            rows = [
-                [
-                    split,
-                    q,
-                    _num(_get(v, q, "queries"), "d"),
-                    _pct(_get(v, q, "share_ge_threshold")),
-                    _pct(_get(v, q, "share_second_ge_threshold")),
-                ]
-                for split, v in by_split.items()
-                for q in QUESTIONS
-            ]
-            parts.append(
-                "<details><summary>by prompt split</summary>"
-                + _table(["split", "question", "queries", ">= 7 for first", ">= 7 for second"], rows)
-                + "</details>"
-            )
-        png = _fig3_chart(result, name)
-        parts.append(_img(png, f"Fig. 3 histogram, {name}") if png else "<p>No histogram to draw.</p>")
-    return "\n".join(parts)
+    return _m().fig3(
+        [
+            _fig3_comparison(name, sbs[name] if isinstance(sbs[name], dict) else {}, panel_of.get(name))
+            for name in sorted(sbs)
+        ]
+    )
 
 
-def _section_rejection(metrics: dict) -> str:
+def _section_rejection(metrics: dict) -> Markup:
     rs = metrics.get("rejection_sampling")
     if not isinstance(rs, dict) or not rs:
         return _not_measured(COMMANDS["rejection_sampling"])
@@ -657,25 +425,25 @@ def _section_rejection(metrics: dict) -> str:
                 s.get("file", "—"),
             ]
         )
-    return _table(
-        [
-            "selection",
-            "model",
-            "rule",
-            "prompts",
-            "reward kept",
-            "reward random",
-            "reward all",
-            "kept − random",
-            "file",
-        ],
-        rows,
-    )
+    header = ["selection", "model", "rule", "prompts", "reward kept", "reward random", "reward all"]
+    return table(header + ["kept − random", "file"], rows)
+
+
+def _grid_prompts(texts: list, categories: dict[str, str]) -> list[str]:
+    """Up to GRID_PER_CATEGORY prompts of each category, the first in the evaluation's order, by category."""
+    chosen, per_cat = [], {}
+    for t in texts:
+        c = categories.get(t, "other")
+        if per_cat.get(c, 0) < GRID_PER_CATEGORY:
+            per_cat[c] = per_cat.get(c, 0) + 1
+            chosen.append(t)
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    return sorted(chosen, key=lambda t: order.get(categories.get(t, "other"), len(order)))
 
 
 def _section_grids(
     grids: dict | None, categories: dict[str, str], image_bytes: Callable[[str], bytes | None]
-) -> str:
+) -> Markup:
     if not isinstance(grids, dict) or not isinstance(grids.get("images"), dict) or not grids["images"]:
         return _not_measured(COMMANDS["grids"])
     # the Fig. 3 sets (4 images per prompt) where evaluate wrote them, not every judged image
@@ -686,89 +454,43 @@ def _section_grids(
         groups = {"all": list(images[models[0]])}
     cache: dict[str, str | None] = {}
 
-    def tag(sha: str) -> str:
+    def uri(sha: str) -> str | None:
         if sha not in cache:
             try:
                 data = image_bytes(sha)
             except (OSError, ValueError):
                 data = None
             cache[sha] = _data_uri(data) if data else None
-        uri = cache[sha]
-        if uri is None:
-            return f'<span class="missing" title="{_e(sha)}">missing</span>'
-        return f'<img class="px" alt="{_e(sha[:12])}" src="{uri}">'
+        return cache[sha]
 
-    parts = [
-        f"<p>Up to {GRID_PER_CATEGORY} prompts per category and group (the first in the evaluation's order); "
-        "one row per prompt, each model's images with the same seeds: the sets Fig. 3 shows (a model's first "
-        "seeds; rejection sampling's best of the first candidates).</p>"
-    ]
+    m = _m()
+    shown = []
     for g, texts in groups.items():
         if not isinstance(texts, list):
             continue
-        chosen, per_cat = [], {}
-        for t in texts:
-            c = categories.get(t, "other")
-            if per_cat.get(c, 0) < GRID_PER_CATEGORY:
-                per_cat[c] = per_cat.get(c, 0) + 1
-                chosen.append(t)
-        order = {c: i for i, c in enumerate(CATEGORIES)}
-        chosen.sort(key=lambda t: order.get(categories.get(t, "other"), len(order)))
         rows = []
-        for t in chosen:
-            cells = [Raw(f"<b>{_e(t)}</b><br><small>{_e(categories.get(t, 'other'))}</small>")]
-            for m in models:
-                shas = images[m].get(t) if isinstance(images[m], dict) else None
-                cells.append(Raw("".join(tag(s) for s in shas if isinstance(s, str))) if shas else "—")
+        for t in _grid_prompts(texts, categories):
+            cells = [m.prompt_cell(t, categories.get(t, "other"))]
+            for model in models:
+                shas = images[model].get(t) if isinstance(images[model], dict) else None
+                cells.append(m.thumbs([(s, uri(s)) for s in shas if isinstance(s, str)]) if shas else "—")
             rows.append(cells)
-        parts.append(f"<h3>{_e(g.replace('_', ' '))}</h3>" + _table(["prompt", *models], rows, "grid"))
-    return "\n".join(parts)
+        shown.append((g.replace("_", " "), ["prompt", *models], rows))
+    return m.grids(GRID_PER_CATEGORY, shown)
 
 
-def _section_claims(metrics: dict) -> str:
+def _section_claims(metrics: dict) -> Markup:
     found = claims(metrics)
+    verdict = _m().verdict
     rows = [
-        [
-            c["section"],
-            c["claim"],
-            c["paper"],
-            c["measured"],
-            c["criterion"],
-            Raw(f'<span class="v {c["verdict"].replace(" ", "-")}">{_e(c["verdict"])}</span>'),
-        ]
+        [c["section"], c["claim"], c["paper"], c["measured"], c["criterion"], verdict(c["verdict"])]
         for c in found
     ]
     counts = {v: sum(c["verdict"] == v for c in found) for v in VERDICTS}
-    return (
-        "<p>" + _e(", ".join(f"{n} {v}" for v, n in counts.items())) + ". Thresholds come from the project's "
-        "issues where the paper states none; a claim is not measured when a number it needs is missing. A "
-        "gain of a model over base counts as reproduced only when its paired 95% interval (same prompts and "
-        "seeds, bootstrap over prompts) lies above zero, and is within noise when the interval contains "
-        "zero; a comparison of two scorers is within noise when their difference is under 1.96 standard "
-        "errors.</p>"
-        + _table(["where", "claim", "paper", "this run", "criterion", "verdict"], rows, "claims")
-    )
+    return _m().claims(", ".join(f"{n} {v}" for v, n in counts.items()), rows)
 
 
 # --- page ----------------------------------------------------------------------------------------------------------
-
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .8em 0; font-size: .88em; }
-th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-table.kv th { display: none; }
-img.figure { display: block; max-width: 100%; margin: .8em 0; }
-img.px { width: 96px; height: 96px; image-rendering: pixelated; margin: 1px; }
-table.grid td { white-space: nowrap; } table.grid td:first-child { white-space: normal; max-width: 16em; }
-.nm { color: #8a6d00; background: #fff8e1; padding: .3em .6em; display: inline-block; }
-.missing { display: inline-block; width: 96px; height: 96px; background: #eee; color: #999; text-align: center; }
-.v { font-weight: bold; white-space: nowrap; }
-.v.reproduced { color: #1b7a1b; } .v.not-reproduced { color: #b00020; } .v.not-measured { color: #777; }
-.v.within-noise { color: #8a6d00; }
-pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .8em; }
-"""
 
 
 def render_report(
@@ -799,25 +521,19 @@ def render_report(
         ("grids", "Images", lambda: _section_grids(grids, categories or {}, image_bytes)),
         ("claims", "Paper vs this run", lambda: _section_claims(metrics)),
     ]
-    body = []
+    shown = []
     for sid, title, make in sections:
         try:
             content = make()
         except Exception as e:  # a malformed section must not hide the others; say what failed
-            content = f'<p class="nm">could not render this section: {_e(type(e).__name__)}: {_e(e)}</p>'
-        body.append(f'<section id="{sid}"><h2>{_e(title)}</h2>\n{content}\n</section>')
-    body.append(
-        '<section id="metrics"><h2>metrics.json</h2><details><summary>the full file</summary>'
-        f"<pre>{_e(json.dumps(metrics, indent=1, sort_keys=True))}</pre></details></section>"
-    )
-    toc = " · ".join(f'<a href="#{sid}">{_e(title.split(":")[0])}</a>' for sid, title, _ in sections)
-    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
-        f"<title>t2ialign report: {_e(run_dir.name)}</title><style>{CSS}</style></head><body>\n"
-        "<h1>Aligning Text-to-Image Models using Human Feedback (Lee et al. 2023): this run</h1>\n"
-        f"<nav>{toc}</nav>\n" + "\n".join(body) + "\n</body></html>\n"
+            content = _m().failed(f"{type(e).__name__}: {e}")
+        shown.append({"id": sid, "title": title, "content": content})
+    return render(
+        TEMPLATES,
+        "report.html",
+        run_name=run_dir.name,
+        sections=shown,
+        metrics_json=json.dumps(metrics, indent=1, sort_keys=True),
     )
 
 
