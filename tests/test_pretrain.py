@@ -1,6 +1,7 @@
 """Pretraining of the world's base models: the tokenizer, the losses, exact resume, a tiny end-to-end run."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -253,3 +254,31 @@ def test_caption_rates_are_validated():
         PretrainDataConfig(caption_rates={"count": 0.1})
     with pytest.raises(ConfigError, match="count error rate"):
         PretrainDataConfig(count_error_rate=2.0)
+
+
+def test_an_unfinished_pretraining_is_carried_to_the_next_sitting(tmp_path, capsys):
+    """benchmarks/carry_pretrain: what `save` keeps resumes the UNet from its newest checkpoint in a new
+    work folder (a sitting's work/ is gone the next time)."""
+    from benchmarks.carry_pretrain import restore, save
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.replace("[pretrain.unet]\nsteps = 3", "[pretrain.unet]\nsteps = 4"))
+    first, carry, second = tmp_path / "first", tmp_path / "carry", tmp_path / "second"
+    assert main(["pretrain", "--out", str(first), "--config", str(cfg)]) == 0
+    shutil.rmtree(first / "unet")  # as if the sitting had ended after the UNet's checkpoint at step 4
+    kept = save(first, carry)
+    assert {
+        "tokenizer",
+        "pretrain_config.json",
+        "clip",
+        "vae",
+        "checkpoints/unet/checkpoint-00000004",
+    } <= set(kept)
+    assert not (carry / "data").exists() and not (carry / "latents").exists()  # remade, not carried
+    restore(carry, second)
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(second), "--config", str(cfg)]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    a = (first / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    b = (second / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert a == b
