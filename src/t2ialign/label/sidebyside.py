@@ -90,35 +90,6 @@ def plot_fig3(result: dict[str, Any], path: str | Path, title: str | None = None
     """The paper's Fig. 3 for one comparison: for alignment and for fidelity, the % of queries by the
     number of votes for the first model (0..n), the bars at or above the threshold in a black box with
     their total share. Written as PNG to ``path``."""
-    import matplotlib
+    from t2ialign.core import figures  # here: matplotlib loads only when drawing
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    c = result["comparison"]
-    n = c["raters_per_query"]
-    percents = {q: result[q]["percent"] or [0.0] * (n + 1) for q in QUESTIONS}
-    top = max(max(p) for p in percents.values()) or 1.0  # one y scale for both panels, as in the paper
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, question in zip(axes, QUESTIONS, strict=True):
-        t = result[question]
-        threshold = t["threshold"]
-        colors = ["#2e6fb8" if v >= threshold else "#9dbbe0" for v in range(n + 1)]
-        ax.bar(range(n + 1), percents[question], color=colors, width=0.8)
-        ax.add_patch(
-            Rectangle((threshold - 0.5, 0), n + 1 - threshold, top * 1.08, fill=False, lw=1.5, ec="black")
-        )
-        box = "n/a" if t["share_ge_threshold"] is None else f"{100 * t['share_ge_threshold']:.0f}%"
-        ax.text(threshold - 0.4, top * 1.12, f">= {threshold}: {box}", fontsize=9, va="bottom")
-        ax.set_ylim(0, top * 1.3)
-        ax.set_xticks(range(n + 1))
-        ax.set_xlabel(f"votes for {c['first_model']} (of {n})")
-        ax.set_title(f"{question} ({t['queries']} queries)")
-    axes[0].set_ylabel("% of queries")
-    fig.suptitle(title or f"{c['first_model']} vs {c['second_model']} (paper Fig. 3)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return figures.write_png(figures.fig3(result, title), path)

@@ -200,8 +200,6 @@ def simulate_votes(
 def query_evidence(store: Store, queries: list[dict], judge) -> dict[tuple[int, str], ImageEvidence]:
     """What the raters see of every image of these queries, (query id, sha256) -> :class:`ImageEvidence`:
     the judge's P(match) with the query's prompt and the image's :func:`render_distance`."""
-    import numpy as np
-    from PIL import Image
 
     from t2ialign.world.prompts import spec_of
 
@@ -211,7 +209,7 @@ def query_evidence(store: Store, queries: list[dict], judge) -> dict[tuple[int, 
         chunk = queries[i : i + JUDGE_QUERIES]
         keys = [(q["id"], sha) for q in chunk for sha in (*q["first"], *q["second"])]
         prompts = [specs[q["prompt"]] for q in chunk for _ in (*q["first"], *q["second"])]
-        pixels = [np.asarray(Image.open(store.image_path(sha)).convert("RGB")) for _, sha in keys]
+        pixels = [store.image_array(sha) for _, sha in keys]
         verdicts = judge.judge(pixels, prompts)
         distances = render_distance(judge, pixels)
         for key, v, d in zip(keys, verdicts, distances, strict=True):
