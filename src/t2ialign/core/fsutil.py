@@ -4,6 +4,7 @@ new one, never a part, and a rename survives a power cut once it returns."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -50,3 +51,14 @@ def publish_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
     fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def loads_json_object(text: str, where: str, error: type[Exception] = ValueError) -> dict:
+    """``json.loads`` of a text that must hold one JSON object; ``error`` names ``where`` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise error(f"{where} must hold a JSON object, got {type(value).__name__}")
+    return value

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
-from t2ialign.core.fsutil import atomic_write
+from t2ialign.core.fsutil import atomic_write, loads_json_object
 from t2ialign.label.auth import ADMIN_NAME, check_labeler_name
 from t2ialign.store import (
     IMAGES_DIRNAME,
@@ -178,12 +178,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
         where = f"{path} line {i + 1}"
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not JSON: {e}") from e
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        row = loads_json_object(line, where)
         _check_columns(where, list(row))
         out.append((where, row))
     return out

@@ -15,7 +15,7 @@ from alembic import command
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from t2ialign.core.fsutil import atomic_write, fsync_dir
+from t2ialign.core.fsutil import atomic_write, fsync_dir, loads_json_object
 from t2ialign.store._common import (
     _INT64,
     _SHA256,
@@ -320,13 +320,7 @@ class Store(LabelsMixin, ComparisonsMixin):
             text = self.metrics_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return {}
-        try:
-            metrics = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{self.metrics_path} is not valid JSON: {e}") from e
-        if not isinstance(metrics, dict):
-            raise StoreError(f"{self.metrics_path} must hold a JSON object, got {type(metrics).__name__}")
-        return metrics
+        return loads_json_object(text, str(self.metrics_path), StoreError)
 
     def update_metrics(self, **sections: Any) -> None:
         """Replace the given top-level sections of metrics.json, keep the others; written atomically.
