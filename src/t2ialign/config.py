@@ -11,17 +11,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from t2ialign.core.config import ConfigError, from_dict, to_dict  # noqa: F401 (to_dict: importable from here)
+from t2ialign.core.config import ConfigError, at_least_one, from_dict, to_dict  # noqa: F401 (to_dict: importable from here)
 from t2ialign.world import vocab
 from t2ialign.world.dataset import DEFAULT_CAPTION_RATES, DEFAULT_COUNT_ERROR_RATE, check_caption_rates
 from t2ialign.world.judge import JudgeTrainConfig
-
-
-def _at_least_one(cfg, table: str, *names: str) -> None:
-    """ConfigError for the first of the fields ``names`` of ``cfg`` that is below 1."""
-    for name in names:
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{table}.{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 def _check_precision(table: str, mixed_precision: str) -> None:
@@ -206,7 +199,7 @@ class GenerateConfig:
         _check_precision("generate", self.mixed_precision)
         if self.role not in ("human", "unlabeled", "eval"):
             raise ConfigError(f"generate.role must be human, unlabeled or eval, got {self.role!r}")
-        _at_least_one(self, "generate", "images_per_prompt", "num_inference_steps", "batch_size")
+        at_least_one(self, "generate", "images_per_prompt", "num_inference_steps", "batch_size")
         if self.guidance_scale < 1.0:
             raise ConfigError(f"generate.guidance_scale must be >= 1, got {self.guidance_scale}")
 
@@ -239,7 +232,7 @@ class RewardConfig:
             raise ConfigError(f"reward.n_prompts counts the original and must be >= 2, got {self.n_prompts}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"reward.val_fraction must be in (0, 1), got {self.val_fraction}")
-        _at_least_one(self, "reward", "epochs", "batch_size")
+        at_least_one(self, "reward", "epochs", "batch_size")
 
 
 FINETUNE_WEIGHTS = ("reward", "labels", "uniform", "none")
@@ -326,7 +319,7 @@ class FinetuneConfig:
                 f"finetune.pretrain_cfg_dropout must be in [0, 1), got {self.pretrain_cfg_dropout}"
             )
         _check_precision("finetune", self.mixed_precision)
-        _at_least_one(
+        at_least_one(
             self,
             "finetune",
             "pretrain_images",
@@ -371,7 +364,7 @@ class EvaluateConfig:
 
     def __post_init__(self):
         names = ("n_seen", "n_unseen", "images_per_prompt", "best_of", "keep", "bootstrap_resamples")
-        _at_least_one(self, "evaluate", *names)
+        at_least_one(self, "evaluate", *names)
         if self.keep > self.best_of:
             raise ConfigError(f"evaluate.keep ({self.keep}) must be <= evaluate.best_of ({self.best_of})")
         if self.keep > self.images_per_prompt:

@@ -21,9 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-from PIL import Image as PILImage
-
 from t2ialign.cli import _tune_allocator
 
 
@@ -332,9 +329,7 @@ def _grid(store, ev: dict, path: Path) -> None:
     tiles = []
     for model in images:
         for text in first.values():
-            tiles += [
-                np.asarray(PILImage.open(store.image_path(s)).convert("RGB")) for s in images[model][text]
-            ]
+            tiles += [store.image_array(s) for s in images[model][text]]
     grid(tiles, cols=4 * len(first)).save(path)
     print(f"  grid (rows: {', '.join(images)}; 4 images x {', '.join(first)}) -> {path}")
 

@@ -65,3 +65,10 @@ def _coerce(tp, value, path: str):
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise ConfigError(f"{path} must be {tp.__name__}, got {value!r}")
     return value
+
+
+def at_least_one(cfg, table: str, *names: str) -> None:
+    """ConfigError for the first of the fields ``names`` of ``cfg`` that is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{table}.{name} must be >= 1, got {getattr(cfg, name)}")

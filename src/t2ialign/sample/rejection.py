@@ -32,6 +32,7 @@ import torch
 from t2ialign import __version__
 from t2ialign.config import ConfigError, GenerateConfig, to_dict
 from t2ialign.core.cliutil import add_config, add_sampler_args, config_from_args, subcommand
+from t2ialign.core.fingerprint import module_fingerprint
 from t2ialign.core.fsutil import atomic_write
 from t2ialign.generate.images import generate, image_seed, select_prompts
 from t2ialign.store import Store
@@ -92,11 +93,7 @@ def selection_path(store: Store, model_id: str, best_of: int, keep: int) -> Path
 
 def weights_digest(module: torch.nn.Module) -> str:
     """A short hash of a module's weights: which exact reward model made a selection."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return module_fingerprint(module, sample_bytes=None, with_config=False)
 
 
 def top_k(rewards: list[float], k: int) -> list[int]:

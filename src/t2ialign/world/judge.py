@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from t2ialign import __version__
-from t2ialign.core.config import ConfigError, to_dict
+from t2ialign.core.config import ConfigError, at_least_one, to_dict
 from t2ialign.core.seeds import stable_seed
 from t2ialign.core.training import TrainState, fit
 from t2ialign.world import vocab
@@ -64,9 +64,7 @@ class JudgeTrainConfig:
             raise ConfigError(f"judge.size must be >= 32 pixels, got {self.size}")
         if not 0.0 < self.bad_threshold <= self.good_threshold < 1.0:
             raise ConfigError("judge thresholds need 0 < bad_threshold <= good_threshold < 1")
-        for name in ("n_train", "n_val", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"judge.{name} must be >= 1, got {getattr(self, name)}")
+        at_least_one(self, "judge", "n_train", "n_val", "epochs", "batch_size")
 
 
 DEFAULT_JUDGE_PATH = Path(__file__).parent / "judge_weights"
