@@ -23,7 +23,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/lint-imports
+	$(BIN)/lint-imports --no-logo --no-cache
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
