@@ -126,3 +126,43 @@ def test_paired_cells_pool_groups_and_categories_within_strata():
     # pooled: 4 of 8 pairs better, and the strata (2 count, 1 + 1 color) fix every resample at +0.5
     assert cells["all"]["all"] == {"delta": 0.5, "ci95": [0.5, 0.5], "n_prompts": 4, "n_images": 8}
     assert cells["seen"]["all"]["delta"] == pytest.approx(4 / 6)
+
+
+_REPORT_SCRIPT = """
+import json, random
+from t2ialign.config import EvaluateConfig
+from t2ialign.evaluate.run import paired_report
+rng = random.Random(0)
+by_slot, cell_of = {"base": {}, "tuned": {}}, {}
+for i in range(40):
+    prompt = f"prompt {i}"
+    cell_of[prompt] = ("seen", "count")
+    for model in by_slot:
+        by_slot[model][prompt] = {
+            k: {"verdict": "good", "attribute_hits": {"count": rng.random() < 0.5, "color": True}}
+            for k in range(4)
+        }
+rewards = {m: {p: {k: 0.0 for k in range(4)} for p in cell_of} for m in by_slot}
+cfg = EvaluateConfig(bootstrap_resamples=200)
+print(json.dumps(paired_report(by_slot, rewards, cell_of, cfg)["paired_attribute"], sort_keys=True))
+"""
+
+
+def test_paired_report_does_not_depend_on_string_hashing():
+    """The demo's paired_attribute intervals once changed between runs: the prompts naming an attribute
+    were gathered in a set, whose order follows Python's per-process string hashing."""
+    import os
+    import subprocess
+    import sys
+
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", _REPORT_SCRIPT],
+            env=os.environ | {"PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for hash_seed in ("1", "2", "3")
+    }
+    assert len(outs) == 1, outs

@@ -225,7 +225,8 @@ def paired_report(
         }
         per_attr: dict[str, dict] = {}
         for a in vocab.ATTRIBUTES:
-            named = {p for p, slots in base.items() if any(a in j["attribute_hits"] for j in slots.values())}
+            # a list in base's order, not a set: the bootstrap's draws follow the prompts' order
+            named = [p for p, slots in base.items() if any(a in j["attribute_hits"] for j in slots.values())]
             hits = [
                 {p: {k: float(j["attribute_hits"][a]) for k, j in by_slot[m][p].items()} for p in named}
                 for m in (PAIRED_REFERENCE, name)
