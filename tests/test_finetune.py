@@ -31,7 +31,7 @@ from t2ialign.finetune.losses import (
 from t2ialign.finetune.train import batch_indices, finetune
 from t2ialign.generate.images import generate
 from t2ialign.label.service import submit_label
-from t2ialign.models.load import load_clip
+from t2ialign.models.load import load_clip, revision
 from t2ialign.reward.model import RewardModel
 from t2ialign.reward.train import train_reward
 from t2ialign.store import Store
@@ -188,6 +188,9 @@ def test_finetune_changes_the_unet_and_ships_a_stock_pipeline(ft_run, tiny_pipel
     out = ft_run / "finetune" / "plain" / "pipeline"
     stamp = json.loads((out / "t2ialign_finetune.json").read_text())
     assert stamp["seed"] == 0 and stamp["config"]["max_train_steps"] == 6
+    # the same weights made in two run folders are the same model revision: no config names a local path
+    assert not any("_name_or_path" in json.loads(f.read_text()) for f in out.glob("*/config.json"))
+    assert revision(out) == revision(ft_run / "finetune" / "plain-again" / "pipeline")
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     image = pipe("Two red circles", num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (32, 32, 3) and np.isfinite(image).all()

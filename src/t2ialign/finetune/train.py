@@ -362,7 +362,7 @@ def _save_outputs(pipe, unet, cfg: FinetuneConfig, out: Path, report: dict) -> N
     """The fine-tuned pipeline (and LoRA weights) next to the config and seed that made them."""
     from diffusers import StableDiffusionPipeline
 
-    from t2ialign.models.load import resolve_sd_path
+    from t2ialign.models.load import resolve_sd_path, strip_local_paths
 
     stamp = {"t2ialign_version": __version__, "config": to_dict(cfg), "seed": cfg.seed, "report": report}
     tmp = out / "pipeline.tmp"
@@ -392,5 +392,6 @@ def _save_outputs(pipe, unet, cfg: FinetuneConfig, out: Path, report: dict) -> N
     else:
         pipe.unet = unet.eval()
         pipe.save_pretrained(tmp, safe_serialization=True)
+    strip_local_paths(tmp)
     (tmp / "t2ialign_finetune.json").write_text(json.dumps(stamp, indent=1) + "\n")
     publish_dir(tmp, out / "pipeline")

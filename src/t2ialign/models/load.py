@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from t2ialign.core.fingerprint import folder_fingerprint
+from t2ialign.core.fsutil import atomic_write
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "world" / "weights"
 WORLD_SD = WEIGHTS_DIR / "sd"
@@ -55,6 +56,16 @@ def resolve_sd_path(path: str | Path | None) -> tuple[Path, str]:
             + (f" (no {', '.join(missing)})" if missing else "")
         )
     return p, str(p.resolve())
+
+
+def strip_local_paths(pipeline_dir: Path) -> None:
+    """Drop ``_name_or_path`` (the folder a component was loaded from on this machine) from every
+    component config of a pipeline folder: a saved pipeline names no path of the machine that made it, and
+    the same weights saved from two folders get the same ``revision``."""
+    for path in sorted(Path(pipeline_dir).glob("*/config.json")):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            atomic_write(path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 
 def revision(folder: Path) -> str:

@@ -39,7 +39,7 @@ from t2ialign.core.fsutil import atomic_write, publish_dir
 from t2ialign.core.seeds import stable_seed
 from t2ialign.core.training import TrainState, fit
 from t2ialign.models.embed import clip_features
-from t2ialign.models.load import assemble_pipeline
+from t2ialign.models.load import assemble_pipeline, strip_local_paths
 from t2ialign.models.tokenizer import MAX_LENGTH, build_clip_tokenizer, grammar_corpus
 from t2ialign.world import vocab
 from t2ialign.world.dataset import caption_for, web_caption
@@ -405,7 +405,7 @@ def save_pipeline(final: Path, vae, text_encoder, tokenizer, unet, sched, full: 
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    _strip_local_paths(tmp)
+    strip_local_paths(tmp)
     atomic_write(
         tmp / "t2ialign.json",
         (json.dumps({"t2ialign_version": __version__, "pretrain_config": full}, indent=1) + "\n").encode(),
@@ -414,15 +414,6 @@ def save_pipeline(final: Path, vae, text_encoder, tokenizer, unet, sched, full: 
 
 
 # --- the whole pretraining -------------------------------------------------------------------------------
-
-
-def _strip_local_paths(pipeline_dir: Path) -> None:
-    """Drop ``_name_or_path`` (the folder a component was loaded from on this machine) from every
-    component config: a shipped pipeline names no path of the machine that assembled it."""
-    for path in sorted(pipeline_dir.glob("*/config.json")):
-        config = json.loads(path.read_text())
-        if config.pop("_name_or_path", None) is not None:
-            atomic_write(path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 
 def adopt_vae(source: Path, final: Path, identity: dict) -> None:
