@@ -14,7 +14,8 @@ Every method validates its input and raises ``ValueError`` before writing anythi
 transaction, so a failure leaves the database as it was.
 
 The package: ``core`` (the Store, prompts, images, metrics), ``labels`` (labelers, labels, leases),
-``comparisons`` (side-by-side queries and votes), ``engine`` (engine, migrations, opening checks) and
+``comparisons`` (side-by-side queries and votes), ``preferences`` (pairwise preferences A / B / tie
+on pairs of images of one prompt: made here, answered in the app, imported from public data), ``engine`` (engine, migrations, opening checks) and
 ``_common`` (what they share). Import from ``t2ialign.store``.
 """
 
@@ -37,9 +38,12 @@ from t2ialign.store.engine import (
     alembic_config,
     make_engine,
 )
+from t2ialign.store.preferences import check_source
 from t2ialign.store.schema import (
+    APP_SOURCE,
     LABEL_VALUES,
     NAMING_CONVENTION,
+    PREFERENCE_CHOICES,
     ROLES,
     SHOWN_SIDES,
     VOTE_CHOICES,
@@ -55,6 +59,10 @@ from t2ialign.store.schema import (
     LabelerRow,
     LabelRow,
     LeaseRow,
+    PairState,
+    PreferenceLeaseRow,
+    PreferencePairRow,
+    PreferenceRow,
     PromptRow,
     QueryState,
     SessionRow,
@@ -62,6 +70,7 @@ from t2ialign.store.schema import (
 
 # the store's API names its rows and values: they are importable from here
 __all__ = [
+    "APP_SOURCE",
     "DB_FILENAME",
     "IMAGES_DIRNAME",
     "LABEL_VALUES",
@@ -70,6 +79,7 @@ __all__ = [
     "MIGRATIONS_DIR",
     "NotLeased",
     "NAMING_CONVENTION",
+    "PREFERENCE_CHOICES",
     "ROLES",
     "SHOWN_SIDES",
     "SQLITE_BUSY_TIMEOUT_MS",
@@ -87,6 +97,10 @@ __all__ = [
     "LabelRow",
     "LabelerRow",
     "LeaseRow",
+    "PairState",
+    "PreferenceLeaseRow",
+    "PreferencePairRow",
+    "PreferenceRow",
     "PromptRow",
     "QueryState",
     "SessionRow",
@@ -94,6 +108,7 @@ __all__ = [
     "StoreError",
     "VoteConflict",
     "alembic_config",
+    "check_source",
     "make_engine",
     "open_existing",
     "shown_to_choice",

@@ -39,13 +39,14 @@ from t2ialign.store.engine import (
     make_engine,
 )
 from t2ialign.store.labels import LabelsMixin
+from t2ialign.store.preferences import PreferencesMixin
 from t2ialign.store.schema import ROLES, ImageRow, PromptRow
 from t2ialign.world.prompts import CATEGORIES, SPLITS
 
 # --- the store --------------------------------------------------------------------------------------------
 
 
-class Store(LabelsMixin, ComparisonsMixin):
+class Store(LabelsMixin, ComparisonsMixin, PreferencesMixin):
     """A run directory: database, content-addressed images and metrics. Open with :meth:`Store.open`."""
 
     def __init__(self, run_dir: Path, engine: Engine):

@@ -1,4 +1,5 @@
-"""Work handed out with leases and answered by distinct raters: images to label and comparison queries.
+"""Work handed out with leases and answered by distinct raters: images to label, comparison queries and
+preference pairs.
 
 One rule serves both (paper Sec. 4.1: k labels per image; Sec. 4.2: nine votes per query), each from a
 distinct rater. An item is *taken* by a rater who answered it or holds an active lease on it; a rater is
@@ -20,7 +21,15 @@ from sqlalchemy import Select, case, delete, func, select
 from sqlalchemy.orm import Session
 
 from t2ialign.store._common import _INT64, NotLeased, VoteConflict, _check_int, _check_utc, _chunks, _insert
-from t2ialign.store.schema import ComparisonLeaseRow, ComparisonVoteRow, LabelerRow, LabelRow, LeaseRow
+from t2ialign.store.schema import (
+    ComparisonLeaseRow,
+    ComparisonVoteRow,
+    LabelerRow,
+    LabelRow,
+    LeaseRow,
+    PreferenceLeaseRow,
+    PreferenceRow,
+)
 
 
 class Words(NamedTuple):
@@ -63,6 +72,10 @@ QUERIES = Work(
     True,
     QUERY_WORDS,
 )
+PAIRS_LOCK_KEY = 0x7432_6961_7061_6972  # "t2iapair"
+# The pairwise preferences (A / B / tie) on preference pairs, k per pair: a rater may change their own.
+PAIR_WORDS = Words("pair", "a preference pair", "/api/pairs/next", "preferences", NotLeased)
+PAIRS = Work(PreferenceRow, PreferenceLeaseRow, "pair_id", ("choice",), PAIRS_LOCK_KEY, False, PAIR_WORDS)
 
 
 # --- how far each item is, for one rater ------------------------------------------------------------------

@@ -314,3 +314,84 @@ class QueryState:
     n_leased: int
     wanted: int
     mine: str | None
+
+
+# --- pairwise preferences (issue 17): which of two images of one prompt is better, or a tie --------------
+
+# A rater's answer to a pair: "A" prefers the pair's image_a, "B" its image_b.
+PREFERENCE_CHOICES: tuple[str, ...] = ("A", "B", "tie")
+# The source of pairs made in this run for the labeling app (``t2ialign label pairs create``); importers of
+# public data name theirs "import:<dataset>" (e.g. "import:pickapic").
+APP_SOURCE = "app"
+
+
+class PreferencePairRow(Base):
+    """Two distinct images of one prompt, to be compared by raters; one row per unordered image pair.
+
+    Stored in a canonical order, ``image_a_id < image_b_id``, which the database enforces together with
+    the uniqueness of (image_a_id, image_b_id): so (x, y) and (y, x) are one pair. The order is not the
+    order a rater sees (the app draws the sides per rater, ``label.pairs.shown_swapped``). ``source`` says
+    where the pair comes from: "app" or "import:<dataset>".
+    """
+
+    __tablename__ = "preference_pairs"
+    __table_args__ = (
+        UniqueConstraint("image_a_id", "image_b_id"),
+        CheckConstraint("image_a_id < image_b_id", name="image_order"),
+        Index(None, "prompt_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    image_a_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    image_b_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    source: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+class PreferenceRow(Base):
+    """One rater's answer to one pair: "A" (image_a is better), "B" (image_b) or "tie"; at most one per
+    (pair, rater). A rater may change their own answer, as a label (``updated_at`` orders changes)."""
+
+    __tablename__ = "preferences"
+    __table_args__ = (
+        UniqueConstraint("pair_id", "labeler_id"),
+        CheckConstraint(_one_of("choice", PREFERENCE_CHOICES), name="choice"),
+        Index(None, "labeler_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("preference_pairs.id"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"))
+    choice: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=_utcnow, onupdate=_utcnow)
+
+
+class PreferenceLeaseRow(Base):
+    """A pair handed to a rater until ``expires_at`` (as :class:`LeaseRow` for images): while it lasts
+    the pair counts as taken, so no more than k raters are sent to it."""
+
+    __tablename__ = "preference_leases"
+    __table_args__ = (UniqueConstraint("pair_id", "labeler_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("preference_pairs.id"))
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"))
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+@dataclass(frozen=True)
+class PairState:
+    """How far one preference pair is, as seen by one rater; see :meth:`Store.assign_pairs`.
+
+    ``n_answers``: answers by other raters; ``n_leased``: active leases of other raters who have not
+    answered yet; ``mine``: "answered", "leased" (an active lease, no answer yet) or None.
+    """
+
+    pair_id: int
+    prompt_id: int
+    n_answers: int
+    n_leased: int
+    mine: str | None
