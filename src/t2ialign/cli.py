@@ -356,7 +356,8 @@ def _add_evaluate_commands(sub) -> None:
 
 
 def _add_stage_commands(sub) -> None:
-    """Stages 3 to 6, each declared by its own package: label, reward, finetune, sample."""
+    """Stages 3 to 6, each declared by its own package: label, reward, finetune, sample (and dpo)."""
+    from t2ialign.dpo import cli as dpo_cli
     from t2ialign.finetune import cli as finetune_cli
     from t2ialign.label import cli_data, cli_serve
     from t2ialign.reward import cli as reward_cli
@@ -372,6 +373,7 @@ def _add_stage_commands(sub) -> None:
     reward = sub.add_parser("reward", help="stage 4: the reward model on CLIP embeddings (Eq. 1-3, Fig. 4)")
     reward_cli.add_commands(reward.add_subparsers(dest="reward_command", required=True))
     finetune_cli.add_command(sub)
+    dpo_cli.add_command(sub)
     sample.add_command(sub)
 
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,9 +73,14 @@ def draw_noise(data: LatentSet, global_batch: int, num_train_timesteps: int, gen
     return eps, noise, t
 
 
-def _identity(cfg: FinetuneConfig, num_processes: int, base_revision: str) -> dict:
-    d = {k: v for k, v in to_dict(cfg).items() if k not in RESUMABLE_CHANGES}
-    return d | {"num_processes": num_processes, "base_revision": base_revision}
+def identity(config: dict, num_processes: int, base_revision: str) -> dict:
+    """What a checkpoint must match to be continued: the stage's config (a dict, possibly nested) without
+    the settings that do not change what a step computes, plus the process count and the base weights."""
+
+    def strip(d: dict) -> dict:
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in RESUMABLE_CHANGES}
+
+    return strip(config) | {"num_processes": num_processes, "base_revision": base_revision}
 
 
 def _truncate_log(path: Path, before_step: int) -> None:
@@ -82,6 +90,82 @@ def _truncate_log(path: Path, before_step: int) -> None:
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < before_step]
     atomic_write(path, "".join(ln + "\n" for ln in keep).encode())
+
+
+# --- the training session: what finetune and dpo share ----------------------------------------------------
+
+
+@dataclass
+class Session:
+    """One training call of a UNet stage (finetune, dpo): accelerate, the base pipeline, the output folder,
+    the checkpoint identity and the checkpoint to continue (loaded and checked before any expensive work)."""
+
+    accelerator: Any
+    out: Path  # RUN/<stage>/<name>
+    pipe: Any  # the base StableDiffusionPipeline; its UNet becomes the trained one
+    model_id: str
+    revision: str
+    identity: dict
+    checkpoint: tuple | None  # (tensors, state) of load_checkpoint, or None for a fresh start
+    resume: Path | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def open_session(cfg: FinetuneConfig, out: Path, config: dict, resume_from_checkpoint: str | None) -> Session:
+    """Accelerate (mixed precision, gradient accumulation of ``cfg``), the base pipeline, and the checkpoint
+    of ``out`` to continue. ``config`` is the stage's whole config as a dict: its identity."""
+    from accelerate import Accelerator
+
+    from t2ialign.models.load import load_pipeline
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+    )
+    resume = _resume_point(out / "checkpoints", resume_from_checkpoint, accelerator)
+    pipe, model_id, revision = load_pipeline(cfg.pretrained_model_name_or_path)
+    ident = identity(config, accelerator.num_processes, revision)
+    # refuse a mismatched checkpoint before any expensive work
+    checkpoint = load_checkpoint(resume, expect_config=ident) if resume is not None else None
+    return Session(accelerator, out, pipe, model_id, revision, ident, checkpoint, resume)
+
+
+def start_training(session: Session, cfg: FinetuneConfig, config: dict, config_name: str):
+    """The trainable UNet (restored from the checkpoint, if any) prepared by accelerate, and the output
+    folder readied: the config as ``config_name`` and the batch log cut back to the starting step.
+    Returns (state, prepared unet, prepared optimizer, starting step)."""
+    state = train_state(session.pipe.unet, cfg, session.identity, session.out / "checkpoints")
+    start = 0
+    if session.checkpoint is not None:
+        start = state.restore(*session.checkpoint)
+        session.accelerator.print(f"resumed from {session.resume} at step {start}")
+    unet, optimizer = session.accelerator.prepare(state.module, state.optimizer)
+    if session.is_main:
+        session.out.mkdir(parents=True, exist_ok=True)
+        (session.out / config_name).write_text(json.dumps(config, indent=1) + "\n")
+        _truncate_log(session.out / "batches.jsonl", start)
+    return state, unet, optimizer, start
+
+
+def finish_training(
+    session: Session, cfg: FinetuneConfig, state: TrainState, unet, report: dict, store: Store, **where
+) -> None:
+    """Ship the trained UNet (its EMA, when on): the pipeline and LoRA folders, report.json and the
+    store's metrics.json section ``where["stage"]`` under ``where["name"]``; the stamp beside the weights
+    holds ``where["config"]`` and is named ``where["stamp_name"]``."""
+    stage, name = where["stage"], where["name"]
+    if session.is_main:
+        unet = session.accelerator.unwrap_model(unet)
+        state.finish()
+        save_outputs(session.pipe, unet, cfg, session.out, report, where["config"], where["stamp_name"])
+        (session.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        store.update_metrics(**{stage: {**store.read_metrics().get(stage, {}), name: report}})
+    session.accelerator.wait_for_everyone()
+    session.accelerator.end_training()
 
 
 def finetune(
@@ -97,46 +181,38 @@ def finetune(
     pipeline/ (stock ``StableDiffusionPipeline.from_pretrained`` loads it), lora/ when training LoRA, and
     report.json. A folder with checkpoints is only continued with ``resume_from_checkpoint``.
     """
-    from accelerate import Accelerator
-
-    from t2ialign.models.load import load_pipeline
-
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        cpu=not torch.cuda.is_available(),
+    config = to_dict(cfg)
+    session = open_session(cfg, store.run_dir / "finetune" / name, config, resume_from_checkpoint)
+    accelerator = session.accelerator
+    data = _Data(cfg, store, session.pipe, accelerator, progress and session.is_main)
+    state, unet, optimizer, start = start_training(session, cfg, config, "finetune_config.json")
+    losses, _, seconds = train_loop(
+        cfg,
+        f"finetune {name}",
+        (state, unet, optimizer, accelerator),
+        start,
+        progress,
+        steps=Steps(
+            batches=lambda step: _step_batches(cfg, data, step),
+            loss=lambda batches, u, k, device: _micro_loss(cfg, data, batches, u, k, device),
+            record=_log_record,
+        ),
     )
-    out = store.run_dir / "finetune" / name
-    resume = _resume_point(out / "checkpoints", resume_from_checkpoint, accelerator)
-    pipe, model_id, revision = load_pipeline(cfg.pretrained_model_name_or_path)
-    identity = _identity(cfg, accelerator.num_processes, revision)
-    # refuse a mismatched checkpoint before any expensive work
-    checkpoint = load_checkpoint(resume, expect_config=identity) if resume is not None else None
-    data = _Data(cfg, store, pipe, accelerator, progress and accelerator.is_main_process)
-    state = _train_state(pipe.unet, cfg, identity, out / "checkpoints")
-    start = 0
-    if checkpoint is not None:
-        start = state.restore(*checkpoint)
-        accelerator.print(f"resumed from {resume} at step {start}")
-    unet, optimizer = accelerator.prepare(state.module, state.optimizer)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "finetune_config.json").write_text(json.dumps(to_dict(cfg), indent=1) + "\n")
-        _truncate_log(out / "batches.jsonl", start)
-    losses, rewards_seen, seconds = _train(
-        cfg, name, data, state, unet, optimizer, accelerator, start, progress
-    )
-    report = _report(cfg, name, model_id, revision, data, accelerator, start, losses, rewards_seen, seconds)
+    report = _report(cfg, name, session, data, start, losses, seconds)
     if not losses:
-        report["final_loss"] = checkpoint[1].get("loss") if checkpoint is not None else None
-    if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(unet)
-        state.finish()
-        _save_outputs(pipe, unet, cfg, out, report)
-        (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        store.update_metrics(finetune={**store.read_metrics().get("finetune", {}), name: report})
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+        report["final_loss"] = session.checkpoint[1].get("loss") if session.checkpoint is not None else None
+    finish_training(
+        session,
+        cfg,
+        state,
+        unet,
+        report,
+        store,
+        stage="finetune",
+        name=name,
+        config=config,
+        stamp_name="t2ialign_finetune.json",
+    )
     return report
 
 
@@ -178,7 +254,7 @@ class _Data:
         self.null_emb = encode_texts(pipe, [""]) if dropout else None
 
 
-def _train_state(unet, cfg: FinetuneConfig, identity: dict, ckpt_root: Path) -> TrainState:
+def train_state(unet, cfg: FinetuneConfig, ident: dict, ckpt_root: Path) -> TrainState:
     """The trainable UNet (all of it, or LoRA adapters), its AdamW and optional EMA, checkpointed."""
     from diffusers.training_utils import EMAModel
 
@@ -187,14 +263,18 @@ def _train_state(unet, cfg: FinetuneConfig, identity: dict, ckpt_root: Path) -> 
         from peft import LoraConfig
 
         unet.requires_grad_(False)
-        unet.add_adapter(
-            LoraConfig(
-                r=cfg.lora_rank,
-                lora_alpha=cfg.lora_alpha or cfg.lora_rank,
-                init_lora_weights="gaussian",
-                target_modules=LORA_TARGETS,
+        # the adapters' Gaussian init draws from torch's global generator: seed it from the config (and
+        # leave the caller's generator as it was), so the same seed makes the same LoRA run
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stable_seed("finetune-lora-init", cfg.seed))
+            unet.add_adapter(
+                LoraConfig(
+                    r=cfg.lora_rank,
+                    lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                    init_lora_weights="gaussian",
+                    target_modules=LORA_TARGETS,
+                )
             )
-        )
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
@@ -202,7 +282,7 @@ def _train_state(unet, cfg: FinetuneConfig, identity: dict, ckpt_root: Path) -> 
         unet,
         optimizer,
         ema,
-        config=identity,
+        config=ident,
         root=ckpt_root,
         keep=cfg.checkpoints_total_limit,
         trainable_only=True,
@@ -259,83 +339,92 @@ def _micro_loss(cfg: FinetuneConfig, data: _Data, batches: dict, unet, k: int, d
     pred = unet(noisy.to(device), t.to(device), encoder_hidden_states=cond.to(device)).sample
     per_sample = per_sample_mse(pred, target.to(device))  # (B [+ B_pre],)
     pre = per_sample[b:] if data.pre is not None else None
-    return eq4_loss(per_sample[:b], w.to(device), pre, cfg.beta)[0]
+    loss = eq4_loss(per_sample[:b], w.to(device), pre, cfg.beta)[0]
+    return loss, {"reward": float(w.mean())}
 
 
-def _train(
-    cfg: FinetuneConfig,
-    name: str,
-    data: _Data,
-    state: TrainState,
-    unet,
-    optimizer,
-    accelerator,
-    start: int,
-    progress: bool,
-):
+def _log_record(step: int, batches: dict) -> dict:
+    """The batch log's line of a step: the example ids of D_model and D_pre it trained on."""
+    pre = batches["pre"].tolist() if "pre" in batches else []
+    return {"step": step, "model": batches["model"].tolist(), "pre": pre}
+
+
+@dataclass
+class Steps:
+    """What a stage computes in the shared step loop, as functions of the step alone (exact resume)."""
+
+    batches: Callable[[int], dict]  # step -> its global batch: example ids, noise, timesteps
+    # (batches, unet, k, device) -> (scalar loss, {stat: float}) of slice k of the global batch
+    loss: Callable[..., tuple[torch.Tensor, dict]]
+    record: Callable[[int, dict], dict]  # (step, batches) -> the step's line of batches.jsonl
+
+
+def train_loop(cfg: FinetuneConfig, name: str, model: tuple, start: int, progress: bool, *, steps: Steps):
     """The step loop from ``start``: every process computes the same global batch and takes its slice;
-    gradient accumulation over micro-steps; a checkpoint every ``checkpointing_steps`` and at the end."""
+    gradient accumulation over micro-steps; a checkpoint every ``checkpointing_steps`` and at the end.
+    ``model`` is (state, prepared unet, prepared optimizer, accelerator). Returns the steps' losses (this
+    process's), their stats (means over micro-steps and processes) and the loop's seconds."""
+    state, unet, optimizer, accelerator = model
     world, rank, accum = accelerator.num_processes, accelerator.process_index, cfg.gradient_accumulation_steps
     log_path = state.root.parent / "batches.jsonl"
-    losses, rewards_seen, t0 = [], [], time.time()
+    losses, stats, t0 = [], [], time.time()
     bar = tqdm(
         range(start, cfg.max_train_steps),
-        desc=f"finetune {name}",
+        desc=name,
         initial=start,
         total=cfg.max_train_steps,
         disable=not (progress and accelerator.is_main_process),
     )
     for step in bar:
         set_lr(state.optimizer, lr_at(step, cfg.learning_rate, cfg.lr_warmup_steps))
-        batches = _step_batches(cfg, data, step)
-        step_loss = 0.0
+        batches = steps.batches(step)
+        step_loss, step_stats = 0.0, {}
         for m in range(accum):
             with accelerator.accumulate(unet):
-                loss = _micro_loss(cfg, data, batches, unet, m * world + rank, accelerator.device)
-                check_finite(loss, f"finetune {name}", step, gather=accelerator.gather)
+                loss, micro = steps.loss(batches, unet, m * world + rank, accelerator.device)
+                check_finite(loss, name, step, gather=accelerator.gather)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(state.params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.item() / accum
+                step_stats = {k: step_stats.get(k, 0.0) + v / accum for k, v in micro.items()}
         if state.ema is not None:
             state.ema.step(state.params)
         losses.append(step_loss)
-        rewards_seen.append(float(data.model.weights[torch.from_numpy(batches["model"])].mean()))
+        stats.append(_mean_over_processes(step_stats, accelerator))
         if accelerator.is_main_process:
-            pre = batches["pre"].tolist() if data.pre is not None else []
             with open(log_path, "a") as f:
-                f.write(json.dumps({"step": step, "model": batches["model"].tolist(), "pre": pre}) + "\n")
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", reward=f"{np.mean(rewards_seen[-20:]):.3f}")
+                f.write(json.dumps(steps.record(step, batches)) + "\n")
+            recent = {k: f"{np.mean([s[k] for s in stats[-20:]]):.3f}" for k in stats[-1]}
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", **recent)
         if (step + 1) % cfg.checkpointing_steps == 0 or step + 1 == cfg.max_train_steps:
             if accelerator.is_main_process:
                 state.save(step + 1, float(np.mean(losses[-20:])))
             accelerator.wait_for_everyone()
     bar.close()
-    return losses, rewards_seen, time.time() - t0
+    return losses, stats, time.time() - t0
 
 
-def _report(
-    cfg: FinetuneConfig,
-    name,
-    model_id,
-    revision,
-    data: _Data,
-    accelerator,
-    start,
-    losses,
-    rewards_seen,
-    seconds,
-) -> dict:
+def _mean_over_processes(stats: dict[str, float], accelerator) -> dict[str, float]:
+    """Each stat's mean over the processes (each holds its slice's), in one gather."""
+    if not stats or accelerator.num_processes == 1:
+        return stats
+    values = torch.tensor(list(stats.values()), dtype=torch.float64, device=accelerator.device)
+    means = accelerator.gather(values).view(accelerator.num_processes, -1).mean(0).tolist()
+    return dict(zip(stats, means, strict=True))
+
+
+def _report(cfg: FinetuneConfig, name, session: Session, data: _Data, start, losses, seconds) -> dict:
     """report.json: what was trained, on how much, how fast, to what loss."""
     steps_run = cfg.max_train_steps - start
     n_pre = len(data.pre) if data.pre is not None else 0
     g_pre = data.g_pre if data.pre is not None else 0
     return {
         "name": name,
-        "base_model": model_id,
-        "base_revision": revision,
+        "base_model": session.model_id,
+        "base_revision": session.revision,
         "reward_model": str(data.reward_path) if data.reward_model is not None else None,
         "weights": cfg.weights,
         "use_unlabeled": cfg.use_unlabeled,
@@ -350,7 +439,7 @@ def _report(
         "mean_weight": round(float(data.model.weights.mean()), 4),
         "steps": cfg.max_train_steps,
         "steps_this_call": steps_run,
-        "num_processes": accelerator.num_processes,
+        "num_processes": session.accelerator.num_processes,
         "global_batch": {"model": data.g_model, "pretrain": g_pre},
         "seconds": round(seconds, 2),
         "images_per_second": round(steps_run * (data.g_model + g_pre) / seconds, 1) if steps_run else None,
@@ -358,13 +447,16 @@ def _report(
     }
 
 
-def _save_outputs(pipe, unet, cfg: FinetuneConfig, out: Path, report: dict) -> None:
-    """The fine-tuned pipeline (and LoRA weights) next to the config and seed that made them."""
+def save_outputs(
+    pipe, unet, cfg: FinetuneConfig, out: Path, report: dict, config: dict, stamp_name: str
+) -> None:
+    """The trained pipeline (and LoRA weights) next to the config (``config``, the stage's whole config)
+    and seed that made them, in a stamp file ``stamp_name`` inside each folder."""
     from diffusers import StableDiffusionPipeline
 
     from t2ialign.models.load import resolve_sd_path, strip_local_paths
 
-    stamp = {"t2ialign_version": __version__, "config": to_dict(cfg), "seed": cfg.seed, "report": report}
+    stamp = {"t2ialign_version": __version__, "config": config, "seed": cfg.seed, "report": report}
     tmp = out / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if cfg.lora_rank > 0:
@@ -378,7 +470,7 @@ def _save_outputs(pipe, unet, cfg: FinetuneConfig, out: Path, report: dict) -> N
             unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
             safe_serialization=True,
         )
-        (lora_tmp / "t2ialign_finetune.json").write_text(json.dumps(stamp, indent=1) + "\n")
+        (lora_tmp / stamp_name).write_text(json.dumps(stamp, indent=1) + "\n")
         publish_dir(lora_tmp, out / "lora")
         # The merged pipeline, made through the documented one-line load on a fresh copy of the base.
         base, _ = resolve_sd_path(cfg.pretrained_model_name_or_path)
@@ -393,5 +485,5 @@ def _save_outputs(pipe, unet, cfg: FinetuneConfig, out: Path, report: dict) -> N
         pipe.unet = unet.eval()
         pipe.save_pretrained(tmp, safe_serialization=True)
     strip_local_paths(tmp)
-    (tmp / "t2ialign_finetune.json").write_text(json.dumps(stamp, indent=1) + "\n")
+    (tmp / stamp_name).write_text(json.dumps(stamp, indent=1) + "\n")
     publish_dir(tmp, out / "pipeline")
