@@ -116,23 +116,25 @@ def test_leased_answers_follow_the_lease_and_k(run):
 def test_imported_answers_name_their_raters_and_orient_choices(run):
     store, texts, shas = run
     p, (x, y, z) = texts[0], shas[texts[0]]
-    rows = [(p, y, x, "pick:1", "A"), (p, x, z, "pick:1", "tie"), (p, y, x, "pick:2", "B")]
+    rows = [(p, y, x, "1@pick", "A"), (p, x, z, "1@pick", "tie"), (p, y, x, "2@pick", "B")]
     counts = store.import_preferences(rows, source="import:pick")
     assert counts == {"pairs": 2, "raters_new": 2, "new": 3, "replaced": 0, "unchanged": 0}
     assert store.import_preferences(rows, source="import:pick")["unchanged"] == 3
     got = [
         (r["labeler"], r["image_a"], r["image_b"], r["choice"], r["preferred"]) for r in store.preferences()
     ]
-    assert got == [("pick:1", x, y, "B", y), ("pick:1", x, z, "tie", None), ("pick:2", x, y, "A", x)]
+    assert got == [("1@pick", x, y, "B", y), ("1@pick", x, z, "tie", None), ("2@pick", x, y, "A", x)]
     assert {r["source"] for r in store.preferences()} == {"import:pick"}
     assert store.preferences(source="app") == []
-    store.set_excluded("pick:2", True)
-    assert [r["labeler"] for r in store.preferences(include_excluded=False)] == ["pick:1", "pick:1"]
+    store.set_excluded("2@pick", True)
+    assert [r["labeler"] for r in store.preferences(include_excluded=False)] == ["1@pick", "1@pick"]
     page = store.preferences(after_id=store.preferences()[0]["id"], limit=1)
     assert [r["choice"] for r in page] == ["tie"]
     store.add_labeler("person", token_hash="h")
     with pytest.raises(ValueError, match="labeler of the app"):
         store.import_preferences([(p, x, y, "person", "A")], source="import:pick")
+    with pytest.raises(ValueError, match="invalid rater name"):
+        store.import_preferences([(p, x, y, "pick:1", "A")], source="import:pick")
     with pytest.raises(ValueError, match="twice, otherwise"):
-        store.import_preferences([(p, x, y, "pick:3", "A"), (p, y, x, "pick:3", "A")], source="import:pick")
-    assert "pick:3" not in {r["labeler"] for r in store.preferences()}  # all or nothing
+        store.import_preferences([(p, x, y, "3@pick", "A"), (p, y, x, "3@pick", "A")], source="import:pick")
+    assert "3@pick" not in {r["labeler"] for r in store.preferences()}  # all or nothing

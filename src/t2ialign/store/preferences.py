@@ -14,7 +14,7 @@ How the others use it:
   :meth:`~PreferencesMixin.add_preferences` writes their leased answers (with ``leased_at`` and ``k``);
 * simulated raters: :meth:`~PreferencesMixin.add_preferences` without ``leased_at``;
 * importers of public data (Pick-a-Pic, ImageReward, HPDv2): :meth:`~PreferencesMixin.import_preferences`
-  ``[(prompt, sha_x, sha_y, rater name, choice), ...]``, the choice relative to the order *given*
+  ``[(prompt, sha_x, sha_y, rater name such as "1234@pickapic", choice), ...]``, the choice relative to the order *given*
   (A: sha_x is better); it makes the pairs and the raters it names, without leases or k;
 * readers (Bradley-Terry reward, Diffusion-DPO, exports): :meth:`~PreferencesMixin.preferences`, one
   row per answer with the two images' sha256s, the prompt, the rater and ``preferred`` (the better
@@ -57,6 +57,8 @@ from t2ialign.store.schema import (
 
 # A pair's source: "app", or "import:<dataset>" and alike; plain, as it appears in exports and filters.
 _SOURCE = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
+# Imported raters' names: the labeling app's rule (label.auth), so /admin can show them as they are.
+_RATER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 FLIP = {"A": "B", "B": "A", "tie": "tie"}
 
 
@@ -172,7 +174,8 @@ class PreferencesMixin:
         (x is better), "B" (y) or "tie" relative to the order given, in one transaction: all or nothing.
 
         Makes the pairs (:meth:`add_pairs` with ``source``, e.g. "import:pickapic") and the raters the rows
-        name (no token, so they cannot sign in; prefix names with the dataset, "pickapic:1234"), and writes
+        name (no token, so they cannot sign in; name them by the dataset, "1234@pickapic": 1 to 64 letters,
+        digits or . _ @ -, as the app's names), and writes
         the answers without leases or k. A rater name of the app (a labeler with a token, the admin or a
         simulated one) is refused. A rerun of the same rows changes nothing. Batches of about 10,000 rows
         per call keep each transaction short. Returns counts: pairs (distinct ones in the rows), raters_new,
@@ -184,7 +187,10 @@ class PreferencesMixin:
                 raise ValueError(
                     f"an imported answer is (prompt, sha256 x, sha256 y, rater, choice), got {row!r}"
                 )
-            _check_str("rater name", row[3])
+            if not isinstance(row[3], str) or not _RATER.fullmatch(row[3]):
+                raise ValueError(
+                    f"invalid rater name {row[3]!r}: 1 to 64 letters, digits or . _ @ -, e.g. '1234@pickapic'"
+                )
             _check_one_of("preference choice", row[4], PREFERENCE_CHOICES)
         with self.session() as s:
             made = _add_pairs(s, self.image_path, [(p, x, y) for p, x, y, _, _ in rows], source)
@@ -346,7 +352,7 @@ def _import_raters(s: Session, names: list[str]) -> tuple[dict[str, int], int]:
     for name, r in found.items():
         if r.token_hash is not None or r.is_admin or r.is_simulated:
             raise ValueError(
-                f"rater {name!r} is a labeler of the app, not of an import: prefix imported names, 'pickapic:ID'"
+                f"rater {name!r} is a labeler of the app, not of an import: name imported raters 'ID@dataset'"
             )
     new = {name: LabelerRow(name=name, is_simulated=False) for name in names if name not in found}
     s.add_all(new.values())
