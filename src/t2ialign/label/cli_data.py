@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from t2ialign.core.cliutil import add_seed, subcommand
+from t2ialign.label.cli_pairs import add_pairs_commands
 from t2ialign.store import open_existing
 
 
@@ -55,8 +56,16 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     from t2ialign.label.export import read_labels, write_labels
+    from t2ialign.label.formats import detect_format, import_preferences, read_preferences
     from t2ialign.store import Store
 
+    fmt = detect_format(args.input) if args.format == "auto" else args.format
+    if fmt != "t2ialign":  # a public preference set: into a run that has its prompts already
+        with open_existing(args.run, args.db_url) as store:
+            records = read_preferences(args.input, fmt, image_root=args.image_root)
+            counts = import_preferences(store, records, fmt)
+        print(json.dumps({"format": fmt, **counts}, indent=2))
+        return 0
     rows = read_labels(
         args.input
     )  # validated before Store.open, which may create the run: a bad file writes nothing
@@ -68,11 +77,13 @@ def cmd_import(args) -> int:
 
 def cmd_stats(args) -> int:
     from t2ialign.label.stats import format_table1, label_summary
+    from t2ialign.label.stats_pairs import format_preference_summary, preference_summary
 
     with open_existing(args.run, args.db_url) as store:
         summary = label_summary(store)
+        pairs = preference_summary(store)
     if args.json:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps({**summary, "pairs": pairs}, indent=2, sort_keys=True))
         return 0
     print(f"Table 1 (% of labels; paper: Lee et al. 2023)\n{format_table1(summary['table1'])}\n")
     print(f"Fleiss' kappa: {summary['fleiss_kappa']}")
@@ -87,6 +98,7 @@ def cmd_stats(args) -> int:
     )
     for name, n in summary["per_labeler"].items():
         print(f"  {name}: {n}")
+    print(format_preference_summary(pairs))
     return 0
 
 
@@ -289,8 +301,21 @@ def add_commands(sub) -> None:
     sp = subcommand(sub, "export", cmd_export, "write every label to a .jsonl or .parquet file")
     sp.add_argument("out", metavar="OUT", help="output file, .jsonl or .parquet")
 
-    sp = subcommand(sub, "import", cmd_import, "read labels from an export into a run")
-    sp.add_argument("input", metavar="IN", help="a .jsonl or .parquet label export")
+    help = "read labels from an export, or preferences from a public set (Pick-a-Pic, ImageReward, HPDv2)"
+    sp = subcommand(sub, "import", cmd_import, help)
+    sp.add_argument("input", metavar="IN", help="a .jsonl or .parquet label export, or a public set's file")
+    sp.add_argument(
+        "--format",
+        choices=("auto", "t2ialign", "pickapic", "imagereward", "hpdv2"),
+        default="auto",
+        help="IN's schema (default auto: Pick-a-Pic's columns, ImageReward's or HPDv2's keys, else a "
+        "t2ialign label export); see docs/formats.md",
+    )
+    sp.add_argument(
+        "--image-root",
+        metavar="DIR",
+        help="imagereward / hpdv2: the folder their image paths are relative to (default: IN's folder)",
+    )
     sp.add_argument(
         "--images-from",
         metavar="RUN",
@@ -310,3 +335,4 @@ def add_commands(sub) -> None:
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     _add_compare_commands(sub)
+    add_pairs_commands(sub)

@@ -1,0 +1,256 @@
+"""Public preference sets in their own schemas (Pick-a-Pic v2 Parquet, ImageReward and HPDv2 test.json),
+written small by the tests, parsed, imported into a run; bad input refused with the file and row named."""
+
+import argparse
+import hashlib
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from t2ialign.label.cli_data import add_commands
+from t2ialign.label.formats import (
+    detect_format,
+    import_preferences,
+    read_pickapic,
+    read_ranked,
+    to_png,
+)
+from t2ialign.store import Store
+from t2ialign.world.prompts import build_prompt_set
+
+TEXTS = ["Two circles", "A circle in the forest"]
+COLORS = [(255, 0, 0), (0, 128, 0), (0, 0, 255), (200, 200, 0), (0, 200, 200), (90, 90, 90)]
+
+
+def encoded(color, fmt="JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_sha(data: bytes) -> str:
+    return hashlib.sha256(to_png(data, "test")[0]).hexdigest()
+
+
+@pytest.fixture
+def run(tmp_path):
+    with Store.open(tmp_path / "run") as s:
+        s.add_prompts(p for p in build_prompt_set() if p.text in TEXTS)
+        yield s
+
+
+def pickapic_rows():
+    """Four rows of Pick-a-Pic v2's schema: image 0 wins, image 1 wins, a tie, and an unlabeled pair."""
+    jpg = [encoded(c) for c in COLORS]
+    rows = []
+    for i, (l0, l1, has) in enumerate(
+        [(1.0, 0.0, True), (0.0, 1.0, True), (0.5, 0.5, True), (0.0, 0.0, False)]
+    ):
+        rows.append(
+            {
+                "are_different": True,
+                "best_image_uid": f"u{i}-0" if l0 == 1.0 else f"u{i}-1" if l1 == 1.0 else "",
+                "caption": TEXTS[i % 2],
+                "has_label": has,
+                "image_0_uid": f"u{i}-0",
+                "image_1_uid": f"u{i}-1",
+                "jpg_0": jpg[2 * i % 6],
+                "jpg_1": jpg[(2 * i + 1) % 6],
+                "label_0": l0,
+                "label_1": l1,
+                "model_0": "sdxl",
+                "model_1": "sd2.1",
+                "ranking_id": 100 + i,
+                "user_id": 7 + i % 2,
+            }
+        )
+    return rows
+
+
+def write_pickapic(path, rows, row_group_size=2):
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    return path
+
+
+def test_pickapic_parses_by_batches_and_skips_unlabeled(tmp_path):
+    path = write_pickapic(tmp_path / "train-00000-of-00645.parquet", pickapic_rows())
+    assert detect_format(path) == "pickapic"
+    recs = list(read_pickapic(path, batch_size=1))
+    assert [r.choice for r in recs] == ["A", "B", "tie"]
+    assert [r.rater for r in recs] == ["7", "8", "7"]
+    assert recs[0].prompt == "Two circles" and recs[0].model_a == "sdxl" and recs[0].model_b == "sd2.1"
+    assert recs[1].image_a == pickapic_rows()[1]["jpg_0"] and recs[1].source.endswith("row 2")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"label_0": 0.7, "label_1": 0.3}, r"row 2: label_0, label_1 must be 1/0, 0/1 or 0.5/0.5"),
+        ({"label_0": 1.0, "label_1": 1.0}, r"row 2: label_0, label_1 must be"),
+        ({"caption": ""}, r"row 2: caption must be a non-empty string"),
+        ({"jpg_1": None}, r"row 2: jpg_1 must hold the image's bytes"),
+    ],
+)
+def test_pickapic_bad_rows_name_the_row(tmp_path, change, match):
+    rows = pickapic_rows()
+    rows[1] |= change
+    path = write_pickapic(tmp_path / "p.parquet", rows)
+    with pytest.raises(ValueError, match=match):
+        list(read_pickapic(path))
+
+
+def test_pickapic_missing_column_and_junk(tmp_path):
+    table = pa.Table.from_pylist(pickapic_rows()).drop_columns(["jpg_1"])
+    pq.write_table(table, tmp_path / "p.parquet")
+    with pytest.raises(ValueError, match=r"missing column\(s\) jpg_1"):
+        list(read_pickapic(tmp_path / "p.parquet"))
+    assert detect_format(tmp_path / "p.parquet") == "t2ialign"  # not Pick-a-Pic's schema: the default reader
+    (tmp_path / "junk.parquet").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="not a readable Parquet file"):
+        list(read_pickapic(tmp_path / "junk.parquet"))
+
+
+def write_ranked(tmp_path, fmt, items, images_dir="images"):
+    """A test.json in ``fmt``'s keys; images (PNG / WebP) under tmp_path/images_dir."""
+    (tmp_path / images_dir / "part-1").mkdir(parents=True, exist_ok=True)
+    for k, c in enumerate(COLORS):
+        (tmp_path / images_dir / "part-1" / f"{k}.webp").write_bytes(encoded(c, "WEBP"))
+    keys = {"imagereward": ("generations", "ranking"), "hpdv2": ("image_path", "rank")}[fmt]
+    data = [
+        {"id": f"x{i}", "prompt": p, keys[0]: files, keys[1]: ranks}
+        for i, (p, files, ranks) in enumerate(items)
+    ]
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+FILES3 = [f"part-1/{k}.webp" for k in range(3)]
+
+
+def test_imagereward_ranking_to_pairs_with_ties(tmp_path):
+    path = write_ranked(tmp_path, "imagereward", [("Two circles", FILES3, [1, 2, 2])])
+    assert detect_format(path) == "imagereward"
+    recs = list(read_ranked(path, "imagereward", image_root=tmp_path / "images"))
+    assert [r.choice for r in recs] == ["A", "A", "tie"]  # pairs (1,2), (1,3), (2,3): 1 = best
+    assert recs[2].image_a == (tmp_path / "images" / FILES3[1]).read_bytes() and recs[0].rater is None
+
+
+def test_hpdv2_rank_per_image_lower_is_better(tmp_path):
+    path = write_ranked(tmp_path, "hpdv2", [("Two circles", FILES3, [2, 0, 1])], images_dir=".")
+    assert detect_format(path) == "hpdv2"
+    recs = list(read_ranked(path, "hpdv2"))  # paths relative to the file's folder by default
+    assert [r.choice for r in recs] == ["B", "B", "A"]
+    assert "item 1 (id x0) images 2 and 3" in recs[2].source
+
+
+@pytest.mark.parametrize(
+    "fmt, item, match",
+    [
+        ("imagereward", ("Two circles", FILES3, [0, 1, 2]), r"item 1 \(id x0\): unknown rank 0"),
+        ("imagereward", ("Two circles", FILES3, [1, "2", 3]), r"unknown rank '2'"),
+        ("hpdv2", ("Two circles", FILES3, [0, 1]), r"rank must be a list of one rank per image \(3\)"),
+        ("hpdv2", ("Two circles", FILES3[:1], [0]), r"image_path must be a list of two or more"),
+        ("hpdv2", ("Two circles", ["part-1/9.webp", FILES3[0]], [0, 1]), r"missing image file .*9\.webp"),
+        ("hpdv2", ("Two circles", ["../secret.png", FILES3[0]], [0, 1]), r"must be relative"),
+        ("hpdv2", ("", FILES3, [0, 1, 2]), r"prompt must be a non-empty string"),
+    ],
+)
+def test_ranked_bad_items_name_the_item(tmp_path, fmt, item, match):
+    path = write_ranked(tmp_path, fmt, [item], images_dir=".")
+    with pytest.raises(ValueError, match=match):
+        list(read_ranked(path, fmt))
+
+
+def test_ranked_missing_key_and_unknown_json(tmp_path):
+    (tmp_path / "test.json").write_text(json.dumps([{"prompt": "Two circles", "generations": []}]))
+    with pytest.raises(ValueError, match="pass --format"):
+        detect_format(tmp_path / "test.json")
+    with pytest.raises(ValueError, match=r"item 1: missing key\(s\) ranking"):
+        list(read_ranked(tmp_path / "test.json", "imagereward"))
+
+
+def test_import_pickapic_into_the_run(run, tmp_path):
+    path = write_pickapic(tmp_path / "p.parquet", pickapic_rows())
+    counts = import_preferences(run, read_pickapic(path), "pickapic", batch=2)
+    assert counts["records"] == 3 and counts["new"] == 3 and counts["raters_new"] == 2
+    assert counts["images"] == 6  # six colors, stored as PNG
+    prefs = run.preferences(source="import:pickapic")
+    rows = pickapic_rows()
+    by_pair = {frozenset((p["image_a"], p["image_b"])): p for p in prefs}
+    win = by_pair[frozenset((png_sha(rows[0]["jpg_0"]), png_sha(rows[0]["jpg_1"])))]
+    assert win["preferred"] == png_sha(rows[0]["jpg_0"]) and win["labeler"] == "7@pickapic"
+    lose = by_pair[frozenset((png_sha(rows[1]["jpg_0"]), png_sha(rows[1]["jpg_1"])))]
+    assert lose["preferred"] == png_sha(rows[1]["jpg_1"]) and lose["labeler"] == "8@pickapic"
+    assert sorted(p["choice"] for p in prefs if p["preferred"] is None) == ["tie"]
+    images = {im["sha256"]: im for im in run.list_images()}
+    assert images[png_sha(rows[0]["jpg_0"])]["model_id"] == "sdxl"
+    assert {im["role"] for im in images.values()} == {"unlabeled"}  # never handed to labelers
+    again = import_preferences(run, read_pickapic(path), "pickapic")
+    assert again["new"] == 0 and again["unchanged"] == 3 and again["images"] == 0
+
+
+def test_import_ranking_into_the_run(run, tmp_path):
+    items = [
+        ("Two circles", FILES3, [1, 2, 2]),
+        ("A circle in the forest", [f"part-1/{k}.webp" for k in (3, 0)], [2, 1]),
+    ]
+    path = write_ranked(tmp_path, "imagereward", items)
+    with pytest.raises(
+        ValueError,
+        match=r"item 2 \(id x1\) images 1 and 2: image B \(\w+\) is an image of prompt 'Two circles'",
+    ):
+        import_preferences(run, read_ranked(path, "imagereward", tmp_path / "images"), "imagereward")
+    # the same file (0.webp) under two prompts is refused: an image belongs to one prompt; a fixed file:
+    items[1] = ("A circle in the forest", ["part-1/3.webp", "part-1/3.webp"], [1, 1])
+    path = write_ranked(tmp_path, "imagereward", items)
+    counts = import_preferences(run, read_ranked(path, "imagereward", tmp_path / "images"), "imagereward")
+    assert counts["new"] == 3 and counts["same_image"] == 1
+    prefs = run.preferences(source="import:imagereward")
+    assert {p["labeler"] for p in prefs} == {"consensus@imagereward"}
+    assert sorted(p["choice"] for p in prefs if p["preferred"] is None) == ["tie"]
+
+
+def test_import_refuses_foreign_prompts_and_non_images(run, tmp_path):
+    rows = pickapic_rows()
+    rows[0]["caption"] = "a cat in a hat"
+    with pytest.raises(ValueError, match=r"row 1: prompt 'a cat in a hat' is not a prompt of the run"):
+        import_preferences(run, read_pickapic(write_pickapic(tmp_path / "a.parquet", rows)), "pickapic")
+    rows = pickapic_rows()
+    rows[0]["jpg_1"] = b"not an image"
+    with pytest.raises(ValueError, match=r"row 1 image B: not an image PIL can read"):
+        import_preferences(run, read_pickapic(write_pickapic(tmp_path / "b.parquet", rows)), "pickapic")
+    assert run.preferences() == []
+
+
+def _cli(argv) -> int:
+    parser = argparse.ArgumentParser(prog="t2ialign label")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_import_detects_or_is_told_the_format(run, tmp_path, capsys):
+    path = write_pickapic(tmp_path / "p.parquet", pickapic_rows())
+    assert _cli(["import", str(run.run_dir), str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["new"] == 3
+    hp = write_ranked(tmp_path, "hpdv2", [("Two circles", FILES3, [0, 1, 2])])
+    argv = [
+        "import",
+        str(run.run_dir),
+        str(hp),
+        "--format",
+        "hpdv2",
+        "--image-root",
+        str(tmp_path / "images"),
+    ]
+    assert _cli(argv) == 0
+    assert json.loads(capsys.readouterr().out)["new"] == 3
+    with pytest.raises(ValueError, match="test.json is not a readable Parquet file"):
+        _cli(["import", str(run.run_dir), str(hp), "--format", "pickapic"])
+    with pytest.raises(ValueError, match="no run at"):
+        _cli(["import", str(tmp_path / "nowhere"), str(path)])
