@@ -18,6 +18,11 @@ shows the tallies.
     GET  /api/compare/next             lease my next query          GET  /api/admin/compare  tallies (admin)
     POST /api/compare/votes {query_id, alignment, fidelity}    my vote on a query; final, a resend is a no-op
 
+Pairwise feedback (issue 17; ``pairs``): the page ``/pairs`` shows two images of one prompt, A and B, and
+asks A / B / tie (keys a / b / t), with the labels' leases and k.
+
+    GET  /api/pairs/next               lease my next pair           POST /api/pairs/answers {pair_id, answer}
+
 Every label goes through ``service`` (``submit_leased_label``: only work leased to the labeler, or a change
 of their own answer, and never beyond k; the simulated labelers use the same store upsert), and is
 committed before the answer is sent. Security (the threat model is ``tests/test_labeling_security.py``):
@@ -47,7 +52,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from t2ialign.label import assignment, auth, pages, sidebyside
+from t2ialign.label import assignment, auth, pages, pages_pairs, pairs, sidebyside
 from t2ialign.label.service import submit_leased_label
 from t2ialign.store import NotLeased, Store, VoteConflict
 
@@ -83,6 +88,11 @@ class LoginIn(_Body):
 
 class LabelerIn(_Body):
     name: str = Field(min_length=1, max_length=64)
+
+
+class PairAnswerIn(_Body):
+    pair_id: int = Field(ge=1, le=_INT64_MAX)
+    answer: Literal["A", "B", "tie"]  # as shown: A is the image on the left
 
 
 class VoteIn(_Body):
@@ -460,7 +470,14 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _invalid)
     limiter = LoginLimiter(login_attempts, login_window_seconds)
     server = _Server(store, k, lease_seconds, clock, session_seconds, gold_rate, limiter)
-    for routes in (_page_routes, _session_routes, _label_routes, _admin_routes, _compare_routes):
+    for routes in (
+        _page_routes,
+        _session_routes,
+        _label_routes,
+        _admin_routes,
+        _compare_routes,
+        _pair_routes,
+    ):
         routes(app, server)
     return app
 
@@ -651,3 +668,31 @@ def _compare_routes(app: FastAPI, s: _Server) -> None:
     @app.get("/api/admin/compare")
     def compare_tallies(acc: Admin):
         return {"comparisons": s.tallies()}
+
+
+def _pair_routes(app: FastAPI, s: _Server) -> None:
+    """Pairwise feedback (issue 17): two images of one prompt, A / B / tie, k answers per pair."""
+    Me = Annotated[auth.Account, Depends(s.account)]
+
+    @app.get("/pairs", response_class=HTMLResponse)
+    def pairs_view(request: Request):
+        def render(acc: auth.Account, nonce: str) -> str:
+            pair = pairs.next_pair(s.store, acc.id, s.k, s.lease_seconds, now=s.clock())
+            return pages_pairs.pairs_page(acc, pair, s.store.pairs_progress(acc.id, s.k), s.k, nonce)
+
+        return s.page(request, render)
+
+    @app.get("/api/pairs/next")
+    def pairs_next(acc: Me):
+        pair = pairs.next_pair(s.store, acc.id, s.k, s.lease_seconds, now=s.clock())
+        return {"pair": pair, "progress": s.store.pairs_progress(acc.id, s.k)}
+
+    @app.post("/api/pairs/answers")
+    def post_pair_answer(body: PairAnswerIn, acc: Me):
+        if not s.store.preference_pairs(pair_ids=[body.pair_id]):
+            raise HTTPException(404, f"unknown pair id {body.pair_id}")
+        try:  # committed when it returns
+            status = pairs.submit_pair_answer(s.store, acc.id, body.pair_id, body.answer, s.k, s.clock())
+        except NotLeased as e:
+            raise HTTPException(409, str(e)) from None
+        return {"pair_id": body.pair_id, "answer": body.answer, "status": status}
