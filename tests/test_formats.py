@@ -254,3 +254,121 @@ def test_cli_import_detects_or_is_told_the_format(run, tmp_path, capsys):
         _cli(["import", str(run.run_dir), str(hp), "--format", "pickapic"])
     with pytest.raises(ValueError, match="no run at"):
         _cli(["import", str(tmp_path / "nowhere"), str(path)])
+
+
+# --- exports that carry images ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def labeled(run):
+    """The run with 2 prompts x 2 rendered images, labeled by two simulated labelers and a person."""
+    from t2ialign.label.service import submit_label
+    from t2ialign.world.render import render
+
+    records = []
+    for text in TEXTS:
+        for seed in (0, 1):
+            buf = io.BytesIO()
+            render(text, seed).pil().save(buf, format="PNG")
+            records.append(
+                dict(sha256=run.put_image_bytes(buf.getvalue()), prompt_text=text, model_id="test-sd")
+                | dict(seed=seed, sampler={}, role="human", width=64, height=64)
+            )
+    ids = run.add_images(records)
+    raters = [run.add_labeler("sim-1", is_simulated=True), run.add_labeler("sim-2", is_simulated=True)]
+    answers = [("good", "good"), ("bad", "good"), ("bad", "bad"), ("skip", "skip")]
+    for image, pair in zip(ids, answers, strict=True):
+        for rater, value in zip(raters, pair, strict=True):
+            submit_label(run, rater, image, value)
+    return run
+
+
+@pytest.fixture
+def hf(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    return datasets
+
+
+def test_parquet_export_with_images_yields_pil_images(labeled, tmp_path, hf):
+    import numpy as np
+
+    from t2ialign.label.export import COLUMNS, IMAGE_SCHEMA, SCHEMA, export_labels, label_rows
+
+    assert export_labels(labeled, tmp_path / "a.parquet", images=True) == 8
+    export_labels(labeled, tmp_path / "b.parquet", images=True)
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    # the schema metadata is the one datasets itself writes for these features
+    features = hf.Features.from_arrow_schema(SCHEMA)
+    features["image"] = hf.Image()
+    assert IMAGE_SCHEMA.metadata == features.arrow_schema.metadata
+    ds = hf.load_dataset(
+        "parquet", data_files=str(tmp_path / "a.parquet"), split="train", cache_dir=str(tmp_path / "c")
+    )
+    assert ds.column_names == [*COLUMNS, "image"] and isinstance(ds.features["image"], hf.Image)
+    rows = label_rows(labeled)
+    for got, want in zip(ds, rows, strict=True):
+        assert isinstance(got["image"], Image.Image)
+        assert np.array_equal(
+            np.asarray(got["image"].convert("RGB")), labeled.image_array(want["image_sha256"])
+        )
+        assert {k: got[k] for k in COLUMNS} == want
+
+
+def test_export_with_images_imports_without_images_from(labeled, tmp_path):
+    from t2ialign.label.export import export_labels, import_labels
+
+    export_labels(labeled, tmp_path / "a.parquet", images=True)
+    with Store.open(tmp_path / "new") as new:
+        counts = import_labels(new, tmp_path / "a.parquet")  # the pictures come from the file
+        assert counts["images"] == 4 and counts["labels"]["new"] == 8
+        export_labels(new, tmp_path / "b.parquet", images=True)
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_imagefolder_export_reads_in_datasets_as_diffusers_does(labeled, tmp_path, hf):
+    import os
+
+    from t2ialign.label.export import export_imagefolder
+
+    out = tmp_path / "folder"
+    assert export_imagefolder(labeled, out) == 4
+    lines = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["majority"] or "none" for r in lines) == ["bad", "good", "none", "tie"]
+    first = (out / "metadata.jsonl").read_bytes()
+    export_imagefolder(labeled, out)  # again, over the first: the same files
+    assert (out / "metadata.jsonl").read_bytes() == first and len(list((out / "images").iterdir())) == 4
+    ds = hf.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "c"))
+    assert ds.column_names[:2] == ["image", "text"] and "majority" in ds.column_names
+    by_sha = {r["image_sha256"]: r for r in ds}
+    for r in lines:
+        got = by_sha[r["image_sha256"]]
+        assert got["text"] == r["text"] and got["n_good"] == r["n_good"]
+        assert got["image"].tobytes() == labeled.open_image(r["image_sha256"]).tobytes()
+    # diffusers' train_text_to_image.py: load_dataset("imagefolder", data_files={"train": DIR/**}),
+    # then --image_column image (default) and --caption_column text (default), strings
+    files = {"train": os.path.join(out, "**")}
+    ds2 = hf.load_dataset("imagefolder", data_files=files, cache_dir=str(tmp_path / "c2"))["train"]
+    assert {"image", "text"} <= set(ds2.column_names) and all(isinstance(t, str) for t in ds2["text"])
+    good = tmp_path / "good"
+    assert export_imagefolder(labeled, good, only_good=True) == 1
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ValueError, match="not an imagefolder export"):
+        export_imagefolder(labeled, tmp_path / "taken")
+
+
+def test_cli_export_formats(labeled, tmp_path, capsys):
+    from t2ialign.label.export import IMAGE_COLUMN
+
+    assert _cli(["export", str(labeled.run_dir), str(tmp_path / "l.parquet")]) == 0
+    assert IMAGE_COLUMN in pq.read_schema(tmp_path / "l.parquet").names  # the CLI carries images
+    assert _cli(["export", str(labeled.run_dir), str(tmp_path / "n.parquet"), "--no-images"]) == 0
+    assert IMAGE_COLUMN not in pq.read_schema(tmp_path / "n.parquet").names
+    argv = ["export", str(labeled.run_dir), str(tmp_path / "f"), "--format", "imagefolder", "--only-good"]
+    assert _cli(argv) == 0
+    assert "1 images and metadata.jsonl" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="writes a .jsonl file"):
+        _cli(["export", str(labeled.run_dir), str(tmp_path / "x.parquet"), "--format", "jsonl"])
+    assert _cli(["import", str(tmp_path / "copy"), str(tmp_path / "l.parquet")]) == 0  # no --images-from

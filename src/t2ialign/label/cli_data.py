@@ -46,16 +46,23 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from t2ialign.label.export import export_labels
+    from t2ialign.label.export import export_imagefolder, export_labels
 
+    fmt = args.format or Path(args.out).suffix.lower().lstrip(".")
+    if fmt != "imagefolder" and f".{fmt}" != Path(args.out).suffix.lower():
+        raise ValueError(f"--format {fmt} writes a .{fmt} file, not {args.out}")
     with open_existing(args.run, args.db_url) as store:
-        n = export_labels(store, args.out)
+        if fmt == "imagefolder":
+            n = export_imagefolder(store, args.out, only_good=args.only_good)
+            print(f"{n} images and metadata.jsonl written to {args.out}")
+            return 0
+        n = export_labels(store, args.out, images=fmt == "parquet" and not args.no_images)
     print(f"{n} labels written to {args.out}")
     return 0
 
 
 def cmd_import(args) -> int:
-    from t2ialign.label.export import read_labels, write_labels
+    from t2ialign.label.export import has_images, read_labels, write_labels
     from t2ialign.label.formats import detect_format, import_preferences, read_preferences
     from t2ialign.store import Store
 
@@ -70,7 +77,8 @@ def cmd_import(args) -> int:
         args.input
     )  # validated before Store.open, which may create the run: a bad file writes nothing
     with Store.open(args.run, db_url=args.db_url) as store:
-        counts = write_labels(store, rows, images_from=args.images_from)
+        images_file = args.input if has_images(args.input) else None  # an export that carries its images
+        counts = write_labels(store, rows, images_from=args.images_from, images_file=images_file)
     print(json.dumps(counts, indent=2))
     return 0
 
@@ -298,8 +306,21 @@ def add_commands(sub) -> None:
     add_seed(sp, default=0)
     sp.add_argument("--role", default="human", help="which images: human, unlabeled or eval")
 
-    sp = subcommand(sub, "export", cmd_export, "write every label to a .jsonl or .parquet file")
-    sp.add_argument("out", metavar="OUT", help="output file, .jsonl or .parquet")
+    help = "write every label to a .jsonl or .parquet file, or the labeled images to an imagefolder"
+    sp = subcommand(sub, "export", cmd_export, help)
+    sp.add_argument("out", metavar="OUT", help="output file, .jsonl or .parquet; a folder with imagefolder")
+    sp.add_argument(
+        "--format",
+        choices=("jsonl", "parquet", "imagefolder"),
+        help="default: by OUT's suffix; imagefolder: OUT/images/*.png and OUT/metadata.jsonl (file_name, "
+        "text, label columns) for datasets and diffusers' train_text_to_image.py --train_data_dir",
+    )
+    sp.add_argument(
+        "--no-images", action="store_true", help="parquet: leave out the image column (sha256 names only)"
+    )
+    sp.add_argument(
+        "--only-good", action="store_true", help="imagefolder: only the images labeled good by majority"
+    )
 
     help = "read labels from an export, or preferences from a public set (Pick-a-Pic, ImageReward, HPDv2)"
     sp = subcommand(sub, "import", cmd_import, help)
@@ -319,7 +340,8 @@ def add_commands(sub) -> None:
     sp.add_argument(
         "--images-from",
         metavar="RUN",
-        help="run directory holding the image files of images new to RUN (an export carries no files)",
+        help="run directory holding the image files of images new to RUN (a .jsonl export, or a .parquet "
+        "one written with --no-images, carries none)",
     )
 
     help = "add gold images (world renders with a known answer) to measure raters' accuracy"

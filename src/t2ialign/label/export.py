@@ -5,13 +5,24 @@ The exported file is a data set of the paper's kind (Sec. 3.1: binary feedback o
 categories of Table 1); ``datasets.load_dataset("parquet", data_files=...)`` reads the Parquet export.
 Two exports of the same labels are byte-identical: rows are sorted by (image sha256, labeler name), times
 are the labels' own, and Parquet is written with fixed settings and no pandas metadata.
+
+With ``images=True`` the Parquet export carries the pictures too: a column ``image`` of datasets' ``Image``
+feature (struct {bytes, path}, declared in the ``huggingface`` schema metadata as datasets writes it), so
+``datasets.load_dataset("parquet", ...)`` yields PIL images, and an import needs no ``--images-from``.
+:func:`export_imagefolder` writes a folder of image files and ``metadata.jsonl`` (datasets' ImageFolder,
+which diffusers' ``train_text_to_image.py --train_data_dir`` reads). See docs/formats.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
+import os
 import re
+import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import insert, select, update
 
-from t2ialign.core.fsutil import atomic_write, loads_json_object
+from t2ialign.core.fsutil import atomic_write, fsync_dir, loads_json_object, publish_dir
 from t2ialign.label.auth import ADMIN_NAME, check_labeler_name
 from t2ialign.store import (
     IMAGES_DIRNAME,
@@ -68,6 +79,27 @@ COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 FORMATS = (".jsonl", ".parquet")
 # Fixed writer settings: the same table gives the same bytes (for a given pyarrow version).
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, version="2.6")
+
+# datasets' Image feature: the encoded file's bytes and a name; datasets decodes the bytes to a PIL image.
+IMAGE_COLUMN = "image"
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_HF_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.bool_(): "bool"}
+IMAGE_ROWS_PER_GROUP = 256  # rows per Parquet row group with images: bounded memory, fixed bytes
+
+
+def _hf_metadata(schema: pa.Schema) -> bytes:
+    """The ``huggingface`` schema metadata datasets writes for these columns (Value types, Image)."""
+    features = {
+        f.name: {"_type": "Image"}
+        if f.type == IMAGE_TYPE
+        else {"dtype": _HF_DTYPES[f.type], "_type": "Value"}
+        for f in schema
+    }
+    return json.dumps({"info": {"features": features}}).encode()
+
+
+IMAGE_SCHEMA = SCHEMA.append(pa.field(IMAGE_COLUMN, IMAGE_TYPE))
+IMAGE_SCHEMA = IMAGE_SCHEMA.with_metadata({b"huggingface": _hf_metadata(IMAGE_SCHEMA)})
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _INT64 = (-(2**63), 2**63 - 1)
@@ -133,14 +165,21 @@ def label_rows(store: Store) -> list[dict[str, Any]]:
     return rows
 
 
-def export_labels(store: Store, path: str | Path) -> int:
+def export_labels(store: Store, path: str | Path, images: bool = False) -> int:
     """Write every label of the run to ``path`` (.jsonl or .parquet, by suffix); return the row count.
 
-    The file is written atomically; two exports of the same labels are byte-identical.
+    ``images`` (Parquet only): add the column ``image`` with each row's PNG (datasets' ``Image`` feature),
+    written by row groups of IMAGE_ROWS_PER_GROUP rows. The file is written atomically; two exports of the
+    same labels are byte-identical.
     """
     path = Path(path)
     fmt = _format(path)
+    if images and fmt != ".parquet":
+        raise ValueError(f"only a Parquet export carries images (a datasets Image column), not {path.name!r}")
     rows = label_rows(store)
+    if images:
+        _write_with_images(store, rows, path)
+        return len(rows)
     if fmt == ".jsonl":
         data = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows).encode()
     else:
@@ -154,6 +193,94 @@ def export_labels(store: Store, path: str | Path) -> int:
     return len(rows)
 
 
+@contextlib.contextmanager
+def _atomic_file(path: Path):
+    """A temporary file next to ``path``, opened for writing, fsynced and renamed to ``path`` when the
+    block ends without error (removed otherwise): as ``atomic_write``, for output too big to hold."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_with_images(store: Store, rows: list[dict[str, Any]], path: Path) -> None:
+    with _atomic_file(path) as f, pq.ParquetWriter(f, IMAGE_SCHEMA, **PARQUET_OPTIONS) as writer:
+        for i in range(0, max(len(rows), 1), IMAGE_ROWS_PER_GROUP):
+            group = rows[i : i + IMAGE_ROWS_PER_GROUP]
+            for r in group:
+                sha = r["image_sha256"]
+                r[IMAGE_COLUMN] = {"bytes": _read_image(store.image_path(sha)), "path": f"{sha}.png"}
+            writer.write_table(pa.Table.from_pylist(group, schema=IMAGE_SCHEMA))
+            for r in group:  # the bytes go once written: memory stays one row group's
+                del r[IMAGE_COLUMN]
+
+
+def imagefolder_rows(store: Store, only_good: bool = False) -> list[dict[str, Any]]:
+    """One row per labeled image (gold images left out), sorted by sha256: ``file_name`` (images/<sha>.png),
+    ``text`` (the prompt), category, split, model_id, seed, the counts n_good / n_bad / n_skip of its
+    labels and ``majority`` (good / bad / tie, None when every label is a skip). ``only_good``: only the
+    images whose majority is good."""
+    from t2ialign.label.stats import majority
+
+    by_image: dict[str, list[dict]] = {}
+    for r in label_rows(store):
+        by_image.setdefault(r["image_sha256"], []).append(r)
+    out = []
+    for sha, labels in sorted(by_image.items()):
+        values = [r["label"] for r in labels]
+        vote = majority(values) if any(v != "skip" for v in values) else None
+        if only_good and vote != "good":
+            continue
+        first = labels[0]
+        out.append(
+            {"file_name": f"images/{sha}.png", "text": first["prompt"], "image_sha256": sha}
+            | {k: first[k] for k in ("category", "split", "model_id", "seed")}
+            | {f"n_{v}": values.count(v) for v in LABEL_VALUES}
+            | {"majority": vote}
+        )
+    return out
+
+
+def export_imagefolder(store: Store, out_dir: str | Path, only_good: bool = False) -> int:
+    """Write the labeled images as a datasets ImageFolder: ``out_dir/images/<sha256>.png`` and
+    ``out_dir/metadata.jsonl`` (rows of :func:`imagefolder_rows`); return the image count.
+
+    ``datasets.load_dataset("imagefolder", data_dir=out_dir)`` reads it (columns image, text, ...), and so
+    does diffusers' ``train_text_to_image.py --train_data_dir OUT_DIR`` (its default ``--caption_column``
+    is ``text``); for that script pass ``only_good``, which trains on every image it is given. The folder
+    is built aside and put in place by renames (``publish_dir``); the same labels give the same files.
+    """
+    out = Path(out_dir)
+    if out.exists() and not (out / "metadata.jsonl").is_file():
+        raise ValueError(f"{out} exists and is not an imagefolder export: give a new folder")
+    if not out.parent.is_dir():
+        raise ValueError(f"no folder {out.parent} for the export")
+    rows = imagefolder_rows(store, only_good=only_good)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        (tmp / "images").mkdir()
+        for r in rows:
+            shutil.copyfile(store.image_path(r["image_sha256"]), tmp / r["file_name"])
+        lines = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+        atomic_write(tmp / "metadata.jsonl", lines.encode())
+        fsync_dir(tmp)
+        publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return len(rows)
+
+
 # --- import -----------------------------------------------------------------------------------------------
 
 
@@ -163,11 +290,12 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"no label file {path}")
     if fmt == ".parquet":
-        try:
-            table = pq.read_table(path)
+        try:  # the labels only: the images of an export with images are read by _embedded_images
+            names = [n for n in pq.read_schema(path).names if n != IMAGE_COLUMN]
+            _check_columns(f"{path}", names)
+            table = pq.read_table(path, columns=list(COLUMNS))
         except (pa.ArrowException, OSError) as e:
             raise ValueError(f"{path} is not a readable Parquet file: {e}") from e
-        _check_columns(f"{path}", table.column_names)
         return [(f"{path} row {i + 1}", r) for i, r in enumerate(table.to_pylist())]
     out = []
     try:
@@ -329,16 +457,48 @@ def import_labels(store: Store, path: str | Path, images_from: str | Path | None
     Every row is validated first (:func:`read_labels`) and everything is written in one transaction, so
     a bad file writes nothing. See :func:`write_labels`.
     """
-    return write_labels(store, read_labels(path), images_from=images_from)
+    path = Path(path)
+    images_file = path if has_images(path) else None
+    return write_labels(store, read_labels(path), images_from=images_from, images_file=images_file)
+
+
+def has_images(path: str | Path) -> bool:
+    """Whether ``path`` is a Parquet label export with an ``image`` column (``export_labels(images=True)``)."""
+    path = Path(path)
+    if path.suffix.lower() != ".parquet" or not path.is_file():
+        return False
+    try:
+        return IMAGE_COLUMN in pq.read_schema(path).names
+    except (pa.ArrowException, OSError):
+        return False
+
+
+def _embedded_images(path: Path, wanted: set[str]) -> dict[str, bytes]:
+    """The PNG bytes of the ``wanted`` images from a Parquet export with images, read by record batches
+    (only the wanted ones are kept); ValueError for a picture that does not hash to its row's sha256."""
+    found: dict[str, bytes] = {}
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=IMAGE_ROWS_PER_GROUP, columns=["image_sha256", IMAGE_COLUMN]):
+        for sha, image in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+            if sha in wanted and sha not in found:
+                data = (image or {}).get("bytes")
+                if not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != sha:
+                    raise ValueError(f"{path}: the image of row {sha} does not hash to {sha}")
+                found[sha] = data
+    return found
 
 
 def write_labels(
-    store: Store, rows: list[dict[str, Any]], images_from: str | Path | None = None
+    store: Store,
+    rows: list[dict[str, Any]],
+    images_from: str | Path | None = None,
+    images_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write rows of :func:`read_labels` into the run, in one transaction.
 
-    The export does not carry image files: an image the run does not hold yet must have its file in the
-    run already, or in the run directory ``images_from`` (copied from there, its sha256 checked); else a
+    An image the run does not hold yet must have its file in the run already, in ``images_file`` (a
+    Parquet export with images, :func:`has_images`), or in the run directory ``images_from`` (copied from
+    there, its sha256 checked); else a
     ValueError names it and nothing is written. An image row without its file would be handed to labelers
     as a broken picture, and its labels would train on nothing. What the run already
     holds must agree with the rows: a prompt, image or labeler of the same name but other fields is an
@@ -351,10 +511,11 @@ def write_labels(
     labelers = {r["labeler"]: {"is_simulated": r["is_simulated"]} for r in rows}
     counts = {"rows": len(rows), "prompts": 0, "images": 0, "labelers": 0}
     counts["labels"] = {"new": 0, "replaced": 0, "unchanged": 0}
-    copies = _files_to_copy(store, sorted(images), images_from)
+    copies = _files_to_copy(store, sorted(images), images_from, images_file)
     with store.session() as s:
         for sha, src in copies:  # inside the transaction: a failed copy writes no rows
-            if store.put_image_bytes(_read_image(src)) != sha:
+            data = src if isinstance(src, bytes) else _read_image(src)
+            if store.put_image_bytes(data) != sha:
                 raise ValueError(f"{src} does not hash to {sha}: not the image the labels are about")
         prompt_ids = _ensure_prompts(s, prompts, counts)
         image_ids = _ensure_images(s, images, prompt_ids, counts)
@@ -383,16 +544,23 @@ def write_labels(
     return counts
 
 
-def _files_to_copy(store: Store, shas: list[str], images_from: str | Path | None) -> list[tuple[str, Path]]:
-    """(sha256, source file) for each image the run has neither as a row nor as a file; ValueError naming
-    the first one whose file is nowhere to be found."""
+def _files_to_copy(
+    store: Store, shas: list[str], images_from: str | Path | None, images_file: str | Path | None = None
+) -> list[tuple[str, Path | bytes]]:
+    """(sha256, source file or the PNG's bytes) for each image the run has neither as a row nor as a file;
+    ValueError naming the first one whose file is nowhere to be found."""
     known: set[str] = set()
     with store.session() as s:
         for i in range(0, len(shas), _CHUNK):
             known.update(s.scalars(select(ImageRow.sha256).where(ImageRow.sha256.in_(shas[i : i + _CHUNK]))))
-    copies = []
+    missing = {sha for sha in shas if sha not in known and not store.image_path(sha).is_file()}
+    embedded = _embedded_images(Path(images_file), missing) if images_file is not None and missing else {}
+    copies: list[tuple[str, Path | bytes]] = []
     for sha in shas:
-        if sha in known or store.image_path(sha).is_file():
+        if sha not in missing:
+            continue
+        if sha in embedded:
+            copies.append((sha, embedded[sha]))
             continue
         src = None if images_from is None else Path(images_from) / IMAGES_DIRNAME / sha[:2] / f"{sha}.png"
         if src is None or not src.is_file():
