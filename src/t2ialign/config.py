@@ -205,6 +205,26 @@ class GenerateConfig:
 
 
 @dataclass
+class ImageTowerConfig:
+    """Beyond the paper (issue 14, part 4): fine-tune the CLIP image tower together with the reward's MLP,
+    as ImageReward and PickScore do, where the frozen embedding cannot carry an attribute (the world CLIP
+    reads counts poorly: ``benchmarks/reward_probes.py``). The text tower stays frozen."""
+
+    # 0: the frozen embedding (the paper); n: the last n transformer layers of the image tower, its final
+    # layer norm and its projection; -1: the whole image tower
+    layers: int = 0
+    lr: float = 1e-4  # AdamW learning rate of the tower's weights (the MLP keeps reward.lr)
+
+    def __post_init__(self):
+        if self.layers < -1:
+            raise ConfigError(
+                f"reward.image_tower.layers must be -1 (all), 0 (frozen) or n > 0, got {self.layers}"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"reward.image_tower.lr must be > 0, got {self.lr}")
+
+
+@dataclass
 class RewardConfig:
     """Stage 4, the reward model r_phi (``t2ialign reward train``; paper Sec. 3.2)."""
 
@@ -223,6 +243,7 @@ class RewardConfig:
     val_fraction: float = 0.16  # held-out images of seen prompts (4.5k of 27.5k in the paper)
     half_data: bool = False  # train on half the images per prompt (the paper's Fig. 4b ablation)
     seed: int = 0
+    image_tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden)

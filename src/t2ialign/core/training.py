@@ -48,8 +48,9 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine") -> f
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group at ``lr`` times its ``lr_scale`` (1 if it has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def check_finite(loss: torch.Tensor, name: str, step: int, gather: Callable | None = None) -> None:

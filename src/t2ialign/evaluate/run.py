@@ -271,7 +271,7 @@ def _score(
     shas, texts = [r["sha256"] for r in rows], [r["prompt"] for r in rows]
     emb.ensure(shas, sorted(set(texts)), progress)
     x, z = emb.images.get(shas), emb.texts.get(texts)
-    rewards = reward.score_embeddings(x, z).double()
+    rewards = reward.score_store(store, shas, texts, progress).double()  # the scorer's own CLIP
     clip_scores = (x.double() * z.double()).sum(-1)
     pixels = [(r["prompt"], store.image_array(r["sha256"])) for r in rows]
     fidelity = fidelity_report(

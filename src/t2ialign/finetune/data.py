@@ -123,7 +123,6 @@ def model_examples(
     weights = "none": 0 for every image (a control: only the D_pre term trains, at the same compute).
     top_k_per_prompt = k > 0 then keeps each prompt's k images of highest weight.
     """
-    from t2ialign.models.embed import Embeddings
     from t2ialign.reward.data import labeled_images
 
     seen = {p["text"] for p in store.list_prompts(split="seen")}
@@ -142,10 +141,8 @@ def model_examples(
     elif cfg.weights == "reward":
         if reward_model is None:
             raise ValueError("weights = 'reward' needs a trained reward model")
-        emb = Embeddings(store, reward_model.clip, reward_model.processor)
         shas, prompts = [r["sha256"] for r in rows], [r["prompt"] for r in rows]
-        emb.ensure(shas, sorted(set(prompts)), progress)
-        rewards = reward_model.score_embeddings(emb.images.get(shas), emb.texts.get(prompts)) if rows else []
+        rewards = reward_model.score_store(store, shas, prompts, progress)
         rewards = clamp_rewards(torch.as_tensor(rewards, dtype=torch.float32), *cfg.reward_range)
         items = [
             {"sha256": r["sha256"], "prompt": r["prompt"], "weight": float(w)}

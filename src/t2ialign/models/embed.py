@@ -55,16 +55,21 @@ def _fast_pixels(processor, images: list) -> torch.Tensor | None:
     return (x - mean) / std
 
 
+def pixel_values(processor, images: list) -> torch.Tensor:
+    """(B, 3, H, W) CLIP input of PIL images or (H, W, 3) uint8 arrays, as the processor makes it."""
+    pixels = _fast_pixels(processor, images)
+    if pixels is None:  # other sizes: the processor resizes and crops as the CLIP expects
+        pil = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in images]
+        pixels = processor(images=pil, return_tensors="pt")["pixel_values"]
+    return pixels
+
+
 @torch.no_grad()
 def embed_images(model, processor, images: list, batch_size: int = 256) -> torch.Tensor:
     """(N, D) L2-normalized image embeddings; images are PIL images or (H, W, 3) uint8 arrays."""
     out = []
     for i in range(0, len(images), batch_size):
-        chunk = images[i : i + batch_size]
-        pixels = _fast_pixels(processor, chunk)
-        if pixels is None:  # other sizes: the processor resizes and crops as the CLIP expects
-            pil = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in chunk]
-            pixels = processor(images=pil, return_tensors="pt")["pixel_values"]
+        pixels = pixel_values(processor, images[i : i + batch_size])
         feats = clip_features(model.get_image_features(pixel_values=pixels))
         out.append(F.normalize(feats.float(), dim=-1))
     return torch.cat(out) if out else torch.empty(0, model.config.projection_dim)

@@ -6,13 +6,19 @@ import json
 from pathlib import Path
 
 from t2ialign.core.cliutil import add_config, add_seed, config_from_args, subcommand
+from t2ialign.core.config import to_dict
 from t2ialign.store import open_existing
 
 
 def _config(args):
     from t2ialign.config import load_config
 
-    return config_from_args(load_config(args.config).reward, args, "reward")
+    cfg = config_from_args(load_config(args.config).reward, args, "reward")
+    tower = {k: getattr(args, f"image_tower_{k}", None) for k in ("layers", "lr")}
+    if any(v is not None for v in tower.values()):  # the nested [reward.image_tower] table
+        tower = {k: v for k, v in tower.items() if v is not None}
+        cfg = config_from_args(cfg, args, "reward", image_tower=to_dict(cfg.image_tower) | tower)
+    return cfg
 
 
 def _clip(cfg):
@@ -102,6 +108,12 @@ def _add_training_args(sp) -> None:
     sp.add_argument("--pc-weight", dest="pc_weight", type=float, help="lambda of Eq. 3")
     sp.add_argument("--temperature", type=float, help="T of Eq. 2")
     sp.add_argument("--epochs", type=int)
+    sp.add_argument(
+        "--image-tower-layers",
+        type=int,
+        help="beyond the paper: also tune the CLIP image tower's last N layers (-1: all; 0: frozen, the paper)",
+    )
+    sp.add_argument("--image-tower-lr", type=float, help="learning rate of the tuned image tower")
     add_seed(sp)
 
 

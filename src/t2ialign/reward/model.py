@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from t2ialign import __version__
-from t2ialign.models.embed import clip_fingerprint, embed_images, embed_texts
+from t2ialign.models.embed import Embeddings, clip_fingerprint, embed_images, embed_texts
+from t2ialign.reward.tower import TOWER_FILE, tower_state, with_tower
 
 
 class RewardMLP(nn.Module):
@@ -42,12 +43,23 @@ class RewardMLP(nn.Module):
 
 
 class RewardModel:
-    """A trained reward MLP with the identity of its CLIP; ``score`` embeds and scores in batches."""
+    """A trained reward MLP with the identity of its CLIP; ``score`` embeds and scores in batches.
 
-    def __init__(self, mlp: RewardMLP, meta: dict, clip=None, processor=None):
+    ``clip`` is the CLIP named in config.json, unchanged: CLIP score and FD_CLIP read it. ``scorer_clip``
+    is the one whose image embeddings the MLP reads: the same CLIP, or, for a reward that tuned the image
+    tower (``reward/tower.py``), a copy of it holding the tuned tower.
+    """
+
+    def __init__(self, mlp: RewardMLP, meta: dict, clip=None, processor=None, scorer_clip=None):
         self.mlp = mlp.eval()
         self.meta = meta
         self.clip, self.processor = clip, processor
+        self.scorer_clip = scorer_clip if scorer_clip is not None else clip
+        self._embeddings = None
+
+    @property
+    def tuned_tower(self) -> bool:
+        return self.scorer_clip is not self.clip
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -55,9 +67,33 @@ class RewardModel:
         save_file(
             {k: v.contiguous() for k, v in self.mlp.state_dict().items()}, str(path / "model.safetensors")
         )
+        if self.tuned_tower:
+            save_file(tower_state(self.scorer_clip), str(path / TOWER_FILE))
+        meta = {**self.meta, "tuned_image_tower": TOWER_FILE if self.tuned_tower else None}
         (path / "config.json").write_text(
-            json.dumps({**self.meta, "t2ialign_version": __version__}, indent=2) + "\n"
+            json.dumps({**meta, "t2ialign_version": __version__}, indent=2) + "\n"
         )
+
+    def trained_modules(self) -> nn.Module:
+        """What training changed: the MLP, and the tuned image tower (for digests of the reward)."""
+        if not self.tuned_tower:
+            return self.mlp
+        return nn.ModuleDict({"mlp": self.mlp, "tower": self.scorer_clip.vision_model})
+
+    def embeddings(self, store):
+        """The run's cache of the scorer CLIP's embeddings (``models.embed.Embeddings``), made once."""
+        if self._embeddings is None or self._embeddings.store is not store:
+            self._embeddings = Embeddings(store, self.scorer_clip, self.processor)
+        return self._embeddings
+
+    @torch.no_grad()
+    def score_store(self, store, shas: list[str], prompts: list[str], progress: bool = False) -> torch.Tensor:
+        """Rewards (N,) of stored images (by sha256) with their prompts, through the run's embedding cache."""
+        emb = self.embeddings(store)
+        emb.ensure(shas, sorted(set(prompts)), progress)
+        if not shas:
+            return torch.empty(0)
+        return self.score_embeddings(emb.images.get(shas), emb.texts.get(prompts))
 
     @classmethod
     def load(cls, path: str | Path, clip_path: str | Path | None = None) -> RewardModel:
@@ -74,7 +110,12 @@ class RewardModel:
         clip_ref = clip_path if clip_path is not None else meta["clip"]["path"]
         clip, processor, _ = load_clip(clip_ref)
         check_same_clip(meta, clip)
-        return cls(mlp, meta, clip, processor)
+        scorer = None
+        if tower_file := meta.get("tuned_image_tower"):
+            if not (path / tower_file).is_file():
+                raise FileNotFoundError(f"{path} names a tuned image tower, {tower_file}, that is missing")
+            scorer = with_tower(clip, load_file(str(path / tower_file)))
+        return cls(mlp, meta, clip, processor, scorer_clip=scorer)
 
     @torch.no_grad()
     def score(self, prompts: list[str], images: list, batch_size: int = 256) -> torch.Tensor:
@@ -83,8 +124,8 @@ class RewardModel:
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
         if self.clip is None:
             raise ValueError("this RewardModel has no CLIP attached; load it with RewardModel.load")
-        img = embed_images(self.clip, self.processor, images, batch_size)
-        txt = embed_texts(self.clip, self.processor, list(prompts))
+        img = embed_images(self.scorer_clip, self.processor, images, batch_size)
+        txt = embed_texts(self.scorer_clip, self.processor, list(prompts))
         return self.score_embeddings(img, txt)
 
     @torch.no_grad()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from t2ialign.config import RewardConfig, to_dict
 from t2ialign.core.training import TrainState, fit
@@ -15,6 +17,7 @@ from t2ialign.models.embed import Embeddings, clip_fingerprint
 from t2ialign.reward.data import halve_per_prompt, labeled_images, split_train_val
 from t2ialign.reward.losses import mse_loss, prompt_classification_loss, reward_loss
 from t2ialign.reward.model import RewardMLP, RewardModel
+from t2ialign.reward.tower import TowerEmbedder
 from t2ialign.store import Store
 from t2ialign.world.prompts import parse_prompt, perturb
 
@@ -25,39 +28,51 @@ def candidate_prompts(prompt: str, n: int, seed: int, shapes: list[str]) -> list
 
 
 def fit_reward(
-    x: torch.Tensor,
+    x: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     z: torch.Tensor,
     y: torch.Tensor,
     good: torch.Tensor,
     zc: torch.Tensor,
     cfg: RewardConfig,
     progress: bool = False,
+    tower: nn.Module | None = None,
 ) -> tuple[RewardMLP, list[float]]:
     """The training loop of Eq. 3 on embeddings: x, z (M, D) image and prompt embeddings, y (M,) targets,
-    good (M,) bool (which images the PC loss uses), zc (M, N, D) candidate prompts, the original first."""
+    good (M,) bool (which images the PC loss uses), zc (M, N, D) candidate prompts, the original first.
+
+    With an image tower being tuned (``reward.tower``), ``x`` is instead a function from example indices
+    (B,) to their embeddings (B, D) through ``tower``, whose trainable weights learn at
+    ``cfg.image_tower.lr`` beside the MLP's ``cfg.lr``."""
     torch.manual_seed(cfg.seed)
-    mlp = RewardMLP(x.shape[1], cfg.hidden, cfg.dropout)
-    opt = torch.optim.AdamW(mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    x_of = x if callable(x) else x.__getitem__
+    mlp = RewardMLP(z.shape[1], cfg.hidden, cfg.dropout)
+    groups = [{"params": list(mlp.parameters())}]
+    if tower is not None:  # set_lr scales each group's rate by its lr_scale
+        tuned = [p for p in tower.parameters() if p.requires_grad]
+        groups.append({"params": tuned, "lr_scale": cfg.image_tower.lr / cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    per_epoch = math.ceil(len(x) / cfg.batch_size)
+    per_epoch = math.ceil(len(z) / cfg.batch_size)
     order = None
 
     def loss_fn(step: int) -> torch.Tensor:
         nonlocal order
         if step % per_epoch == 0:  # each epoch a new order of the examples
-            order = torch.randperm(len(x), generator=gen)
+            order = torch.randperm(len(z), generator=gen)
         i = (step % per_epoch) * cfg.batch_size
         idx = order[i : i + cfg.batch_size]
-        mse = mse_loss(mlp(x[idx], z[idx]), y[idx])
+        xb = x_of(idx)  # (B, D)
+        mse = mse_loss(mlp(xb, z[idx]), y[idx])
         pc = None
-        g = idx[good[idx]]
-        if cfg.pc_weight > 0 and len(g):
-            n = zc.shape[1]
-            r_pc = mlp(x[g].repeat_interleave(n, 0), zc[g].reshape(-1, zc.shape[2])).view(len(g), n)
+        keep = good[idx]
+        if cfg.pc_weight > 0 and bool(keep.any()):
+            g, n = idx[keep], zc.shape[1]
+            r_pc = mlp(xb[keep].repeat_interleave(n, 0), zc[g].reshape(-1, zc.shape[2])).view(len(g), n)
             pc = prompt_classification_loss(r_pc, torch.zeros(len(g), dtype=torch.long), cfg.temperature)
         return reward_loss(mse, pc, cfg.pc_weight)
 
-    state = TrainState(mlp, opt, config={})
+    module = mlp if tower is None else nn.ModuleDict({"mlp": mlp, "tower": tower})
+    state = TrainState(module, opt, config={})
     losses = fit(
         state,
         loss_fn,
@@ -68,7 +83,8 @@ def fit_reward(
         max_grad_norm=None,
         progress=progress,
     )
-    return state.finish(), losses[per_epoch - 1 :: per_epoch]  # the last loss of each epoch
+    state.finish()
+    return mlp, losses[per_epoch - 1 :: per_epoch]  # the last loss of each epoch
 
 
 def train_reward(
@@ -105,16 +121,24 @@ def train_reward(
         progress,
     )
 
-    x = emb.images.get([r["sha256"] for r in train])  # (M, D)
     z = emb.texts.get([r["prompt"] for r in train])  # (M, D)
     y = torch.tensor([r["y"] for r in train])  # (M,)
     good = torch.tensor([r["y"] >= 0.5 for r in train])  # PC loss on images labeled good (Sec. 3.2)
     zc = torch.stack([emb.texts.get(cands[r["prompt"]]) for r in train])  # (M, N, D), original first
 
     t0 = time.time()
-    mlp, history = fit_reward(x, z, y, good, zc, cfg, progress)
+    tower = None
+    if cfg.image_tower.layers:  # beyond the paper: the image tower learns too (reward/tower.py)
+        tower = TowerEmbedder(clip, processor, store, cfg.image_tower.layers)
+        shas = [r["sha256"] for r in train]
+        mlp, history = fit_reward(
+            lambda idx: tower.embed([shas[i] for i in idx.tolist()]), z, y, good, zc, cfg, progress, tower
+        )
+    else:
+        x = emb.images.get([r["sha256"] for r in train])  # (M, D)
+        mlp, history = fit_reward(x, z, y, good, zc, cfg, progress)
     meta = {
-        "dim": x.shape[1],
+        "dim": z.shape[1],
         "hidden": list(cfg.hidden),
         "dropout": cfg.dropout,
         "clip": {"model_id": clip_id, "path": clip_path, "fingerprint": clip_fingerprint(clip)},
@@ -123,7 +147,8 @@ def train_reward(
         "n_val": len(val),
         "seconds": round(time.time() - t0, 2),
     }
-    model = RewardModel(mlp, meta, clip, processor)
+    scorer = None if tower is None else tower.clip.requires_grad_(False).eval()
+    model = RewardModel(mlp, meta, clip, processor, scorer_clip=scorer)
     return model, {
         "n_train": len(train),
         "n_val": len(val),
@@ -148,8 +173,11 @@ def pairwise_accuracy(scores: dict[str, float], pairs: list[tuple[dict, dict]]) 
 
 
 def score_items(items: list[dict], emb: Embeddings, model: RewardModel | None) -> dict[str, float]:
-    """Reward of each image with its prompt, or CLIP score (cosine of the embeddings) when model is None."""
-    x = emb.images.get([r["sha256"] for r in items])
-    z = emb.texts.get([r["prompt"] for r in items])
-    s = model.score_embeddings(x, z) if model is not None else (x * z).sum(-1)
+    """Reward of each image with its prompt, or CLIP score (cosine of the embeddings of ``emb``'s CLIP)
+    when model is None."""
+    shas, prompts = [r["sha256"] for r in items], [r["prompt"] for r in items]
+    if model is not None:
+        s = model.score_store(emb.store, shas, prompts)
+    else:
+        s = (emb.images.get(shas) * emb.texts.get(prompts)).sum(-1)
     return {r["sha256"]: float(v) for r, v in zip(items, s, strict=True)}

@@ -157,9 +157,7 @@ def _find_candidates(
 
 def _score(store: Store, reward, candidates: dict[str, list[dict]], progress: bool) -> dict[str, list[float]]:
     """Reward of every candidate with its prompt, through the run's CLIP embedding cache."""
-    from t2ialign.models.embed import Embeddings
-
-    emb = Embeddings(store, reward.clip, reward.processor)
+    emb = reward.embeddings(store)  # of the CLIP the reward reads (its tuned copy, if it tuned one)
     pairs = [(p, r["sha256"]) for p, rows in candidates.items() for r in rows]
     emb.ensure([s for _, s in pairs], list(candidates), progress)
     # In float64, then rounded to float32: an image's reward does not then depend on which other images
@@ -224,7 +222,7 @@ def rejection_sample(
         "model_revision": revision,
         "reward": {
             "path": str(rpath.resolve()),
-            "weights": weights_digest(reward.mlp),
+            "weights": weights_digest(reward.trained_modules()),
             "clip": reward.meta["clip"],
         },
         "best_of": cfg.best_of,
