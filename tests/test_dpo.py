@@ -421,6 +421,12 @@ def test_same_seed_same_lora_weights_and_resume_refusals(dpo_run, tiny_pipeline_
         other = small(tiny_pipeline_path, beta=10.0, lora_rank=2)
         with pytest.raises(CheckpointError, match="another config"):
             dpo(other, store, name="again-1", resume_from_checkpoint="latest")
+        # new labels make other pairs: another run, not a resume (a second labeler ties one image)
+        first = store.list_images(role="human")[0]
+        submit_labels(store, [(store.add_labeler("b"), first["id"], "good")])
+        with pytest.raises(CheckpointError, match=r"differs in: pairs_sha256\)"):
+            dpo(cfg, store, name="again-1", resume_from_checkpoint="latest")
+        store.set_excluded("b", True)  # the pairs as they were
         longer = small(tiny_pipeline_path, lora_rank=2, max_train_steps=4)  # more steps: a resumable change
         more = dpo(longer, store, name="again-1", resume_from_checkpoint="latest", progress=False)
     assert more["steps_this_call"] == 2 and more["steps"] == 4

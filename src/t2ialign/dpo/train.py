@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 
 import numpy as np
 import torch
@@ -53,7 +55,9 @@ def dpo(
     """
     tc, config = cfg.train, to_dict(cfg)
     pairs = _pairs(cfg, store)  # every process, before any expensive work: a clear error on all of them
-    session = open_session(tc, store.run_dir / "dpo" / name, config, resume_from_checkpoint)
+    # the pairs are part of what a checkpoint continues: new labels mean another run, not a resume
+    ident = config | {"pairs_sha256": _digest(pairs)}
+    session = open_session(tc, store.run_dir / "dpo" / name, ident, resume_from_checkpoint)
     data = _Data(cfg, store, session, pairs, progress and session.is_main)
     # the frozen reference is taken before training (or a checkpoint) changes the UNet
     frozen = None if tc.lora_rank > 0 else _frozen_copy(session.pipe.unet, session.accelerator.device)
@@ -79,10 +83,15 @@ def dpo(
     return report
 
 
+# dpo.pairs -> the function that reads the run's preference pairs (a list of PreferencePair); a reader of
+# pairwise feedback joins here under a new DPO_PAIR_SOURCES name
+PAIR_READERS = {
+    "labels": lambda cfg, store: pairs_from_labels(store, cfg.max_pairs_per_prompt, cfg.train.seed),
+}
+
+
 def _pairs(cfg: DPOConfig, store: Store):
-    if cfg.pairs != "labels":  # DPOConfig validates the source; this guards a source added there only
-        raise ValueError(f"dpo.pairs = {cfg.pairs!r} has no reader yet")
-    pairs = pairs_from_labels(store, cfg.max_pairs_per_prompt, cfg.train.seed)
+    pairs = PAIR_READERS[cfg.pairs](cfg, store)
     if not pairs:
         raise ValueError(
             f"no preference pairs in {store.run_dir}: DPO needs, for some seen prompt, one image that most "
@@ -90,6 +99,11 @@ def _pairs(cfg: DPOConfig, store: Store):
             "Generate images of seen prompts and label them first (`t2ialign label ...`)"
         )
     return pairs
+
+
+def _digest(pairs) -> str:
+    text = json.dumps([[p.prompt, p.winner_sha256, p.loser_sha256] for p in pairs])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class _Data:

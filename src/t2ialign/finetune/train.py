@@ -9,6 +9,9 @@ and the same noise, and a resumed run repeats nothing and skips nothing: it equa
 
 Launch with several processes: ``torchrun --nproc_per_node 2 -m t2ialign finetune RUN`` (CPU, gloo), or
 ``accelerate launch -m t2ialign finetune RUN`` on GPUs.
+
+The session pieces (``open_session``, ``start_training``, ``train_loop`` with a stage's ``Steps``,
+``finish_training``) are the UNet trainers' shared core: ``dpo`` stands on them with its own data and loss.
 """
 
 from __future__ import annotations
