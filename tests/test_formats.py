@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from sqlalchemy.exc import IntegrityError
 
 from t2ialign.label.cli_data import add_commands
 from t2ialign.label.formats import (
@@ -19,8 +20,9 @@ from t2ialign.label.formats import (
     read_ranked,
     to_png,
 )
-from t2ialign.store import Store
-from t2ialign.world.prompts import build_prompt_set
+from t2ialign.store import MAX_CAPTION_CHARS, PromptRow, Store
+from t2ialign.world.prompts import Prompt, PromptSpec, build_prompt_set
+from t2ialign.world.render import render
 
 TEXTS = ["Two circles", "A circle in the forest"]
 COLORS = [(255, 0, 0), (0, 128, 0), (0, 0, 255), (200, 200, 0), (0, 200, 200), (90, 90, 90)]
@@ -215,16 +217,152 @@ def test_import_ranking_into_the_run(run, tmp_path):
     assert sorted(p["choice"] for p in prefs if p["preferred"] is None) == ["tie"]
 
 
-def test_import_refuses_foreign_prompts_and_non_images(run, tmp_path):
+FREE = ["a cat in a hat", "A red apple on a table, oil painting"]
+
+
+def free_rows():
+    """pickapic_rows with free captions on rows 1 and 3 (row 2 keeps the world prompt "A circle in the
+    forest", a prompt of the run)."""
     rows = pickapic_rows()
-    rows[0]["caption"] = "a cat in a hat"
-    with pytest.raises(ValueError, match=r"row 1: prompt 'a cat in a hat' is not a prompt of the run"):
+    rows[0]["caption"], rows[2]["caption"] = FREE
+    return rows
+
+
+def test_import_stores_free_captions_as_imported_prompts(run, tmp_path):
+    world = {p["text"]: p for p in run.list_prompts()}
+    path = write_pickapic(tmp_path / "free.parquet", free_rows())
+    counts = import_preferences(run, read_pickapic(path), "pickapic", batch=2)
+    assert counts["records"] == 3 and counts["new"] == 3 and counts["prompts_new"] == 2
+    imported = run.list_prompts(split="imported")
+    assert [p["text"] for p in imported] == FREE
+    assert all(
+        (p["category"], p["shape"], p["count"], p["color"], p["background"]) == (None,) * 5 for p in imported
+    )
+    assert {p["text"]: p for p in run.list_prompts() if p["split"] != "imported"} == world  # rows kept
+    prefs = run.preferences(source="import:pickapic")
+    assert sorted((p["prompt"], p["split"], p["choice"]) for p in prefs) == [
+        ("A circle in the forest", "seen", "B"),
+        ("A red apple on a table, oil painting", "imported", "tie"),
+        ("a cat in a hat", "imported", "A"),
+    ]
+    again = import_preferences(run, read_pickapic(path), "pickapic")
+    assert again["prompts_new"] == 0 and again["unchanged"] == 3 and len(run.list_prompts()) == 4
+
+
+def test_import_into_a_run_without_prompts(tmp_path):
+    rows = free_rows()
+    rows[1]["caption"] = "Two circles"  # a world prompt's text, not a prompt of this run: a free caption
+    with Store.open(tmp_path / "empty") as store:
+        counts = import_preferences(
+            store, read_pickapic(write_pickapic(tmp_path / "f.parquet", rows)), "pickapic"
+        )
+        assert counts["prompts_new"] == 3
+        assert {p["split"] for p in store.list_prompts()} == {"imported"}
+
+
+def test_add_free_prompts_is_idempotent_and_validated(run):
+    world = run.list_prompts()[0]
+    ids = run.add_free_prompts(["a cat", world["text"], "a cat"])
+    assert ids == {"a cat": ids["a cat"], world["text"]: world["id"]}
+    assert run.add_free_prompts(["a cat"]) == {"a cat": ids["a cat"]}
+    assert run.list_prompts(split="seen")[0]["id"] == world["id"]  # a world prompt stays a world prompt
+    for bad, match in [
+        ("", "non-empty string"),
+        ("   ", "non-empty string"),
+        (3, "non-empty string"),
+        ("x" * (MAX_CAPTION_CHARS + 1), "more than"),
+        ("a cat\nin a hat", "control character"),
+        ("a\x00cat", "control character"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            run.add_free_prompts(["a dog", bad])
+    assert [p["text"] for p in run.list_prompts(split="imported")] == ["a cat"]  # nothing of a bad call
+    with pytest.raises(ValueError, match="unknown split"):  # world prompts are the world's splits only
+        run.add_prompts([Prompt("a dog", None, "imported", PromptSpec("circle"))])
+
+
+def test_the_schema_refuses_an_imported_prompt_with_attributes(run):
+    with pytest.raises(IntegrityError, match="CHECK"), run.session() as s:
+        s.add(PromptRow(text="a cat", split="imported", shape="circle"))
+    with pytest.raises(IntegrityError, match="CHECK"), run.session() as s:
+        s.add(PromptRow(text="a dog", split="seen", shape=None))
+
+
+def test_import_refuses_bad_captions_and_non_images(run, tmp_path):
+    rows = pickapic_rows()
+    rows[1]["caption"] = "a cat\tin a hat"
+    with pytest.raises(ValueError, match=r"row 2: caption 'a cat\\tin a hat' holds the control character"):
         import_preferences(run, read_pickapic(write_pickapic(tmp_path / "a.parquet", rows)), "pickapic")
     rows = pickapic_rows()
     rows[0]["jpg_1"] = b"not an image"
     with pytest.raises(ValueError, match=r"row 1 image B: not an image PIL can read"):
         import_preferences(run, read_pickapic(write_pickapic(tmp_path / "b.parquet", rows)), "pickapic")
-    assert run.preferences() == []
+    assert run.preferences() == [] and run.list_prompts(split="imported") == []
+
+
+# --- the stages that read prompts, with imported ones in the run ---------------------------------------------
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """A run with the world's prompts (the full set), one rendered image of role unlabeled of a seen
+    prompt, and a Pick-a-Pic import with free captions (role unlabeled too)."""
+    with Store.open(tmp_path / "mixed") as store:
+        store.add_prompts(build_prompt_set())
+        buf = io.BytesIO()
+        render(TEXTS[0], 0).pil().save(buf, format="PNG")
+        sha = store.put_image_bytes(buf.getvalue())
+        store.add_image(sha, TEXTS[0], "test", 0, {}, "unlabeled", width=64, height=64)
+        rows = read_pickapic(write_pickapic(tmp_path / "free.parquet", free_rows()))
+        import_preferences(store, rows, "pickapic")
+        yield store
+
+
+def test_prompt_selection_leaves_imported_prompts_out(mixed):
+    from t2ialign.evaluate.run import evaluation_prompts, feedback_prompts
+
+    groups = evaluation_prompts(mixed, 30, 30)
+    assert set(groups) == {"seen", "unseen_prompt", "unseen_object"}
+    chosen = {p for ps in groups.values() for p in ps} | {p["text"] for p in feedback_prompts(mixed, 30, 30)}
+    assert not chosen & set(FREE)
+    assert {p["split"] for p in feedback_prompts(mixed, 30, 30)} == {"seen"}
+
+
+def test_cli_prompts_and_label_stats_with_imported_prompts(mixed, capsys):
+    from t2ialign.cli import main
+
+    # the prompts table counted (category, split) keys with sorted(): None (an imported caption's
+    # category) next to strings failed; imported captions are counted apart
+    assert main(["prompts", "--run", str(mixed.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "2 imported captions" in out
+    section = mixed.read_metrics()["prompts"]
+    assert section["imported"] == 2 and sum(section["counts"].values()) == len(build_prompt_set())
+    assert _cli(["stats", str(mixed.run_dir), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["pairs"]["pairs"] == {"import:pickapic": 3}
+
+
+def test_the_judge_is_never_asked_about_an_imported_caption(mixed):
+    from t2ialign.label.oracle import judge_stored
+    from t2ialign.label.simulate import simulate_labels
+    from t2ialign.label.simulate_votes import query_evidence
+    from t2ialign.reward.data import labeled_images
+    from t2ialign.world.judge import Judge
+
+    imported = [im for im in mixed.list_images() if im["prompt"] in FREE]
+    with pytest.raises(
+        ValueError, match="imported caption .* the world judge reads the world's prompts only"
+    ):
+        judge_stored(mixed, imported, judge=None)
+    assert query_evidence(mixed, [], judge=None) == {}  # it read a spec of every prompt, shapes of None too
+    judge = Judge.load()
+    report = simulate_labels(mixed, 2, noise=0.0, skip=0.0, role="unlabeled", judge=judge, progress=False)
+    labeled = labeled_images(mixed, role="unlabeled")
+    # the world's images of role unlabeled are labeled, an imported one of a world prompt too (the judge
+    # reads it against its prompt); those of free captions are left out, not a judge error
+    assert {r["prompt"] for r in labeled} == {TEXTS[0], TEXTS[1]} and report["images"] == 3
+    assert labeled_images(mixed) == []  # the reward's training labels (role human): none of the import
 
 
 def _cli(argv) -> int:

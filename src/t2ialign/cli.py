@@ -56,7 +56,7 @@ def _print_table(rows: list[list], header: list[str]) -> None:
 
 def cmd_prompts(args) -> int:
     from t2ialign.config import load_config
-    from t2ialign.store import Store
+    from t2ialign.store import IMPORTED_SPLIT, Store
     from t2ialign.world.prompts import CATEGORIES, SPLITS, build_prompt_set
 
     cfg = load_config(args.config).prompts
@@ -64,6 +64,8 @@ def cmd_prompts(args) -> int:
     with Store.open(args.run, db_url=args.db_url) as store:
         added = store.add_prompts(prompts)
         counts = store.prompt_counts()
+        # captions of imported preference sets (category None) are no part of the world's prompt set
+        imported = counts.pop((None, IMPORTED_SPLIT), 0)
         store.update_metrics(
             prompts={
                 "config": {
@@ -71,7 +73,8 @@ def cmd_prompts(args) -> int:
                     "unseen_prompt_fraction": cfg.unseen_prompt_fraction,
                     "seed": cfg.seed,
                 },
-                "counts": {f"{c}/{s}": n for (c, s), n in sorted(counts.items())},
+                "counts": {f"{c}/{s}": n for (c, s), n in sorted(counts.items(), key=str)},
+                "imported": imported,
             }
         )
     rows = [
@@ -83,6 +86,8 @@ def cmd_prompts(args) -> int:
     )
     _print_table(rows, ["category", *SPLITS, "total"])
     print(f"\n{added} new prompts written to {args.run} ({len(prompts) - added} already there)")
+    if imported:
+        print(f"{imported} imported captions (split {IMPORTED_SPLIT}, from public preference sets) besides")
     return 0
 
 

@@ -67,7 +67,7 @@ def cmd_import(args) -> int:
     from t2ialign.store import Store
 
     fmt = detect_format(args.input) if args.format == "auto" else args.format
-    if fmt != "t2ialign":  # a public preference set: into a run that has its prompts already
+    if fmt != "t2ialign":  # a public preference set: into an existing run (a typo must not make one)
         with open_existing(args.run, args.db_url) as store:
             records = read_preferences(args.input, fmt, image_root=args.image_root)
             counts = import_preferences(store, records, fmt)

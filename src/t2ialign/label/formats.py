@@ -22,6 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from t2ialign.store import check_caption as _check_caption
+
 FORMATS = ("pickapic", "imagereward", "hpdv2", "t2ialign")
 CHOICES = ("A", "B", "tie")
 # Pick-a-Pic columns the parser needs; the others (uids, urls, ranking_id, ...) are left unread.
@@ -268,9 +270,9 @@ def import_preferences(
     recorded with role "unlabeled" so labelers are not sent them), then pairs and answers under the
     source "import:<fmt>" (``Store.import_preferences``), ``batch`` records per transaction.
 
-    A record's prompt must be a prompt of the run already: the store's prompts are the world's (split
-    seen / unseen_prompt / unseen_object, a shape), and a free caption fits none of them (docs/formats.md).
-    Records of one image twice (Pick-a-Pic's ``are_different`` false) are skipped and counted. A bad
+    A record's caption that is not a prompt of the run is stored as a free caption, split "imported"
+    (``Store.add_free_prompts``: no category nor attributes, so the stages that build prompt sets, train
+    or evaluate by the world's splits leave it out); one that is a prompt of the run keeps its row. Records of one image twice (Pick-a-Pic's ``are_different`` false) are skipped and counted. A bad
     record stops the import with a ValueError naming its file and row; the batches before it stay
     written, and rerunning the import after fixing the file changes nothing for them.
     """
@@ -278,7 +280,7 @@ def import_preferences(
         raise ValueError(f"unknown preference format {fmt!r}")
     known = {p["text"] for p in store.list_prompts()}
     recorded = {im["sha256"]: im["prompt"] for im in store.list_images()}
-    counts = {"records": 0, "same_image": 0, "images": 0, "pairs": 0, "raters_new": 0}
+    counts = {"records": 0, "same_image": 0, "prompts_new": 0, "images": 0, "pairs": 0, "raters_new": 0}
     counts |= {"new": 0, "replaced": 0, "unchanged": 0}
     chunk: list[ImportedPreference] = []
     for rec in records:
@@ -294,14 +296,15 @@ def import_preferences(
 def _import_chunk(store, chunk, fmt: str, known: set, recorded: dict, counts: dict) -> None:
     rows: dict[tuple, tuple] = {}  # (rater, unordered pair) -> row: a rater's later answer replaces theirs
     new_images = []
+    free: dict[str, str] = {}  # captions new to the run -> the record that brought them, for messages
     for rec in chunk:
         counts["records"] += 1
-        if rec.prompt not in known:
-            raise ValueError(
-                f"{rec.source}: prompt {rec.prompt!r} is not a prompt of the run; the run's prompts are the "
-                "world's (a split seen / unseen_prompt / unseen_object and a shape), so a free caption cannot "
-                "be stored yet (docs/formats.md, 'Prompts')"
-            )
+        if rec.prompt not in known and rec.prompt not in free:
+            try:
+                _check_caption(rec.prompt)
+            except ValueError as e:
+                raise ValueError(f"{rec.source}: {e}") from None
+            free[rec.prompt] = rec.source
         shas = []
         for side, data, model in (("A", rec.image_a, rec.model_a), ("B", rec.image_b, rec.model_b)):
             png, w, h = to_png(data, f"{rec.source} image {side}")
@@ -323,6 +326,10 @@ def _import_chunk(store, chunk, fmt: str, known: set, recorded: dict, counts: di
         except ValueError as e:
             raise ValueError(f"{rec.source}: {e}") from None
         rows[(rater, frozenset(shas))] = (rec.prompt, shas[0], shas[1], rater, rec.choice)
+    if free:
+        store.add_free_prompts(list(free))
+        known.update(free)
+        counts["prompts_new"] += len(free)
     if new_images:
         store.add_images(new_images)
         counts["images"] += len(new_images)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from t2ialign.label.oracle import judge_stored
 from t2ialign.label.service import submit_labels
 from t2ialign.label.stats import label_summary
-from t2ialign.store import ROLES, LabelerRow, LabelRow, Store
+from t2ialign.store import IMPORTED_SPLIT, ROLES, LabelerRow, LabelRow, Store
 from t2ialign.world.judge import Judge
 
 FLIP = {"good": "bad", "bad": "good", "skip": "skip"}
@@ -86,7 +86,10 @@ def simulate_labels(
     verdicts and of written / replaced / unchanged labels, the write speed, and ``label_summary``.
     """
     _check_settings(n_labelers, noise, skip, role)
-    images = store.list_images(role=role)
+    # imported images (role unlabeled, captions of a public set) have their set's answers; the judge
+    # cannot read a free caption, and a simulated label on them would be feedback on no world prompt
+    imported = {p["text"] for p in store.list_prompts(split=IMPORTED_SPLIT)}
+    images = [im for im in store.list_images(role=role) if im["prompt"] not in imported]
     if not images:
         raise ValueError(f"no images of role {role!r} in {store.run_dir}: run `t2ialign generate` first")
     missing = [r["sha256"] for r in images if not store.image_path(r["sha256"]).is_file()]

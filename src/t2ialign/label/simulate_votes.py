@@ -201,9 +201,14 @@ def query_evidence(store: Store, queries: list[dict], judge) -> dict[tuple[int, 
     """What the raters see of every image of these queries, (query id, sha256) -> :class:`ImageEvidence`:
     the judge's P(match) with the query's prompt and the image's :func:`render_distance`."""
 
+    from t2ialign.store import IMPORTED_SPLIT
     from t2ialign.world.prompts import spec_of
 
-    specs = {p["text"]: spec_of(p) for p in store.list_prompts()}
+    # imported captions (no shape) have no spec: the judge reads the world's prompts only
+    specs = {p["text"]: spec_of(p) for p in store.list_prompts() if p["split"] != IMPORTED_SPLIT}
+    foreign = next((q["prompt"] for q in queries if q["prompt"] not in specs), None)
+    if foreign is not None:
+        raise ValueError(f"a query is of the imported caption {foreign!r}: the world judge cannot read it")
     evidence: dict[tuple[int, str], ImageEvidence] = {}
     for i in range(0, len(queries), JUDGE_QUERIES):
         chunk = queries[i : i + JUDGE_QUERIES]

@@ -30,7 +30,7 @@ from t2ialign.store._common import (
     VoteConflict,
 )
 from t2ialign.store.comparisons import MAX_COMPARISON_SET, shown_to_choice
-from t2ialign.store.core import Store, open_existing
+from t2ialign.store.core import MAX_CAPTION_CHARS, Store, check_caption, open_existing
 from t2ialign.store.engine import (
     MIGRATIONS_DIR,
     SQLITE_BUSY_TIMEOUT_MS,
@@ -41,9 +41,11 @@ from t2ialign.store.engine import (
 from t2ialign.store.preferences import check_source
 from t2ialign.store.schema import (
     APP_SOURCE,
+    IMPORTED_SPLIT,
     LABEL_VALUES,
     NAMING_CONVENTION,
     PREFERENCE_CHOICES,
+    PROMPT_SPLITS,
     ROLES,
     SHOWN_SIDES,
     VOTE_CHOICES,
@@ -73,13 +75,16 @@ __all__ = [
     "APP_SOURCE",
     "DB_FILENAME",
     "IMAGES_DIRNAME",
+    "IMPORTED_SPLIT",
     "LABEL_VALUES",
+    "MAX_CAPTION_CHARS",
     "MAX_COMPARISON_SET",
     "METRICS_FILENAME",
     "MIGRATIONS_DIR",
     "NotLeased",
     "NAMING_CONVENTION",
     "PREFERENCE_CHOICES",
+    "PROMPT_SPLITS",
     "ROLES",
     "SHOWN_SIDES",
     "SQLITE_BUSY_TIMEOUT_MS",
@@ -108,6 +113,7 @@ __all__ = [
     "StoreError",
     "VoteConflict",
     "alembic_config",
+    "check_caption",
     "check_source",
     "make_engine",
     "open_existing",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from t2ialign.store._common import (
     _check_int,
     _check_one_of,
     _check_str,
+    _chunks,
+    _insert,
     _png_size,
     _prompt_fields,
 )
@@ -40,8 +43,12 @@ from t2ialign.store.engine import (
 )
 from t2ialign.store.labels import LabelsMixin
 from t2ialign.store.preferences import PreferencesMixin
-from t2ialign.store.schema import ROLES, ImageRow, PromptRow
-from t2ialign.world.prompts import CATEGORIES, SPLITS
+from t2ialign.store.schema import IMPORTED_SPLIT, PROMPT_SPLITS, ROLES, ImageRow, PromptRow
+from t2ialign.world.prompts import CATEGORIES
+
+# The longest free caption stored (characters): far above any public set's captions, a bound on what a
+# malformed file can write into the prompts table.
+MAX_CAPTION_CHARS = 2000
 
 # --- the store --------------------------------------------------------------------------------------------
 
@@ -143,6 +150,29 @@ class Store(LabelsMixin, ComparisonsMixin, PreferencesMixin):
             if new:
                 s.add_all(PromptRow(**row) for row in new)
         return len(new)
+
+    def add_free_prompts(self, texts: Iterable[str]) -> dict[str, int]:
+        """Store free captions (of an imported preference set) as prompts of split "imported", with no
+        category nor attributes; return {text: prompt id} for every text given.
+
+        Idempotent: a text already stored keeps its row and id, whatever its split (a caption that is a
+        prompt of the run's world stays that prompt). Texts must be non-empty strings of at most
+        MAX_CAPTION_CHARS characters without control characters (newlines, tabs, NUL...): all are validated
+        before anything is written, and they are written in one transaction.
+        """
+        wanted = list(dict.fromkeys(check_caption(t) for t in texts))
+        with self.session() as s:
+            # ON CONFLICT DO NOTHING: an import running at the same time may add the same caption
+            insert = _insert(s)
+            for chunk in _chunks(wanted, 500):
+                rows = [dict(text=t, split=IMPORTED_SPLIT) for t in chunk]
+                s.execute(insert(PromptRow).values(rows).on_conflict_do_nothing(index_elements=["text"]))
+            ids: dict[str, int] = {}
+            for chunk in _chunks(wanted, 500):
+                ids.update(
+                    s.execute(select(PromptRow.text, PromptRow.id).where(PromptRow.text.in_(chunk))).all()
+                )
+        return {t: ids[t] for t in wanted}
 
     def prompt_counts(self) -> dict[tuple[str | None, str], int]:
         """Number of stored prompts per (category, split)."""
@@ -280,10 +310,12 @@ class Store(LabelsMixin, ComparisonsMixin, PreferencesMixin):
             return [o.id for o in objs]
 
     def list_prompts(self, split: str | None = None, category: str | None = None) -> list[dict[str, Any]]:
-        """Stored prompts (text, category, split and attributes), in id order, optionally filtered."""
+        """Stored prompts (text, category, split and attributes), in id order, optionally filtered. Imported
+        captions (split "imported") come with the world's prompts unless a split is asked for; their
+        category and attributes, shape included, are None."""
         q = select(PromptRow).order_by(PromptRow.id)
         if split is not None:
-            _check_one_of("split", split, SPLITS)
+            _check_one_of("split", split, PROMPT_SPLITS)
             q = q.where(PromptRow.split == split)
         if category is not None:
             _check_one_of("category", category, CATEGORIES)
@@ -336,6 +368,20 @@ class Store(LabelsMixin, ComparisonsMixin, PreferencesMixin):
         except (TypeError, ValueError) as e:
             raise ValueError(f"metrics must be JSON-serializable with finite numbers: {e}") from e
         atomic_write(self.metrics_path, (text + "\n").encode("utf-8"))
+
+
+def check_caption(text) -> str:
+    """The text, if it can be a free caption of the run (:meth:`Store.add_free_prompts`); else ValueError."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"a free caption must be a non-empty string, got {text!r}")
+    if len(text) > MAX_CAPTION_CHARS:
+        raise ValueError(
+            f"caption {text[:60]!r}... has {len(text)} characters, more than {MAX_CAPTION_CHARS}"
+        )
+    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"caption {text!r} holds the control character {bad!r}")
+    return text
 
 
 def open_existing(run_dir: str | Path, db_url: str | None = None) -> Store:

@@ -29,6 +29,11 @@ from t2ialign.world.prompts import CATEGORIES, SPLITS
 
 # D_human (shown to labelers), D_unlabel (the paper's unlabeled set, Sec. 4.1) and evaluation images.
 ROLES: tuple[str, ...] = ("human", "unlabeled", "eval")
+# A prompt's split: the world's three (Table 1), or "imported", a free caption of a public preference set
+# (docs/formats.md) with no category nor attributes. Not in world.prompts.SPLITS: the stages that build
+# prompt sets, train or evaluate by split only know the world's, and so leave imported prompts out.
+IMPORTED_SPLIT = "imported"
+PROMPT_SPLITS: tuple[str, ...] = (*SPLITS, IMPORTED_SPLIT)
 LABEL_VALUES: tuple[str, ...] = ("good", "bad", "skip")
 
 
@@ -62,19 +67,26 @@ class Base(DeclarativeBase):
 
 
 class PromptRow(Base):
-    """A prompt of the run's prompt set (paper Table 1), with the attributes it asks for."""
+    """A prompt of the run's prompt set (paper Table 1), with the attributes it asks for; or a free caption
+    of an imported preference set (split "imported": no category, shape, count, color nor background)."""
 
     __tablename__ = "prompts"
     __table_args__ = (
         CheckConstraint(_one_of("category", CATEGORIES, nullable=True), name="category"),
-        CheckConstraint(_one_of("split", SPLITS), name="split"),
+        CheckConstraint(_one_of("split", PROMPT_SPLITS), name="split"),
+        # a world prompt always names its object; an imported caption names none of the attributes
+        CheckConstraint(
+            f"(split = '{IMPORTED_SPLIT}' AND shape IS NULL AND category IS NULL AND count IS NULL"
+            f" AND color IS NULL AND background IS NULL) OR (split != '{IMPORTED_SPLIT}' AND shape IS NOT NULL)",
+            name="imported",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     text: Mapped[str] = mapped_column(String, unique=True)
     category: Mapped[str | None] = mapped_column(String)  # NULL: a free caption outside the 4 templates
     split: Mapped[str] = mapped_column(String)
-    shape: Mapped[str] = mapped_column(String)
+    shape: Mapped[str | None] = mapped_column(String)  # NULL: an imported caption
     count: Mapped[int | None]
     color: Mapped[str | None] = mapped_column(String)
     background: Mapped[str | None] = mapped_column(String)
