@@ -20,7 +20,13 @@ from safetensors.torch import load_file
 from t2ialign.config import Config, ConfigError, DPOConfig, DPOTrainConfig, GenerateConfig, from_dict
 from t2ialign.core.checkpoint import CheckpointError
 from t2ialign.dpo import train as dpo_train
-from t2ialign.dpo.data import PreferencePair, build_pair_set, majority_label, pairs_from_labels
+from t2ialign.dpo.data import (
+    PreferencePair,
+    build_pair_set,
+    majority_label,
+    pairs_from_labels,
+    pairs_from_preferences,
+)
 from t2ialign.dpo.losses import diffusion_dpo_loss
 from t2ialign.dpo.train import dpo
 from t2ialign.generate.images import generate
@@ -141,6 +147,33 @@ def test_pairs_from_labels_by_hand(labeled_store):
     assert pairs == sorted(pairs, key=lambda p: (p.prompt, p.winner_sha256, p.loser_sha256))
     assert all(isinstance(p, PreferencePair) for p in pairs)
     assert {p.prompt for p in pairs_from_labels(store, split=None)} == {A, C, unseen}
+
+
+def test_pairs_from_preferences_by_hand(labeled_store):
+    """Pairwise feedback: the raters' majority decides a pair's winner; ties and unseen prompts take no
+    part; an excluded rater does not vote."""
+    store, img, (A, B, C, unseen) = labeled_store
+    rows = [
+        (A, img["a"], img["b"], "r1@t", "A"),  # a over b, twice
+        (A, img["a"], img["b"], "r2@t", "A"),
+        (A, img["c"], img["d"], "r1@t", "B"),  # d over c: 1 for, 1 tie
+        (A, img["c"], img["d"], "r2@t", "tie"),
+        (A, img["a"], img["e"], "r1@t", "A"),  # a vs e: a split vote is a tie, left out
+        (A, img["a"], img["e"], "r2@t", "B"),
+        (B, img["f"], img["g"], "r1@t", "tie"),  # a tie
+        (unseen, img["u1"], img["u2"], "r1@t", "A"),  # not a feedback prompt
+        (C, img["c0"], img["c3"], "r3@t", "B"),  # r3 is excluded below
+    ]
+    store.import_preferences(rows, "import:test")
+    store.set_excluded("r3@t", True)
+    pairs = pairs_from_preferences(store)
+    assert [(p.prompt, p.winner_sha256, p.loser_sha256) for p in pairs] == sorted(
+        [(A, img["a"], img["b"]), (A, img["d"], img["c"])]
+    )
+    assert pairs_from_preferences(store, max_pairs_per_prompt=1, seed=0) == pairs_from_preferences(
+        store, max_pairs_per_prompt=1, seed=0
+    )
+    assert len(pairs_from_preferences(store, max_pairs_per_prompt=1)) == 1
 
 
 def test_pairs_cap_per_prompt_is_a_seeded_draw(labeled_store):

@@ -164,7 +164,8 @@ def test_cli_simulate_prints_table1_and_writes_metrics(tmp_path, capsys):
     assert metrics["table1"]["paper"]["total"] == {"good": 46.5, "bad": 48.5, "skip": 5.0}
     assert metrics["label_simulate"]["settings"]["n_labelers"] == 2
     assert _cli(["stats", str(tmp_path / "run"), "--json"]) == 0
-    assert tuple(json.loads(capsys.readouterr().out)) == tuple(sorted(SUMMARY_KEYS))
+    # the binary labels' summary, and the pairwise feedback's agreement (issue 17) beside it
+    assert tuple(json.loads(capsys.readouterr().out)) == tuple(sorted((*SUMMARY_KEYS, "pairs")))
     assert _cli(["stats", str(tmp_path / "run")]) == 0
     assert "sim-1: 12" in capsys.readouterr().out
     with pytest.raises(ValueError, match="noise"):

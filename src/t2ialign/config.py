@@ -204,6 +204,9 @@ class GenerateConfig:
             raise ConfigError(f"generate.guidance_scale must be >= 1, got {self.guidance_scale}")
 
 
+REWARD_OBJECTIVES = ("mse", "bradley_terry")
+
+
 @dataclass
 class ImageTowerConfig:
     """Beyond the paper (issue 14, part 4): fine-tune the CLIP image tower together with the reward's MLP,
@@ -244,9 +247,16 @@ class RewardConfig:
     half_data: bool = False  # train on half the images per prompt (the paper's Fig. 4b ablation)
     seed: int = 0
     image_tower: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    # "mse": Eq. 1-3 on the binary labels (the paper); "bradley_terry": beyond the paper, on pairwise
+    # preferences (``t2ialign label pairs``, or imported public sets), with Eq. 2 on the preferred images
+    objective: str = "mse"
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden)
+        if self.objective not in REWARD_OBJECTIVES:
+            raise ConfigError(
+                f"reward.objective must be one of {', '.join(REWARD_OBJECTIVES)}, got {self.objective!r}"
+            )
         if self.pc_weight < 0 or self.temperature <= 0:
             raise ConfigError("reward.pc_weight must be >= 0 and reward.temperature > 0")
         if self.n_prompts < 2:
@@ -357,7 +367,7 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
-DPO_PAIR_SOURCES = ("labels",)  # where preference pairs come from (pairwise feedback: a later source)
+DPO_PAIR_SOURCES = ("labels", "preferences")  # binary labels (good x bad) or pairwise feedback
 # FinetuneConfig's fields that belong to Eq. 4 alone: [dpo.train] keeps them at DPO's defaults
 DPO_UNUSED_TRAIN_FIELDS = (
     "reward",
@@ -399,7 +409,9 @@ class DPOConfig:
     # KL strength (dimensionless; it multiplies differences of MSEs, which are ~1e-3 apart): the paper
     # uses 5000 for SD1.5 (the reference code's beta_dpo). Larger: the policy stays closer to the reference
     beta: float = 5000.0
-    pairs: str = "labels"  # "labels": a good and a bad image of one prompt (majority of labelers)
+    # "labels": a good and a bad image of one prompt (majority of labelers); "preferences": the pairs that
+    # pairwise feedback decided (`t2ialign label pairs`, or an imported public set; ties left out)
+    pairs: str = "labels"
     # pairs kept per prompt, a seeded draw from its good x bad pairs (0: all; a prompt with many images
     # otherwise dominates the data quadratically)
     max_pairs_per_prompt: int = 0

@@ -67,6 +67,32 @@ def pairs_from_labels(
     return pairs
 
 
+def pairs_from_preferences(
+    store: Store, max_pairs_per_prompt: int = 0, seed: int = 0
+) -> list[PreferencePair]:
+    """The pairs that pairwise feedback decided (``t2ialign label pairs``, or an imported public set): for
+    each answered pair of a seen or imported prompt, its two images, the one most raters preferred
+    first; ties (as many for each, or all "tie") are left out. Answers of excluded raters do not count.
+    ``max_pairs_per_prompt`` and ``seed`` as in :func:`pairs_from_labels`. Sorted by prompt, winner, loser.
+    """
+    from t2ialign.reward.pairwise import TRAIN_SPLITS, decided_pairs, preference_items
+
+    if max_pairs_per_prompt < 0:
+        raise ValueError(f"max_pairs_per_prompt must be >= 0, got {max_pairs_per_prompt}")
+    by_prompt: dict[str, list[PreferencePair]] = defaultdict(list)
+    items = [r for r in preference_items(store) if r["split"] in TRAIN_SPLITS]
+    for won, lost in decided_pairs(items):
+        by_prompt[won["prompt"]].append(PreferencePair(won["prompt"], won["sha256"], lost["sha256"]))
+    pairs = []
+    for prompt in sorted(by_prompt):
+        group = sorted(by_prompt[prompt], key=_order)
+        if max_pairs_per_prompt and len(group) > max_pairs_per_prompt:
+            rng = random.Random(stable_seed("dpo-pairs", seed, prompt, bits=64))
+            group = sorted(rng.sample(group, max_pairs_per_prompt), key=_order)
+        pairs += group
+    return pairs
+
+
 def _order(p: PreferencePair) -> tuple[str, str, str]:
     return p.prompt, p.winner_sha256, p.loser_sha256
 

@@ -23,7 +23,7 @@ import torch
 
 from t2ialign.config import DPOConfig, to_dict
 from t2ialign.core.seeds import stable_seed
-from t2ialign.dpo.data import PairSet, build_pair_set, pairs_from_labels
+from t2ialign.dpo.data import PairSet, build_pair_set, pairs_from_labels, pairs_from_preferences
 from t2ialign.dpo.losses import diffusion_dpo_loss
 from t2ialign.finetune.losses import denoising_target, per_sample_mse
 from t2ialign.finetune.train import (
@@ -87,6 +87,15 @@ def dpo(
 # pairwise feedback joins here under a new DPO_PAIR_SOURCES name
 PAIR_READERS = {
     "labels": lambda cfg, store: pairs_from_labels(store, cfg.max_pairs_per_prompt, cfg.train.seed),
+    "preferences": lambda cfg, store: pairs_from_preferences(store, cfg.max_pairs_per_prompt, cfg.train.seed),
+}
+# what each source needs, for the error when it yields no pair
+PAIR_NEEDS = {
+    "labels": "for some seen prompt, one image that most labelers called good and one they called bad "
+    "(role human; skips and ties do not count). Generate images of seen prompts and label them first "
+    "(`t2ialign label ...`)",
+    "preferences": "answered pairs of seen or imported prompts that the raters decided (not ties): "
+    "`t2ialign label pairs create` and the app's /pairs page, `label pairs simulate`, or `label import`",
 }
 
 
@@ -94,9 +103,7 @@ def _pairs(cfg: DPOConfig, store: Store):
     pairs = PAIR_READERS[cfg.pairs](cfg, store)
     if not pairs:
         raise ValueError(
-            f"no preference pairs in {store.run_dir}: DPO needs, for some seen prompt, one image that most "
-            "labelers called good and one they called bad (role human; skips and ties do not count). "
-            "Generate images of seen prompts and label them first (`t2ialign label ...`)"
+            f"no preference pairs in {store.run_dir}: DPO (pairs = {cfg.pairs}) needs {PAIR_NEEDS[cfg.pairs]}"
         )
     return pairs
 

@@ -50,12 +50,14 @@ def cmd_embed(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from t2ialign.reward.pairwise import train_pairwise_reward
     from t2ialign.reward.train import train_reward
 
     cfg = _config(args)
     clip, processor, clip_id, clip_path = _clip(cfg)
+    train = train_pairwise_reward if cfg.objective == "bradley_terry" else train_reward
     with open_existing(args.run, args.db_url) as store:
-        model, report = train_reward(store, cfg, clip, processor, clip_id, clip_path)
+        model, report = train(store, cfg, clip, processor, clip_id, clip_path)
         out = Path(args.out) if args.out else store.run_dir / "reward"
         model.save(out)
         store.update_metrics(reward_train={k: v for k, v in report.items() if k != "loss_history"})
@@ -114,6 +116,11 @@ def _add_training_args(sp) -> None:
         help="beyond the paper: also tune the CLIP image tower's last N layers (-1: all; 0: frozen, the paper)",
     )
     sp.add_argument("--image-tower-lr", type=float, help="learning rate of the tuned image tower")
+    sp.add_argument(
+        "--objective",
+        choices=("mse", "bradley_terry"),
+        help="mse: Eq. 1-3 on binary labels (the paper); bradley_terry: on pairwise preferences",
+    )
     add_seed(sp)
 
 

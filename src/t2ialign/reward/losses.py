@@ -61,3 +61,18 @@ def reward_loss(mse: torch.Tensor, pc: torch.Tensor | None, pc_weight: float) ->
     if pc is None or pc_weight == 0:
         return mse
     return mse + pc_weight * pc
+
+
+def bradley_terry_loss(r_a: torch.Tensor, r_b: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
+    """Beyond the paper: the Bradley-Terry loss of pairwise feedback (as PickScore and ImageReward train).
+
+    P(a preferred over b) = sigmoid(r_a - r_b); the loss is its cross-entropy against p_a (B,), the raters'
+    share preferring a (1: a, 0: b, 0.5: a tie, as PickScore counts ties). r_a, r_b: (B,) rewards.
+    """
+    if not (r_a.shape == r_b.shape == p_a.shape) or r_a.ndim != 1:
+        raise ValueError(
+            f"r_a, r_b and p_a must be (B,) alike, got {tuple(r_a.shape)}, {tuple(r_b.shape)}, {tuple(p_a.shape)}"
+        )
+    if p_a.numel() and (float(p_a.min()) < 0.0 or float(p_a.max()) > 1.0):
+        raise ValueError("p_a must lie in [0, 1] (1 = a preferred, 0 = b, 0.5 = tie)")
+    return F.binary_cross_entropy_with_logits(r_a - r_b, p_a)

@@ -46,30 +46,53 @@ def fit_reward(
     torch.manual_seed(cfg.seed)
     x_of = x if callable(x) else x.__getitem__
     mlp = RewardMLP(z.shape[1], cfg.hidden, cfg.dropout)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        xb = x_of(idx)  # (B, D)
+        mse = mse_loss(mlp(xb, z[idx]), y[idx])
+        return reward_loss(mse, pc_term(mlp, xb, idx, good[idx], zc, cfg), cfg.pc_weight)
+
+    return mlp, train_loop(mlp, cfg, len(z), batch_loss, progress, tower)
+
+
+def pc_term(
+    mlp, xb: torch.Tensor, idx: torch.Tensor, keep: torch.Tensor, zc: torch.Tensor, cfg: RewardConfig
+):
+    """Eq. 2 on the batch's examples where ``keep`` (B,) holds (None if none, or lambda = 0): each kept
+    image xb (B, D) against its candidate prompts zc[idx] (N, D each), the original first."""
+    if cfg.pc_weight <= 0 or not bool(keep.any()):
+        return None
+    g, n = idx[keep], zc.shape[1]
+    r_pc = mlp(xb[keep].repeat_interleave(n, 0), zc[g].reshape(-1, zc.shape[2])).view(len(g), n)
+    return prompt_classification_loss(r_pc, torch.zeros(len(g), dtype=torch.long), cfg.temperature)
+
+
+def train_loop(
+    mlp: RewardMLP,
+    cfg: RewardConfig,
+    n: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    progress: bool,
+    tower: nn.Module | None = None,
+) -> list[float]:
+    """AdamW over ``cfg.epochs`` epochs of ``n`` examples in a new seeded order each epoch, on
+    ``batch_loss(indices)``; the MLP (and the tower's trainable weights, at ``cfg.image_tower.lr``) learn.
+    Returns the last loss of each epoch."""
     groups = [{"params": list(mlp.parameters())}]
     if tower is not None:  # set_lr scales each group's rate by its lr_scale
         tuned = [p for p in tower.parameters() if p.requires_grad]
         groups.append({"params": tuned, "lr_scale": cfg.image_tower.lr / cfg.lr})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
-    per_epoch = math.ceil(len(z) / cfg.batch_size)
+    per_epoch = math.ceil(n / cfg.batch_size)
     order = None
 
     def loss_fn(step: int) -> torch.Tensor:
         nonlocal order
         if step % per_epoch == 0:  # each epoch a new order of the examples
-            order = torch.randperm(len(z), generator=gen)
+            order = torch.randperm(n, generator=gen)
         i = (step % per_epoch) * cfg.batch_size
-        idx = order[i : i + cfg.batch_size]
-        xb = x_of(idx)  # (B, D)
-        mse = mse_loss(mlp(xb, z[idx]), y[idx])
-        pc = None
-        keep = good[idx]
-        if cfg.pc_weight > 0 and bool(keep.any()):
-            g, n = idx[keep], zc.shape[1]
-            r_pc = mlp(xb[keep].repeat_interleave(n, 0), zc[g].reshape(-1, zc.shape[2])).view(len(g), n)
-            pc = prompt_classification_loss(r_pc, torch.zeros(len(g), dtype=torch.long), cfg.temperature)
-        return reward_loss(mse, pc, cfg.pc_weight)
+        return batch_loss(order[i : i + cfg.batch_size])
 
     module = mlp if tower is None else nn.ModuleDict({"mlp": mlp, "tower": tower})
     state = TrainState(module, opt, config={})
@@ -84,7 +107,7 @@ def fit_reward(
         progress=progress,
     )
     state.finish()
-    return mlp, losses[per_epoch - 1 :: per_epoch]  # the last loss of each epoch
+    return losses[per_epoch - 1 :: per_epoch]
 
 
 def train_reward(
