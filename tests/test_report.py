@@ -299,6 +299,7 @@ def test_report_is_self_contained_escaped_and_complete(run):
         "fig3",
         "rejection",
         "grids",
+        "loop",
         "claims",
         "metrics",
     ]

@@ -215,3 +215,85 @@ def forest(paired: dict[str, Any], cats: list[str], groups: list[str]) -> Figure
     fig.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle("Paired difference from base with 95% intervals (bootstrap over prompts)", fontsize=10)
     return fig
+
+
+def _delta_point(entry: dict, group: str, cat: str) -> tuple[float, list[float]] | None:
+    """(delta, [below, above]) in points of a loop round's paired difference; round 0 (base) is 0."""
+    if entry.get("round") == 0:
+        return 0.0, [0.0, 0.0]
+    d, ci = _get(entry, "evaluate", group, cat, "delta"), _get(entry, "evaluate", group, cat, "ci95")
+    if not _isnum(d):
+        return None
+    ok = isinstance(ci, list) and len(ci) == 2 and all(_isnum(x) for x in ci)
+    return 100 * d, [max(100 * (d - ci[0]), 0.0), max(100 * (ci[1] - d), 0.0)] if ok else [0.0, 0.0]
+
+
+def loop_curve(
+    rounds: list[dict[str, Any]],
+    groups: tuple[str, ...] = ("seen", "unseen_prompt", "unseen_object"),
+    title: str | None = None,
+) -> Figure | None:
+    """The iterated loop (``loop.NAME.rounds``): per group, each category's paired difference from base
+    (points, 95% bootstrap intervals as error bars) against the labeled images spent so far, one point
+    per round (round 0 = base, 0 by definition); and FD_CLIP against the same. None before round 1."""
+    pts = [r for r in rounds if isinstance(r, dict) and _isnum(r.get("labels_total"))]
+    first = next((r["evaluate"] for r in pts if isinstance(r.get("evaluate"), dict)), None)
+    if first is None:
+        return None
+    cats = [c for c in _get(first, groups[0]) or {} if c != "all"] + ["all"]
+    fig = new_figure(3.1 * (len(groups) + 1) + 1.2, 3.0)
+    for i, g in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups) + 1, i + 1)
+        for j, c in enumerate(cats):
+            got = [(r["labels_total"], p) for r in pts if (p := _delta_point(r, g, c)) is not None]
+            if got:
+                xs, ys, err = [x for x, _ in got], [p[0] for _, p in got], [p[1] for _, p in got]
+                style = dict(color="black", lw=1.8) if c == "all" else dict(color=f"C{j}", lw=1)
+                ax.errorbar(xs, ys, yerr=np.array(err).T, marker="o", ms=3, capsize=2, label=c, **style)
+        ax.axhline(0, color="gray", lw=0.8, ls="--")
+        ax.set_title(f"{g.replace('_', ' ')} prompts", fontsize=9)
+        ax.set_xlabel("labeled images so far", fontsize=8)
+        if i == 0:
+            ax.set_ylabel("alignment − base (points)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    ax = fig.add_subplot(1, len(groups) + 1, len(groups) + 1)
+    fd = [(r["labels_total"], r["fd_clip"], r.get("round")) for r in pts if _isnum(r.get("fd_clip"))]
+    ax.plot([x for x, _, _ in fd], [y for _, y, _ in fd], "o-", color="C7", ms=3, lw=1)
+    for x, y, k in fd:
+        ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_title("FD_CLIP to the reference (lower: closer)", fontsize=9)
+    ax.set_xlabel("labeled images so far", fontsize=8)
+    ax.tick_params(labelsize=7)
+    fig.legend(
+        *fig.axes[0].get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5)
+    )
+    fig.suptitle(title or "Iterated loop: one point per round (0 = base)", fontsize=10)
+    return fig
+
+
+RL_PANELS = (  # (key of rl's guard curves, title): the reward, then the measures the guard watches
+    ("reward", "probe reward"),
+    ("alignment", "alignment (judge P(match) or CLIP score)"),
+    ("fd_clip", "FD_CLIP to the base model"),
+    ("saturation", "mean saturation"),
+    ("diversity", "within-prompt diversity"),
+)
+
+
+def rl_guard(guard: dict[str, Any], reward_curve: list | None = None) -> Figure | None:
+    """``t2ialign rl``'s guard curves: one panel per measure against the RL step, the training reward of
+    every step under the probe reward; None when fewer than one evaluation was recorded."""
+    steps = _get(guard, "step")
+    if not _numbers(steps):
+        return None
+    panels = [(k, t) for k, t in RL_PANELS if _numbers(guard.get(k)) and len(guard[k]) == len(steps)]
+    fig = new_figure(3.2 * len(panels), 2.8)
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.plot(steps, guard[key], marker="o", color=FIRST, label="probe set")
+        if key == "reward" and _numbers(reward_curve):
+            ax.plot(range(1, len(reward_curve) + 1), reward_curve, color=OTHERS, label="training batch")
+            ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("RL step")
+    return fig

@@ -113,7 +113,7 @@ def _load_rgb(store: Store, sha256: str, size: int) -> np.ndarray:
 
 
 def model_examples(
-    store: Store, cfg: FinetuneConfig, reward_model=None, progress: bool = False
+    store: Store, cfg: FinetuneConfig, reward_model=None, progress: bool = False, images=None
 ) -> list[dict]:
     """D_model = D_human (+ D_unlabel): images of the feedback (seen) prompts with their weight.
 
@@ -121,20 +121,26 @@ def model_examples(
     weights = "labels": the mean good/bad label of labeled D_human images (skips ignored);
     weights = "uniform": 1 for every image (a control: fine-tuning on the model's own samples, no reward);
     weights = "none": 0 for every image (a control: only the D_pre term trains, at the same compute).
-    top_k_per_prompt = k > 0 then keeps each prompt's k images of highest weight.
+    top_k_per_prompt = k > 0 then keeps each prompt's k images of highest weight. ``images`` (a collection
+    of sha256s, or None for all) keeps only those images: one round of ``t2ialign loop``.
     """
     from t2ialign.reward.data import labeled_images
 
     seen = {p["text"] for p in store.list_prompts(split="seen")}
+    keep = None if images is None else set(images)
+
+    def kept(r) -> bool:
+        return r["prompt"] in seen and (keep is None or r["sha256"] in keep)
+
     if cfg.weights == "labels":
         items = [
             {"sha256": r["sha256"], "prompt": r["prompt"], "weight": float(r["y"])}
             for r in labeled_images(store, "human")
-            if r["prompt"] in seen
+            if kept(r)
         ]
     else:
         roles = ("human", "unlabeled") if cfg.use_unlabeled else ("human",)
-        rows = [r for role in roles for r in store.list_images(role=role) if r["prompt"] in seen]
+        rows = [r for role in roles for r in store.list_images(role=role) if kept(r)]
     if cfg.weights in ("uniform", "none"):
         w = 1.0 if cfg.weights == "uniform" else 0.0
         items = [{"sha256": r["sha256"], "prompt": r["prompt"], "weight": w} for r in rows]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,17 +177,21 @@ def finetune(
     name: str = "default",
     resume_from_checkpoint: str | None = None,
     progress: bool = True,
+    out: Path | None = None,
+    images: Collection[str] | None = None,
 ) -> dict:
     """Fine-tune the UNet of ``cfg.pretrained_model_name_or_path`` on Eq. 4; returns the training report.
 
-    Writes RUN/finetune/NAME/: checkpoints/, batches.jsonl (the example ids of every step), the resulting
-    pipeline/ (stock ``StableDiffusionPipeline.from_pretrained`` loads it), lora/ when training LoRA, and
-    report.json. A folder with checkpoints is only continued with ``resume_from_checkpoint``.
+    Writes RUN/finetune/NAME/ (or ``out``): checkpoints/, batches.jsonl (the example ids of every step), the
+    resulting pipeline/ (stock ``StableDiffusionPipeline.from_pretrained`` loads it), lora/ when training
+    LoRA, and report.json. A folder with checkpoints is only continued with ``resume_from_checkpoint``.
+    ``images`` (sha256s) keeps only those images in D_model: one round of ``t2ialign loop``.
     """
     config = to_dict(cfg)
-    session = open_session(cfg, store.run_dir / "finetune" / name, config, resume_from_checkpoint)
+    out = store.run_dir / "finetune" / name if out is None else out
+    session = open_session(cfg, out, config, resume_from_checkpoint)
     accelerator = session.accelerator
-    data = _Data(cfg, store, session.pipe, accelerator, progress and session.is_main)
+    data = _Data(cfg, store, session.pipe, accelerator, progress and session.is_main, images)
     state, unet, optimizer, start = start_training(session, cfg, config, "finetune_config.json")
     losses, _, seconds = train_loop(
         cfg,
@@ -236,7 +240,7 @@ class _Data:
     """D_model (weighted by the reward or the labels) and D_pre, encoded once by the main process (the
     others read its cache), with the noise scheduler and the global batch sizes."""
 
-    def __init__(self, cfg: FinetuneConfig, store: Store, pipe, accelerator, progress: bool):
+    def __init__(self, cfg: FinetuneConfig, store: Store, pipe, accelerator, progress: bool, images=None):
         from diffusers import DDPMScheduler
 
         from t2ialign.reward.model import RewardModel
@@ -244,7 +248,7 @@ class _Data:
         self.reward_path = Path(cfg.reward) if cfg.reward else store.run_dir / "reward"
         with accelerator.main_process_first():
             self.reward_model = RewardModel.load(self.reward_path) if cfg.weights == "reward" else None
-            items = model_examples(store, cfg, self.reward_model, progress)
+            items = model_examples(store, cfg, self.reward_model, progress, images)
             self.model = build_model_set(store, pipe, items, progress)
             self.pre = build_pretrain_set(store, pipe, cfg, progress) if cfg.beta > 0 else None
         self.scaling = float(pipe.vae.config.scaling_factor)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Collection
 
 from sqlalchemy import select
 from tqdm.auto import tqdm
@@ -67,6 +68,28 @@ def simulated_labelers(store: Store, n: int) -> dict[str, int]:
     }
 
 
+def _images_to_label(store: Store, role: str, shas: Collection[str] | None) -> list[dict]:
+    """The stored images of ``role`` (of ``shas`` when given) that simulated labelers can label."""
+    # imported images (role unlabeled, captions of a public set) have their set's answers; the judge
+    # cannot read a free caption, and a simulated label on them would be feedback on no world prompt
+    imported = {p["text"] for p in store.list_prompts(split=IMPORTED_SPLIT)}
+    keep = None if shas is None else set(shas)
+    images = [
+        im
+        for im in store.list_images(role=role)
+        if im["prompt"] not in imported and (keep is None or im["sha256"] in keep)
+    ]
+    if not images:
+        raise ValueError(f"no images of role {role!r} in {store.run_dir}: run `t2ialign generate` first")
+    missing = [r["sha256"] for r in images if not store.image_path(r["sha256"]).is_file()]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} image file(s) of role {role!r} are missing from {store.images_dir}, "
+            f"e.g. {missing[0]}: the judge needs the pixels"
+        )
+    return images
+
+
 def simulate_labels(
     store: Store,
     n_labelers: int = 3,
@@ -76,8 +99,10 @@ def simulate_labels(
     judge: Judge | None = None,
     role: str = "human",
     progress: bool = True,
+    images: Collection[str] | None = None,
 ) -> dict:
-    """Label every image of ``role`` by ``n_labelers`` simulated labelers (paper Sec. 3.1, Table 1).
+    """Label every image of ``role`` (of ``images``, sha256s, when given: one round of ``t2ialign loop``) by
+    ``n_labelers`` simulated labelers (paper Sec. 3.1, Table 1).
 
     Judges each image once against its prompt with the world judge (``Judge.load()`` by default), derives
     each labeler's answer with :func:`simulated_answer`, and writes them with ``service.submit_labels`` (the
@@ -86,18 +111,7 @@ def simulate_labels(
     verdicts and of written / replaced / unchanged labels, the write speed, and ``label_summary``.
     """
     _check_settings(n_labelers, noise, skip, role)
-    # imported images (role unlabeled, captions of a public set) have their set's answers; the judge
-    # cannot read a free caption, and a simulated label on them would be feedback on no world prompt
-    imported = {p["text"] for p in store.list_prompts(split=IMPORTED_SPLIT)}
-    images = [im for im in store.list_images(role=role) if im["prompt"] not in imported]
-    if not images:
-        raise ValueError(f"no images of role {role!r} in {store.run_dir}: run `t2ialign generate` first")
-    missing = [r["sha256"] for r in images if not store.image_path(r["sha256"]).is_file()]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} image file(s) of role {role!r} are missing from {store.images_dir}, "
-            f"e.g. {missing[0]}: the judge needs the pixels"
-        )
+    images = _images_to_label(store, role, images)
     labelers = simulated_labelers(store, n_labelers)
     judge = judge if judge is not None else Judge.load()
 

@@ -479,6 +479,58 @@ def _section_grids(
     return m.grids(GRID_PER_CATEGORY, shown)
 
 
+LOOP_COMMAND = "t2ialign loop RUN --rounds 3 --labels-per-round B (docs/loop.md)"
+
+
+def _loop_rows(rounds: list[dict], cats: list[str]) -> list[list[Any]]:
+    rows = []
+    for r in rounds:
+        for g in ("seen", "all"):
+            deltas = (
+                ["base"] * len(cats)
+                if r.get("round") == 0
+                else [_delta_cell(_get(r, "evaluate", g, c)) for c in cats]
+            )
+            rows.append(
+                [
+                    _num(r.get("round"), "d"),
+                    _num(r.get("labels_round"), "d"),
+                    _num(r.get("labels_total"), "d"),
+                    g,
+                ]
+                + deltas
+                + [_num(r.get("fd_clip")), _num(r.get("mean_reward"), ".3f"), _num(r.get("wall_s"), ".0f")]
+            )
+    return rows
+
+
+def _section_loop(metrics: dict) -> Markup:
+    """The iterated loop (``t2ialign loop``): per loop, the curve of core.figures.loop_curve and a table."""
+    loops = metrics.get("loop")
+    if not isinstance(loops, dict) or not loops:
+        return _not_measured(LOOP_COMMAND)
+    cats = [*CATEGORIES, "all"]
+    header = ["round", "labels", "labels so far", "group", *cats, "FD_CLIP", "mean reward", "seconds"]
+    shown = []
+    for name, sec in loops.items():
+        rounds = [r for r in (_get(sec, "rounds") or []) if isinstance(r, dict)]
+        cfg = _get(sec, "config") or {}
+        summary = (
+            f"{len(rounds) - 1 if rounds else 0} of {cfg.get('rounds', '—')} rounds finished; "
+            f"{cfg.get('labels_per_round', '—')} labeled images per round ({cfg.get('labelers', '—')} labelers, "
+            f"{cfg.get('n_labelers', '—')} each); D_model: {cfg.get('d_model', '—')}; "
+            f"{_get(cfg, 'finetune', 'max_train_steps') or '—'} fine-tuning steps per round. "
+            "Mean reward is under each round's own reward model."
+        )
+        chart = _chart(
+            figures.loop_curve(rounds, title=f"loop {name}"), f"loop {name}: alignment and FD_CLIP per round"
+        )
+        shown.append(
+            {"name": name, "summary": summary, "chart": chart, "table": (header, _loop_rows(rounds, cats))}
+        )
+    return macros(TEMPLATES, "loop.html").loop(shown)
+
+
 def _section_claims(metrics: dict) -> Markup:
     found = claims(metrics)
     verdict = _m().verdict
@@ -519,6 +571,7 @@ def render_report(
         ("fig3", "Fig. 3: side-by-side human evaluation", lambda: _section_fig3(metrics)),
         ("rejection", "Rejection sampling", lambda: _section_rejection(metrics)),
         ("grids", "Images", lambda: _section_grids(grids, categories or {}, image_bytes)),
+        ("loop", "Iterated loop: alignment and FD_CLIP per round", lambda: _section_loop(metrics)),
         ("claims", "Paper vs this run", lambda: _section_claims(metrics)),
     ]
     shown = []

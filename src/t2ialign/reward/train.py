@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 import torch
@@ -119,13 +119,18 @@ def train_reward(
     clip_path: str,
     progress: bool = True,
     split_seed: int | None = None,
+    images: Collection[str] | None = None,
 ) -> tuple[RewardModel, dict]:
     """Fit r_phi on the run's labeled seen-prompt images; returns the model and its training report.
 
     ``split_seed`` fixes the train / validation split (default: ``cfg.seed``), so that models of several
-    seeds can be scored on the same held-out images.
+    seeds can be scored on the same held-out images. ``images`` (sha256s) keeps only those labeled images:
+    the labels of one iterated loop (``t2ialign loop``) in a run that holds others.
     """
     items = labeled_images(store)
+    if images is not None:
+        keep = set(images)
+        items = [r for r in items if r["sha256"] in keep]
     train, val = split_train_val(items, cfg.val_fraction, cfg.seed if split_seed is None else split_seed)
     if cfg.half_data:
         train = halve_per_prompt(train, cfg.seed)
