@@ -13,6 +13,7 @@ from t2ialign.config import ConfigError, LoopConfig, from_dict, load_config
 from t2ialign.core import figures
 from t2ialign.finetune import train as ft_train
 from t2ialign.label.service import submit_label
+from t2ialign.label.simulate import simulate_labels
 from t2ialign.loop import run as loop_run
 from t2ialign.loop.labels import LabelWaitTimeout, label_counts, wait_for_labels
 from t2ialign.loop.state import changed_fields
@@ -119,6 +120,7 @@ def test_two_rounds_end_to_end_labels_accumulate_and_rounds_chain(loop_run_dir, 
         assert len(s["generate"]["unlabeled"]) == B // 2
         assert s["label"]["images"] == B and 0 < s["label"]["labeled_images"] <= B
         assert s["label"]["answers"] <= K * B
+        assert s["finetune"]["n_model"] == B + B // 2  # D_model: the round's images only, not round 1's too
     assert not set(s1["generate"]["prompts"]) & set(s2["generate"]["prompts"])
     assert not set(s1["generate"]["human"]) & set(s2["generate"]["human"])
     # the reward of round 2 trains on the labels of rounds 1 and 2; of round 1, on round 1's
@@ -273,6 +275,14 @@ def test_people_mode_times_out_with_a_clear_message(people_store):
         wait_for_labels(store, shas, 2, 10, 30, "r", said.append, lambda s: None, lambda: next(ticks))
     assert len(said) == 1  # said once: the count did not move
     assert label_counts(store, shas) == {"images": 3, "labeled_images": 1, "answers": 1}
+
+
+def test_simulated_labelers_label_only_the_images_they_are_given(people_store):
+    store, shas = people_store
+    out = simulate_labels(store, n_labelers=2, images=shas[1:], progress=False)
+    assert out["images"] == 2
+    assert label_counts(store, shas[:1]) == {"images": 1, "labeled_images": 0, "answers": 0}
+    assert label_counts(store, shas[1:])["answers"] == 4
 
 
 # --- report and figure ----------------------------------------------------------------------------------------
