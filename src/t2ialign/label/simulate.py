@@ -90,6 +90,27 @@ def _images_to_label(store: Store, role: str, shas: Collection[str] | None) -> l
     return images
 
 
+def _verdicts(store: Store, images: list[dict], judge: Judge, progress: bool) -> dict[int, str]:
+    """The judge's verdict on each image (by image id), in chunks."""
+    verdicts: dict[int, str] = {}
+    chunks = range(0, len(images), JUDGE_CHUNK)
+    for i in tqdm(chunks, desc="judge", unit="chunk", disable=not progress):
+        for j in judge_stored(store, images[i : i + JUDGE_CHUNK], judge):
+            verdicts[j["image_id"]] = j["verdict"]
+    return verdicts
+
+
+def _stored_labels(store: Store, labeler_ids: list[int]) -> dict[tuple[int, int], str]:
+    """{(image id, labeler id): value} of the labels these labelers have already given."""
+    with store.session() as s:
+        rows = s.execute(
+            select(LabelRow.image_id, LabelRow.labeler_id, LabelRow.value).where(
+                LabelRow.labeler_id.in_(labeler_ids)
+            )
+        )
+        return {(image_id, labeler_id): value for image_id, labeler_id, value in rows}
+
+
 def simulate_labels(
     store: Store,
     n_labelers: int = 3,
@@ -106,8 +127,8 @@ def simulate_labels(
 
     Judges each image once against its prompt with the world judge (``Judge.load()`` by default), derives
     each labeler's answer with :func:`simulated_answer`, and writes them with ``service.submit_labels`` (the
-    web app's path, a thousand labels per transaction), skipping labels already stored with the same value (so a rerun with the same
-    settings changes nothing, ``updated_at`` included). Returns the settings, counts of the judge's
+    web app's path, a thousand labels per transaction), skipping labels already stored with the same
+    value (so a rerun with the same settings changes nothing, ``updated_at`` included). Returns the settings, counts of the judge's
     verdicts and of written / replaced / unchanged labels, the write speed, and ``label_summary``.
     """
     _check_settings(n_labelers, noise, skip, role)
@@ -115,22 +136,8 @@ def simulate_labels(
     labelers = simulated_labelers(store, n_labelers)
     judge = judge if judge is not None else Judge.load()
 
-    verdicts: dict[int, str] = {}
-    chunks = range(0, len(images), JUDGE_CHUNK)
-    for i in tqdm(chunks, desc="judge", unit="chunk", disable=not progress):
-        for j in judge_stored(store, images[i : i + JUDGE_CHUNK], judge):
-            verdicts[j["image_id"]] = j["verdict"]
-
-    with store.session() as s:
-        stored = {
-            (image_id, labeler_id): value
-            for image_id, labeler_id, value in s.execute(
-                select(LabelRow.image_id, LabelRow.labeler_id, LabelRow.value).where(
-                    LabelRow.labeler_id.in_(list(labelers.values()))
-                )
-            )
-        }
-
+    verdicts = _verdicts(store, images, judge, progress)
+    stored = _stored_labels(store, list(labelers.values()))
     counts = {"new": 0, "replaced": 0, "unchanged": 0}
     start = time.perf_counter()
     bar = tqdm(total=len(images) * len(labelers), desc="label", unit="label", disable=not progress)
