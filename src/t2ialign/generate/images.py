@@ -4,6 +4,12 @@ Batches run across prompts (``batch_size`` images per pipeline call, text embedd
 distinct prompt), optionally under bf16 autocast. Each image has its own seed, derived from (config seed,
 role, prompt, index), and its own torch generator, so the same seed gives the same image whatever else is
 in the batch's prompts. A rerun skips every (prompt, seed) the store already holds for that model.
+
+Under ``torchrun`` / ``accelerate launch`` every process runs ``generate`` with the same arguments: each
+samples every world_size-th batch of the same to-do list (``t2ialign.core.dist.shard``) into the same
+store, so N processes write exactly the images, seeds and rows of one (each image is made in the same
+batch as by one process). ``generate`` is then collective: a process that calls it alone waits for the
+others.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from t2ialign.config import GenerateConfig, to_dict
+from t2ialign.core import dist
 from t2ialign.core.seeds import stable_seed
 from t2ialign.store import Store
 
@@ -114,6 +121,43 @@ def _records(store: Store, batch: list[tuple[str, int]], images, shas: set[str],
     return records
 
 
+def _add_new(store: Store, records: list[dict]) -> list[dict]:
+    """Record a batch in one transaction (a crash loses at most this batch); the records written.
+
+    With several processes, another one may have just recorded an image byte-identical to one of these
+    (a degenerate model): then those are dropped, keeping one, as one process does, and the rest written.
+    """
+    try:
+        store.add_images(records)
+        return records
+    except ValueError:
+        if dist.world_size() == 1:
+            raise
+        recorded = {r["sha256"] for r in store.list_images()}
+        fresh = [r for r in records if r["sha256"] not in recorded]
+        if len(fresh) == len(records):
+            raise  # another error than a duplicate
+        store.add_images(fresh)
+        return fresh
+
+
+def _todo(
+    cfg: GenerateConfig, store: Store, prompts: list[str], model_id: str, model_revision: str
+) -> tuple[list[tuple[str, int]], set[str]]:
+    """The (prompt, seed) pairs not yet stored for this model revision, in prompt then seed-index order,
+    and the sha256 of every image of the model already stored."""
+    stored = store.list_images(model_id=model_id)
+    # an image made by an older version of the model in the same folder is not this model's image
+    have = {(r["prompt"], r["seed"]) for r in stored if r["model_revision"] == model_revision}
+    todo = [
+        (p, s)
+        for p in prompts
+        for s in (image_seed(cfg.seed, cfg.role, p, k) for k in range(cfg.images_per_prompt))
+        if (p, s) not in have
+    ]
+    return todo, {r["sha256"] for r in stored}
+
+
 def generate(
     cfg: GenerateConfig,
     store: Store,
@@ -125,7 +169,8 @@ def generate(
     """Generate ``cfg.images_per_prompt`` images for each prompt text (already in the store).
 
     ``pipe`` and ``model_info`` (model id, revision) may be passed in by a caller that already loaded the
-    pipeline; otherwise ``cfg.model`` is loaded. Returns counts and throughput.
+    pipeline; otherwise ``cfg.model`` is loaded. Returns counts and throughput; with several processes,
+    of all of them together (each returns the same counts).
     """
     from t2ialign.models.load import load_pipeline
 
@@ -140,16 +185,7 @@ def generate(
         raise ValueError(
             f"{len(unknown)} prompts are not in the run (e.g. {unknown[0]!r}); run `t2ialign prompts` first"
         )
-    stored = store.list_images(model_id=model_id)
-    # an image made by an older version of the model in the same folder is not this model's image
-    have = {(r["prompt"], r["seed"]) for r in stored if r["model_revision"] == model_revision}
-    shas = {r["sha256"] for r in stored}
-    todo = [
-        (p, s)
-        for p in prompts
-        for s in (image_seed(cfg.seed, cfg.role, p, k) for k in range(cfg.images_per_prompt))
-        if (p, s) not in have
-    ]
+    todo, shas = _todo(cfg, store, prompts, model_id, model_revision)
     sampler = {
         "pipeline": type(pipe).__name__,
         "scheduler": type(pipe.scheduler).__name__,
@@ -157,24 +193,35 @@ def generate(
             k: v for k, v in to_dict(cfg).items() if k not in ("model", "role", "seed", "batch_size")
         },
     }
+    # Every process must split the same list; the gather inside check_same also holds each one until all
+    # have read the store, so none sees another's new images and computes a different list.
+    dist.check_same(todo, "the images to generate")
     made = duplicates = 0
     t0 = time.time()
-    bar = tqdm(total=len(todo), desc=f"generate ({cfg.role})", unit="img", disable=not progress)
-    for i in range(0, len(todo), cfg.batch_size):
-        batch = todo[i : i + cfg.batch_size]
+    common = dict(model_id=model_id, model_revision=model_revision, sampler=sampler, role=cfg.role)
+    mine = dist.shard(todo, cfg.batch_size)  # this process's batches (all of them when it is alone)
+    bar = tqdm(
+        total=sum(map(len, mine)),
+        desc=f"generate ({cfg.role})",
+        unit="img",
+        disable=not progress or not dist.is_main(),
+    )
+    for batch in mine:
         images = sample_images(pipe, [p for p, _ in batch], [s for _, s in batch], cfg)
-        records = _records(
-            store,
-            batch,
-            images,
-            shas,
-            dict(model_id=model_id, model_revision=model_revision, sampler=sampler, role=cfg.role),
-        )
-        store.add_images(records)  # one transaction per batch: a crash loses at most this batch
+        records = _add_new(store, _records(store, batch, images, shas, common))
         made += len(records)
         duplicates += len(batch) - len(records)
         bar.update(len(batch))
     bar.close()
+    if dist.world_size() > 1:
+        dist.barrier()  # every process's images are in the store: count them all
+        now = {
+            (r["prompt"], r["seed"])
+            for r in store.list_images(model_id=model_id)
+            if r["model_revision"] == model_revision
+        }
+        made = sum(1 for key in todo if key in now)
+        duplicates = len(todo) - made
     seconds = time.time() - t0
     return {
         "model_id": model_id,

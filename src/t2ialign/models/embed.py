@@ -3,6 +3,10 @@
 The reward model reads frozen CLIP embeddings (paper Sec. 3.2, footnote 4), so every stage after
 labeling reuses one cache per CLIP: ``RUN/embeddings/<clip key>/{images,texts}.safetensors``, each a
 (N, D) float tensor with a JSON list of keys (image sha256 or text) beside it.
+
+The cache has one writer. Under ``torchrun`` only rank 0 may add to it (``EmbeddingCache.add`` refuses
+elsewhere, rather than let two processes rewrite one file); ``Embeddings.ensure_shared`` has every process
+embed its share of the missing images into a shard file of its own, which rank 0 merges.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from t2ialign.core import dist
 from t2ialign.core.fingerprint import module_fingerprint
 from t2ialign.core.fsutil import atomic_write
 from t2ialign.store import Store
+
+EMBED_CHUNK = 1024  # images read, embedded and added to the cache at a time
 
 
 def clip_features(out) -> torch.Tensor:
@@ -117,6 +124,11 @@ class EmbeddingCache:
             raise ValueError(f"{len(keys)} keys but {len(embeddings)} embeddings")
         if not keys:
             return
+        if not dist.is_main():
+            raise RuntimeError(
+                f"process {dist.rank()} of {dist.world_size()} tried to write the embedding cache {self.dir}: "
+                "only rank 0 writes it (use Embeddings.ensure_shared under torchrun)"
+            )
         self.table = (
             embeddings.float() if not len(self.table) else torch.cat([self.table, embeddings.float()])
         )
@@ -143,17 +155,81 @@ class Embeddings:
 
     def __init__(self, store: Store, clip, processor):
         self.store, self.clip, self.processor = store, clip, processor
-        root = store.run_dir / "embeddings"
-        fp = clip_fingerprint(clip)
-        self.images = EmbeddingCache(root, fp, "images")
-        self.texts = EmbeddingCache(root, fp, "texts")
+        self.root, self.fingerprint = store.run_dir / "embeddings", clip_fingerprint(clip)
+        self._open()
+
+    def _open(self) -> None:
+        self.images = EmbeddingCache(self.root, self.fingerprint, "images")
+        self.texts = EmbeddingCache(self.root, self.fingerprint, "texts")
 
     def ensure(self, shas: list[str], texts: list[str], progress: bool = False) -> None:
         missing = self.images.missing(shas)
-        for i in tqdm(range(0, len(missing), 1024), desc="embed images", disable=not progress):
-            chunk = missing[i : i + 1024]
+        for i in tqdm(range(0, len(missing), EMBED_CHUNK), desc="embed images", disable=not progress):
+            chunk = missing[i : i + EMBED_CHUNK]
             pil = [self.store.open_image(s) for s in chunk]
             self.images.add(chunk, embed_images(self.clip, self.processor, pil))
         missing = self.texts.missing(texts)
         if missing:
             self.texts.add(missing, embed_texts(self.clip, self.processor, missing))
+
+    def ensure_shared(self, shas: list[str], texts: list[str], progress: bool = False) -> None:
+        """``ensure`` of the images in sha256 order, split over the processes of a torchrun job
+        (collective: every process calls it with the same keys); just ``ensure`` in one process.
+
+        Each process embeds every world_size-th chunk of the missing images, in the chunks ``ensure``
+        would use (so each embedding has the bits one process gives it), into
+        ``<cache>/shards/images.rank<R>.safetensors``; after a barrier rank 0 adds them to the cache in
+        ``ensure``'s order, embeds the missing texts (few, and cheap) and removes the shards; after a
+        second barrier every process reads the merged cache.
+        """
+        # In sha256 order: the chunks, and so each embedding's bits, then depend on which images are
+        # missing, not on the order of their rows (several processes insert rows interleaved).
+        shas = sorted(set(shas))
+        if dist.world_size() == 1:
+            return self.ensure(shas, texts, progress)
+        missing = self.images.missing(shas)
+        dist.check_same(missing, "the images to embed")
+        chunks = dist.shard(missing, EMBED_CHUNK)  # the chunks of ``ensure``, every world_size-th one
+        shard_dir = self.images.dir / "shards"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        _save_shard(
+            shard_dir / f"images.rank{dist.rank()}",
+            [k for chunk in chunks for k in chunk],
+            self._embed_chunks(chunks, progress),
+        )
+        dist.barrier()  # every shard is written
+        if dist.is_main():
+            rows: dict[str, torch.Tensor] = {}
+            for r in range(dist.world_size()):
+                rows.update(_load_shard(shard_dir / f"images.rank{r}"))
+            if set(rows) != set(missing):
+                raise RuntimeError(f"the shards in {shard_dir} do not hold exactly the missing images")
+            if missing:
+                self.images.add(missing, torch.stack([rows[k] for k in missing]))
+            self.ensure([], texts, progress)
+            for f in shard_dir.glob("images.rank*"):
+                f.unlink()
+        dist.barrier()  # the cache is whole
+        self._open()
+
+    def _embed_chunks(self, chunks: list[list[str]], progress: bool) -> torch.Tensor:
+        """Embeddings of stored images, one ``embed_images`` call per chunk, as ``ensure`` makes them."""
+        out = [
+            embed_images(self.clip, self.processor, [self.store.open_image(s) for s in chunk])
+            for chunk in tqdm(chunks, desc="embed images", disable=not progress)
+        ]
+        return torch.cat(out) if out else torch.empty(0, self.clip.config.projection_dim)
+
+
+def _save_shard(stem: Path, keys: list[str], embeddings: torch.Tensor) -> None:
+    """One process's embeddings (tensor first, keys last, as the cache does)."""
+    save_file({"embeddings": embeddings.float().contiguous()}, f"{stem}.safetensors")
+    atomic_write(Path(f"{stem}.json"), json.dumps(keys).encode())
+
+
+def _load_shard(stem: Path) -> dict[str, torch.Tensor]:
+    keys = json.loads(Path(f"{stem}.json").read_text())
+    table = load_file(f"{stem}.safetensors")["embeddings"]
+    if len(table) != len(keys):
+        raise RuntimeError(f"embedding shard {stem} has {len(keys)} keys but {len(table)} rows")
+    return dict(zip(keys, table, strict=True))

@@ -30,6 +30,7 @@ def _clip(cfg):
 
 
 def cmd_embed(args) -> int:
+    from t2ialign.core import dist
     from t2ialign.models.embed import Embeddings
     from t2ialign.reward.data import labeled_images
 
@@ -38,14 +39,18 @@ def cmd_embed(args) -> int:
     with open_existing(args.run, args.db_url) as store:
         images = store.list_images()
         emb = Embeddings(store, clip, processor)
-        emb.ensure(
-            [r["sha256"] for r in images], sorted({p["text"] for p in store.list_prompts()}), progress=True
+        # under torchrun each process embeds its share of the images and rank 0 merges them
+        emb.ensure_shared(
+            [r["sha256"] for r in images],
+            sorted({p["text"] for p in store.list_prompts()}),
+            progress=dist.is_main(),
         )
         n_labeled = len(labeled_images(store))
-    print(
-        f"{len(emb.images.keys)} image and {len(emb.texts.keys)} text embeddings of {clip_id} in {emb.images.dir}"
-        f" ({n_labeled} labeled images)"
-    )
+    if dist.is_main():
+        print(
+            f"{len(emb.images.keys)} image and {len(emb.texts.keys)} text embeddings of {clip_id} in "
+            f"{emb.images.dir} ({n_labeled} labeled images)"
+        )
     return 0
 
 

@@ -13,6 +13,10 @@ that rejection sampling applies on top of fine-tuning too, footnote 11).
 The selection is written to ``RUN/rejection/<model slug>-best<n>-keep<k>.json`` (see :func:`write_selection`
 for its format) and its summary to metrics.json, section ``rejection_sampling``, keyed by the file's stem.
 A rerun generates only what is missing and gives the same selection.
+
+Under ``torchrun`` every process runs the same command: the candidates and their embeddings are split
+over the processes (``generate``, ``Embeddings.ensure_shared``), every process scores them all (a small
+MLP) and rank 0 writes the selection and metrics.json.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 
 from t2ialign import __version__
 from t2ialign.config import ConfigError, GenerateConfig, to_dict
+from t2ialign.core import dist
 from t2ialign.core.cliutil import add_config, add_sampler_args, config_from_args, subcommand
 from t2ialign.core.fingerprint import module_fingerprint
 from t2ialign.core.fsutil import atomic_write
@@ -159,7 +164,7 @@ def _score(store: Store, reward, candidates: dict[str, list[dict]], progress: bo
     """Reward of every candidate with its prompt, through the run's CLIP embedding cache."""
     emb = reward.embeddings(store)  # of the CLIP the reward reads (its tuned copy, if it tuned one)
     pairs = [(p, r["sha256"]) for p, rows in candidates.items() for r in rows]
-    emb.ensure([s for _, s in pairs], list(candidates), progress)
+    emb.ensure_shared([s for _, s in pairs], list(candidates), progress)  # split under torchrun
     # In float64, then rounded to float32: an image's reward does not then depend on which other images
     # share its batch (float32 matmuls of another batch size may round differently in the last bits, and
     # flip a near tie between a rerun on fewer prompts and the first run).
@@ -231,10 +236,13 @@ def rejection_sample(
         "summary": summary,
         "prompts": per_prompt,
     }
-    write_selection(path, selection)
-    sections = store.read_metrics().get(METRICS_SECTION, {})
-    store.update_metrics(**{METRICS_SECTION: {**sections, path.stem: summary}})
-    return summary
+    # Every process scored the same candidates alike; rank 0 writes, and the broadcast holds the others
+    # until the file is there (they all return rank 0's summary).
+    if dist.is_main():
+        write_selection(path, selection)
+        sections = store.read_metrics().get(METRICS_SECTION, {})
+        store.update_metrics(**{METRICS_SECTION: {**sections, path.stem: summary}})
+    return dist.broadcast(summary)
 
 
 def _check_prompts(store: Store, prompts: list[str]) -> None:
@@ -368,10 +376,12 @@ def cmd_sample(args) -> int:
     cfg = _sample_config(args)
     with open_existing(args.run, args.db_url) as store:
         prompts = choose_prompts(store, args.split, args.category, args.max_prompts, cfg.generate.seed)
-        print(f"{len(prompts)} prompts x {cfg.best_of} candidates, keeping the best {cfg.keep} by reward")
-        summary = rejection_sample(store, prompts, cfg)
-    print(json.dumps(summary, indent=2))
-    print(f"selection written to {Path(args.run) / summary['file']}")
+        if dist.is_main():
+            print(f"{len(prompts)} prompts x {cfg.best_of} candidates, keeping the best {cfg.keep} by reward")
+        summary = rejection_sample(store, prompts, cfg, progress=dist.is_main())
+    if dist.is_main():
+        print(json.dumps(summary, indent=2))
+        print(f"selection written to {Path(args.run) / summary['file']}")
     return 0
 
 
