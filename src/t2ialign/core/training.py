@@ -115,13 +115,17 @@ class TrainState:
         echo(f"[{name}] resumed from {ckpt} at step {step}")
         return step
 
-    def save(self, step: int, loss: float) -> None:
-        """An atomic checkpoint of the state after ``step`` optimizer steps."""
+    def save(self, step: int, loss: float, extra: dict | None = None) -> None:
+        """An atomic checkpoint of the state after ``step`` optimizer steps; ``extra`` (JSON) is a
+        trainer's own state beside the weights (rl's per-prompt reward buffers), read back from the
+        loaded state's "extra"."""
         source = self.named.items() if self.trainable_only else self.module.state_dict().items()
         tensors = {f"model.{k}": v.detach() for k, v in source}
         opt_tensors, opt_state = optimizer_to_tensors(self.optimizer)
         tensors.update(opt_tensors)
         state = {"config": self.config, "optimizer": opt_state, "loss": loss}
+        if extra is not None:
+            state["extra"] = extra
         if self.ema is not None:
             tensors.update({f"ema.{i}": t for i, t in enumerate(self.ema.shadow_params)})
             state["ema_step"] = self.ema.optimization_step
