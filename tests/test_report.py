@@ -300,6 +300,7 @@ def test_report_is_self_contained_escaped_and_complete(run):
         "rejection",
         "grids",
         "loop",
+        "methods",
         "claims",
         "metrics",
     ]
@@ -645,3 +646,73 @@ def test_report_renders_in_a_browser(run, chromium):
     assert page.inner_text("#claims").count("reproduced") >= 1
     assert not [u for u in requests if not u.startswith(("file:", "data:"))], requests
     assert not errors, errors
+
+
+def test_methods_table_reads_each_models_training_record(tmp_path):
+    """Issue 17: one row per evaluated method, its paired difference from base, and the labels and wall
+    time of the stage that made it, found by the model's folder."""
+    from t2ialign.report.methods import comparison_rows, method_record
+
+    run = tmp_path / "run"
+    stat = {"delta": 0.1, "ci95": [0.05, 0.15], "n_prompts": 30, "n_images": 600}
+    paired = {g: {"count": stat, "all": stat} for g in ("seen", "unseen_prompt", "unseen_object", "all")}
+    models = {
+        "base": {"kind": "base", "path": None},
+        "finetuned": {
+            "kind": "pipeline",
+            "path": str(run / "finetune" / "full" / "pipeline"),
+            "fd_clip": 0.1,
+        },
+        "loop3": {"kind": "pipeline", "path": str(run / "loop" / "x" / "round_3" / "finetune" / "pipeline")},
+        "dpo": {"kind": "pipeline", "path": str(run / "dpo" / "bin" / "pipeline")},
+        "dpo_pairs": {"kind": "pipeline", "path": str(run / "dpo" / "pw" / "pipeline")},
+        "rl": {"kind": "pipeline", "path": str(run / "rl" / "kl" / "pipeline")},
+        "rejection": {"kind": "rejection", "path": None, "seconds": 12.0},
+        "outside": {"kind": "pipeline", "path": str(tmp_path / "elsewhere")},
+    }
+    metrics = {
+        "reward_train": {"n_train": 900},
+        "finetune": {"full": {"weights": "reward", "seconds": 100.0}},
+        "loop": {
+            "x": {
+                "rounds": [{"round": 0}]
+                + [{"round": k, "labels_total": 300 * k, "wall_s": 10.0} for k in (1, 2, 3)]
+            }
+        },
+        "dpo": {
+            "bin": {"pairs": "labels", "n_images": 500, "n_pairs": 2000, "seconds": 50.0},
+            "pw": {"pairs": "preferences", "n_images": 800, "n_pairs": 700, "seconds": 60.0},
+        },
+        "rl": {"kl": {"config": {"kl_weight": 0.1}, "labels_used": 900, "wall_s": 70.0}},
+        "evaluate": {
+            "models": models,
+            "paired": {n: paired for n in models if n != "base"},
+            "config": {"images_per_prompt": 9, "rejection_candidates": 36},
+        },
+    }
+    rec = {n: method_record(metrics, n, m, run) for n, m in models.items()}
+    assert rec["finetuned"] == {
+        "method": "paper: reward-weighted fine-tuning, 1 round (full)",
+        "labels": 900,
+        "seconds": 100.0,
+    }
+    assert (
+        rec["loop3"]["labels"] == 900
+        and rec["loop3"]["seconds"] == 30.0
+        and "3 rounds" in rec["loop3"]["method"]
+    )
+    assert rec["dpo"]["labels"] == 500 and "binary labels" in rec["dpo"]["method"]
+    assert rec["dpo_pairs"]["labels"] == 700 and "pairwise feedback" in rec["dpo_pairs"]["method"]
+    assert "KL 0.1" in rec["rl"]["method"] and rec["rl"]["labels"] == 900
+    assert rec["rejection"]["labels"] == 900 and "best 9 of 36" in rec["rejection"]["method"]
+    assert rec["outside"]["labels"] is None
+    rows = comparison_rows(
+        metrics,
+        run,
+        lambda s: f"{100 * s['delta']:+.0f}" if s else "—",
+        lambda x, f: "—" if x is None else format(x, f),
+    )
+    assert [r[1] for r in rows] == [n for n in models if n != "base"]
+    assert rows[0][2:6] == ["+10"] * 4 and rows[0][-2:] == ["900", "100"]
+    page = render_report(metrics, run)
+    assert "Diffusion-DPO from pairwise feedback (pw)" in section(page, "methods")

@@ -46,6 +46,7 @@ from t2ialign.evaluate.claims import (
     model_roles,
 )
 from t2ialign.label.stats import PAPER_TABLE1
+from t2ialign.report import methods
 from t2ialign.world import vocab
 from t2ialign.world.prompts import CATEGORIES
 
@@ -531,6 +532,14 @@ def _section_loop(metrics: dict) -> Markup:
     return macros(TEMPLATES, "loop.html").loop(shown)
 
 
+def _section_methods(metrics: dict, run_dir: Path) -> Markup:
+    """Every evaluated method against base on the same evaluation (``report.methods``)."""
+    rows = methods.comparison_rows(metrics, run_dir, _delta_cell, _num)
+    if not rows:
+        return _not_measured(COMMANDS["evaluate"])
+    return macros(TEMPLATES, "methods.html").methods(methods.HEADER, rows)
+
+
 def _section_claims(metrics: dict) -> Markup:
     found = claims(metrics)
     verdict = _m().verdict
@@ -572,6 +581,7 @@ def render_report(
         ("rejection", "Rejection sampling", lambda: _section_rejection(metrics)),
         ("grids", "Images", lambda: _section_grids(grids, categories or {}, image_bytes)),
         ("loop", "Iterated loop: alignment and FD_CLIP per round", lambda: _section_loop(metrics)),
+        ("methods", "Methods compared on the same evaluation", lambda: _section_methods(metrics, run_dir)),
         ("claims", "Paper vs this run", lambda: _section_claims(metrics)),
     ]
     shown = []
