@@ -129,3 +129,16 @@ def test_fig4_scores_the_pairwise_reward_on_the_same_pairs(labeled_run, tiny_cli
     assert set(res["preference_pairs"]) == set(res["scorers"])
     # held-out preference pairs hold no image that either reward trained on
     assert res["n_preference_pairs"]["seen_prompts"] >= 0 and res["n_preference_pairs"]["unseen_prompts"] == 0
+
+
+def test_finetune_refuses_a_bradley_terry_reward_as_weights(labeled_run, tiny_clip_path, tmp_path):
+    from t2ialign.config import FinetuneConfig
+    from t2ialign.finetune.data import model_examples
+
+    _answer_pairs(labeled_run)
+    clip, proc, clip_id = load_clip(tiny_clip_path)
+    cfg = RewardConfig(hidden=(16,), epochs=1, batch_size=16, n_prompts=3, val_fraction=0.25)
+    cfg.objective = "bradley_terry"
+    model, _ = train_pairwise_reward(labeled_run, cfg, clip, proc, clip_id, str(tiny_clip_path), False)
+    with pytest.raises(ValueError, match="only ranks images"):
+        model_examples(labeled_run, FinetuneConfig(weights="reward"), model)

@@ -147,6 +147,12 @@ def model_examples(
     elif cfg.weights == "reward":
         if reward_model is None:
             raise ValueError("weights = 'reward' needs a trained reward model")
+        if (reward_model.meta.get("config") or {}).get("objective") == "bradley_terry":
+            raise ValueError(
+                "weights = 'reward' needs a reward of P(good) (objective mse, Eq. 1): a Bradley-Terry reward "
+                "only ranks images, so its values are no weights; use it for rejection sampling, or train "
+                "DPO on the pairs themselves (`t2ialign dpo RUN --pairs preferences`)"
+            )
         shas, prompts = [r["sha256"] for r in rows], [r["prompt"] for r in rows]
         rewards = reward_model.score_store(store, shas, prompts, progress)
         rewards = clamp_rewards(torch.as_tensor(rewards, dtype=torch.float32), *cfg.reward_range)
