@@ -188,6 +188,7 @@ def _generate_config(args):
 
 
 def cmd_generate(args) -> int:
+    from t2ialign.core import dist
     from t2ialign.generate.images import generate, select_prompts
     from t2ialign.store import Store
 
@@ -209,10 +210,14 @@ def cmd_generate(args) -> int:
                 f"no prompts in {args.run} (split={args.split}, category={args.category}); run `t2ialign prompts`"
             )
         prompts = [r["text"] for r in select_prompts(rows, args.max_prompts, cfg.seed)]
-        print(f"{len(prompts)} prompts x {cfg.images_per_prompt} images, role {cfg.role}")
+        lead = dist.is_main()  # under torchrun every process generates its share; rank 0 reports
+        if lead:
+            print(f"{len(prompts)} prompts x {cfg.images_per_prompt} images, role {cfg.role}")
         report = generate(cfg, store, prompts)
-        store.update_metrics(**{f"generate_{cfg.role}": report})
-    print(json.dumps(report, indent=2))
+        if lead:
+            store.update_metrics(**{f"generate_{cfg.role}": report})
+    if lead:
+        print(json.dumps(report, indent=2))
     return 0
 
 
@@ -233,16 +238,21 @@ def cmd_evaluate_base(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from t2ialign.config import load_config
+    from t2ialign.core import dist
     from t2ialign.evaluate.run import evaluate_models, format_report, parse_models
     from t2ialign.store import open_existing
 
     cfg = config_from_args(load_config(args.config).evaluate, args, "evaluate")
     with open_existing(args.run, args.db_url) as store:
-        report = evaluate_models(store, parse_models(args.models, store.run_dir), cfg)
-    print(format_report(report))
-    print(
-        f"\nwritten to {Path(args.run) / 'metrics.json'} (section evaluate); `t2ialign report {args.run}` renders it"
-    )
+        # under torchrun every process generates its share; rank 0 judges, writes and reports
+        report = evaluate_models(
+            store, parse_models(args.models, store.run_dir), cfg, progress=dist.is_main()
+        )
+    if dist.is_main():
+        print(format_report(report))
+        print(
+            f"\nwritten to {Path(args.run) / 'metrics.json'} (section evaluate); `t2ialign report {args.run}` renders it"
+        )
     return 0
 
 
@@ -365,7 +375,9 @@ def _add_stage_commands(sub) -> None:
     from t2ialign.dpo import cli as dpo_cli
     from t2ialign.finetune import cli as finetune_cli
     from t2ialign.label import cli_data, cli_serve
+    from t2ialign.loop import cli as loop_cli
     from t2ialign.reward import cli as reward_cli
+    from t2ialign.rl import cli as rl_cli
     from t2ialign.sample import rejection as sample
 
     label = sub.add_parser(
@@ -379,7 +391,9 @@ def _add_stage_commands(sub) -> None:
     reward_cli.add_commands(reward.add_subparsers(dest="reward_command", required=True))
     finetune_cli.add_command(sub)
     dpo_cli.add_command(sub)
+    rl_cli.add_command(sub)
     sample.add_command(sub)
+    loop_cli.add_command(sub)
 
 
 def _add_world_commands(sub) -> None:

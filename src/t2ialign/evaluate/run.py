@@ -25,6 +25,10 @@ base, its paired difference from base (metrics.json's ``evaluate.paired``; the b
 ``t2ialign.evaluate.paired``): on the same prompts and seeds, per group and category, per attribute and
 for the reward, each with a 95% interval from a bootstrap over prompts. It needs a model named "base"
 among those evaluated; without one the paired sections are empty and ``format_report`` says why.
+
+Under ``torchrun`` every process runs the same evaluation: each generates its share of every model's
+images (``generate``, ``rejection_sample``), and rank 0 alone judges, scores and writes the report, which
+every process returns.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 
 from t2ialign.config import EvaluateConfig, GenerateConfig, to_dict
+from t2ialign.core import dist
 from t2ialign.core.fsutil import atomic_write
 from t2ialign.evaluate.alignment import summarize
 from t2ialign.evaluate.paired import pair_by_slot, paired_cells
@@ -300,10 +305,16 @@ def _model_entry(model, model_id, revision, cfg, judged, rewards, scores) -> dic
 
 
 def evaluate_models(
-    store: Store, models: dict[str, dict], cfg: EvaluateConfig, progress: bool = True, judge=None
+    store: Store,
+    models: dict[str, dict],
+    cfg: EvaluateConfig,
+    progress: bool = True,
+    judge=None,
+    record: bool = True,
 ) -> dict:
     """Generate, judge and score every model on the evaluation prompts; returns the report, also written
-    to metrics.json (``evaluate``) and RUN/evaluate/images.json (the images of each model and prompt).
+    to metrics.json (``evaluate``) and RUN/evaluate/images.json (the images of each model and prompt)
+    unless ``record`` is False (``t2ialign loop`` keeps each round's report in its own folder).
 
     With a model named "base": ``paired`` {model: {group: {category: {"delta", "ci95", "n_prompts",
     "n_images"}}}}, the model's aligned share minus base's on the same prompts and slots (seed indices;
@@ -337,7 +348,10 @@ def evaluate_models(
     reward_by_slot: dict[str, dict[str, dict[int, float]]] = {}
     for name, model in models.items():
         t0 = time.time()
+        # every process makes its share of the images; rank 0 alone judges and scores them
         images, sets, model_id, revision = _images_of(store, model, prompts, cfg, reward, progress)
+        if not dist.is_main():
+            continue
         slots = [(p, k) for p in prompts for k in images[p]]
         rows = [images[p][k] for p, k in slots]
         judged, rewards, scores = _score(store, rows, judge, emb, reward, group_of, cfg, progress)
@@ -354,15 +368,22 @@ def evaluate_models(
             }
         grids[name] = {p: [r["sha256"] for r in images[p].values()] for p in prompts}
         fig3_sets[name] = sets
-    report["paired_reference"] = PAIRED_REFERENCE if PAIRED_REFERENCE in models else None
-    report |= paired_report(by_slot, reward_by_slot, cell_of, cfg)
+    if dist.is_main():
+        report["paired_reference"] = PAIRED_REFERENCE if PAIRED_REFERENCE in models else None
+        report |= paired_report(by_slot, reward_by_slot, cell_of, cfg)
+        if record:
+            # "images": every judged image in slot order; "sets": the sets of `keep` that Fig. 3 shows
+            listing = {"prompts": groups, "images": grids, "sets": fig3_sets, "keep": cfg.keep}
+            _record(store, report, listing)
+    return dist.broadcast(report)  # every process returns rank 0's report, once it is written
+
+
+def _record(store: Store, report: dict, listing: dict) -> None:
+    """Write RUN/evaluate/images.json and metrics.json's ``evaluate`` section."""
     out = store.run_dir / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
-    # "images": every judged image in slot order; "sets": the sets of `keep` that Fig. 3 shows
-    listing = {"prompts": groups, "images": grids, "sets": fig3_sets, "keep": cfg.keep}
     atomic_write(out / "images.json", json.dumps(listing, indent=1).encode())
     store.update_metrics(evaluate=report)
-    return report
 
 
 def format_report(report: dict) -> str:
