@@ -87,6 +87,15 @@ def test_model_specs(tmp_path, tiny_pipeline_path):
     assert m["finetuned:a"]["path"].endswith("finetune/a/pipeline")
     assert m["rejection"] == {"kind": "rejection", "path": None}
     assert m["rejection:finetuned:a"]["kind"] == "rejection" and m["mine"]["path"] == str(tiny_pipeline_path)
+    # the stages beyond the paper, by name: DPO, RL and a round of the iterated loop
+    for sub in ("dpo/d", "rl/r", "loop/x/round_2/finetune"):
+        (run / sub).mkdir(parents=True)
+        (run / sub / "pipeline").symlink_to(tiny_pipeline_path)
+    m = parse_models("dpo:d,rl:r,loop:x:2,rejection:dpo:d", run)
+    assert m["dpo:d"]["path"] == str(run / "dpo" / "d" / "pipeline")
+    assert m["rl:r"]["path"] == str(run / "rl" / "r" / "pipeline")
+    assert m["loop:x:2"]["path"] == str(run / "loop" / "x" / "round_2" / "finetune" / "pipeline")
+    assert m["rejection:dpo:d"] == {"kind": "rejection", "path": m["dpo:d"]["path"]}
     with pytest.raises(FileNotFoundError, match="no diffusers pipeline"):
         parse_models("finetuned", run)
     with pytest.raises(ValueError, match="unknown model"):

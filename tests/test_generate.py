@@ -128,3 +128,23 @@ def test_generate_and_evaluate_base_cli(tmp_path, tiny_pipeline_path, capsys):
     assert main(["generate", "--run", run, "--model", str(tmp_path / "nope")]) == 2
     assert "no model at" in capsys.readouterr().err
     assert main(["generate", "--run", run, "--scheduler", "magic", *common]) == 2
+
+
+def test_the_sampling_device_is_configurable_and_checked(monkeypatch):
+    import torch
+
+    from t2ialign.config import ConfigError, GenerateConfig
+    from t2ialign.models.load import sampling_device
+
+    assert sampling_device("cpu") == torch.device("cpu") and sampling_device("cuda:1") == torch.device(
+        "cuda", 1
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert sampling_device("auto") == torch.device("cpu")  # no GPU: the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert sampling_device("auto") == torch.device("cuda", 1)  # rank 3 of 2 GPUs per machine: GPU 1
+    for bad in ("gpu", "cuda:x", ""):
+        with pytest.raises(ConfigError, match="generate.device"):
+            GenerateConfig(device=bad)

@@ -300,6 +300,7 @@ def test_report_is_self_contained_escaped_and_complete(run):
         "rejection",
         "grids",
         "loop",
+        "rl",
         "methods",
         "claims",
         "metrics",
@@ -683,7 +684,7 @@ def test_methods_table_reads_each_models_training_record(tmp_path):
             "bin": {"pairs": "labels", "n_images": 500, "n_pairs": 2000, "seconds": 50.0},
             "pw": {"pairs": "preferences", "n_images": 800, "n_pairs": 700, "seconds": 60.0},
         },
-        "rl": {"kl": {"config": {"kl_weight": 0.1}, "labels_used": 900, "wall_s": 70.0}},
+        "rl": {"kl": {"kl_weight": 0.1, "labels_used": 900, "wall_s": 70.0}},
         "evaluate": {
             "models": models,
             "paired": {n: paired for n in models if n != "base"},
@@ -716,3 +717,25 @@ def test_methods_table_reads_each_models_training_record(tmp_path):
     assert rows[0][2:6] == ["+10"] * 4 and rows[0][-2:] == ["900", "100"]
     page = render_report(metrics, run)
     assert "Diffusion-DPO from pairwise feedback (pw)" in section(page, "methods")
+
+
+def test_rl_section_shows_the_guard_and_its_alerts(tmp_path):
+    guard = {
+        "step": [2, 4, 6],
+        "reward": [0.1, 0.3, 0.5],
+        "alignment": [0.5, 0.45, 0.3],
+        "fd_clip": [0.1, 0.12, 0.2],
+    }
+    rl = {
+        "method": "ddpo+kl",
+        "kl_weight": 0.1,
+        "steps": 6,
+        "max_train_steps": 10,
+        "reward_curve": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        "guard": guard,
+        "alerts": [{"step": 6, "message": "alignment fell by 0.2 while the reward rose"}],
+        "stopped_by_guard": True,
+    }
+    html = section(render_report({"rl": {"kl": rl}}, tmp_path / "run"), "rl")
+    assert "ddpo+kl" in html and "step 6: alignment fell by 0.2" in html and "<img" in html
+    assert "not measured" in section(render_report({}, tmp_path / "run"), "rl")

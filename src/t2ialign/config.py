@@ -7,6 +7,7 @@ Files may be TOML or JSON; a stage reads the table of its own name ("prompts", "
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,8 +191,13 @@ class GenerateConfig:
     width: int | None = None
     seed: int = 0  # image seeds derive from (seed, prompt, index): same seed, same image
     role: str = "human"  # human (D_human, to be labeled), unlabeled (D_unlabel) or eval
+    # where the pipeline samples: "auto" = this process's GPU (cuda:LOCAL_RANK under torchrun or
+    # accelerate launch) when CUDA is there, else the CPU; or a torch device such as "cpu", "cuda:1", "mps"
+    device: str = "auto"
 
     def __post_init__(self):
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"generate.device must be auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(
                 f"generate.scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"

@@ -109,6 +109,7 @@ def check_disjoint(store: Store, prompts: dict[str, list[str]]) -> None:
 
 def parse_models(spec: str, run_dir: Path) -> dict[str, dict]:
     """'base,finetuned,rejection' -> {name: {"kind", "path"}}. Also finetuned:NAME (RUN/finetune/NAME),
+    dpo:NAME (RUN/dpo/NAME), rl:NAME (RUN/rl/NAME), loop:NAME:K (round K of RUN/loop/NAME),
     rejection:finetuned[:NAME] (best-of on a fine-tuned model), and LABEL=PATH (any local SD pipeline)."""
     out: dict[str, dict] = {}
     for item in (s.strip() for s in spec.split(",")):
@@ -123,13 +124,20 @@ def parse_models(spec: str, run_dir: Path) -> dict[str, dict]:
         elif item.startswith("finetuned"):
             ft = item.split(":", 1)[1] if ":" in item else "default"
             path = str(run_dir / "finetune" / ft / "pipeline")
+        elif item.split(":", 1)[0] in ("dpo", "rl") and ":" in item:
+            stage, stage_name = item.split(":", 1)
+            path = str(run_dir / stage / stage_name / "pipeline")
+        elif item.startswith("loop:") and item.count(":") == 2:
+            _, loop_name, k = item.split(":")
+            path = str(run_dir / "loop" / loop_name / f"round_{k}" / "finetune" / "pipeline")
         elif item.startswith("rejection"):
             kind = "rejection"
             inner = item.split(":", 1)[1] if ":" in item else "base"
             path = parse_models(inner, run_dir)[inner]["path"]
         else:
             raise ValueError(
-                f"unknown model {item!r}: use base, finetuned[:NAME], rejection[:MODEL] or LABEL=PATH"
+                f"unknown model {item!r}: use base, finetuned[:NAME], dpo:NAME, rl:NAME, loop:NAME:K, "
+                "rejection[:MODEL] or LABEL=PATH"
             )
         if name in out:
             raise ValueError(f"model {name!r} is named twice")

@@ -172,12 +172,13 @@ def generate(
     pipeline; otherwise ``cfg.model`` is loaded. Returns counts and throughput; with several processes,
     of all of them together (each returns the same counts).
     """
-    from t2ialign.models.load import load_pipeline
+    from t2ialign.models.load import load_pipeline, sampling_device
 
     if pipe is None:
         pipe, model_id, model_revision = load_pipeline(cfg.model)
     else:
         model_id, model_revision = model_info
+    pipe.to(sampling_device(cfg.device))  # each process its own GPU, when there are GPUs
     set_scheduler(pipe, cfg.scheduler)
     known = {r["text"] for r in store.list_prompts()}
     unknown = [p for p in prompts if p not in known]
@@ -190,7 +191,11 @@ def generate(
         "pipeline": type(pipe).__name__,
         "scheduler": type(pipe.scheduler).__name__,
         "generate_config": {
-            k: v for k, v in to_dict(cfg).items() if k not in ("model", "role", "seed", "batch_size")
+            # not what the image is: its model, role and seed are recorded beside; batch size and device
+            # are how it was computed
+            k: v
+            for k, v in to_dict(cfg).items()
+            if k not in ("model", "role", "seed", "batch_size", "device")
         },
     }
     # Every process must split the same list; the gather inside check_same also holds each one until all

@@ -73,6 +73,16 @@ def revision(folder: Path) -> str:
     return folder_fingerprint(folder / "unet")
 
 
+def sampling_device(name: str = "auto"):
+    """The torch device of ``generate.device``: "auto" is this process's GPU (cuda:LOCAL_RANK under torchrun
+    or accelerate launch) when CUDA is there, else the CPU."""
+    import torch
+
+    from t2ialign.core import dist
+
+    return dist.device() if name == "auto" else torch.device(name)
+
+
 def load_pipeline(path: str | Path | None = None):
     """(pipeline, model_id, revision): a diffusers StableDiffusionPipeline from a local folder."""
     from diffusers import StableDiffusionPipeline

@@ -481,6 +481,7 @@ def _section_grids(
 
 
 LOOP_COMMAND = "t2ialign loop RUN --rounds 3 --labels-per-round B (docs/loop.md)"
+RL_COMMAND = "t2ialign rl RUN (docs/rl.md)"
 
 
 def _loop_rows(rounds: list[dict], cats: list[str]) -> list[list[Any]]:
@@ -532,6 +533,35 @@ def _section_loop(metrics: dict) -> Markup:
     return macros(TEMPLATES, "loop.html").loop(shown)
 
 
+def _section_rl(metrics: dict) -> Markup:
+    """Online RL (``t2ialign rl``): per run, its summary, the guard's curves and its alerts."""
+    runs = metrics.get("rl")
+    if not isinstance(runs, dict) or not runs:
+        return _not_measured(RL_COMMAND)
+    shown = []
+    for name, rep in runs.items():
+        rep = rep if isinstance(rep, dict) else {}
+        summary = [
+            ["method", rep.get("method", "—")],
+            ["reward", f"{rep.get('reward', '—')} ({rep.get('reward_model', '—')})"],
+            ["KL weight", _num(rep.get("kl_weight"))],
+            ["steps", f"{_num(rep.get('steps'), 'd')} of {_num(rep.get('max_train_steps'), 'd')}"],
+            ["images sampled", _num(rep.get("images_sampled"), "d")],
+            ["final training reward", _num(rep.get("final_reward"), ".4f")],
+            ["labels used", _num(rep.get("labels_used"), "d")],
+            ["wall s", _num(rep.get("wall_s"), ".0f")],
+            ["stopped by the guard", "yes" if rep.get("stopped_by_guard") else "no"],
+        ]
+        guard = rep.get("guard") if isinstance(rep.get("guard"), dict) else {}
+        chart = _chart(figures.rl_guard(guard, rep.get("reward_curve")), f"rl {name}: guard curves")
+        alerts = [
+            f"step {a.get('step', '?')}: {a.get('message', '')}" if isinstance(a, dict) else str(a)
+            for a in rep.get("alerts") or []
+        ]
+        shown.append({"name": name, "summary": summary, "chart": chart, "alerts": alerts})
+    return macros(TEMPLATES, "rl.html").rl(shown)
+
+
 def _section_methods(metrics: dict, run_dir: Path) -> Markup:
     """Every evaluated method against base on the same evaluation (``report.methods``)."""
     rows = methods.comparison_rows(metrics, run_dir, _delta_cell, _num)
@@ -581,6 +611,7 @@ def render_report(
         ("rejection", "Rejection sampling", lambda: _section_rejection(metrics)),
         ("grids", "Images", lambda: _section_grids(grids, categories or {}, image_bytes)),
         ("loop", "Iterated loop: alignment and FD_CLIP per round", lambda: _section_loop(metrics)),
+        ("rl", "Online RL: the reward and the guard against reward hacking", lambda: _section_rl(metrics)),
         ("methods", "Methods compared on the same evaluation", lambda: _section_methods(metrics, run_dir)),
         ("claims", "Paper vs this run", lambda: _section_claims(metrics)),
     ]

@@ -13,6 +13,7 @@ method consumes; a reward-weighted method counts the images its reward model was
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ def _sub(path: str | None, run_dir: Path) -> tuple[str, ...] | None:
     if not path:
         return None
     try:
-        return Path(path).resolve().relative_to(run_dir.resolve()).parts
-    except (ValueError, OSError):
+        # absolute, not resolved: a model folder may be a link to weights elsewhere
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(run_dir)).parts
+    except ValueError:
         return None
 
 
@@ -82,8 +84,7 @@ def _rl_record(metrics: dict, name: str) -> dict:
 
 
 def _kl_of(rep: dict) -> float | None:
-    cfg = rep.get("config") if isinstance(rep.get("config"), dict) else {}
-    kl = cfg.get("kl_weight")
+    kl = rep.get("kl_weight")
     return kl if isinstance(kl, int | float) else None
 
 
