@@ -48,7 +48,7 @@ def main() -> None:
         name, _, scale = spec.partition("@")
         path = None if name == "base" else str(Path(args.run) / "finetune" / name / "pipeline")
         pipe = load_pipeline(path)[0]
-        cfg = GenerateConfig(guidance_scale=float(scale or 5.0), mixed_precision="bf16")
+        cfg = GenerateConfig(guidance_scale=float(scale or 5.0))
         images = []
         for i in range(0, len(items), 128):
             chunk = range(i, min(i + 128, len(items)))

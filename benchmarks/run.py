@@ -120,52 +120,104 @@ def bench_allocator() -> list[dict]:
     ]
 
 
+def peak_gflops(dtype_name: str, threads: int = 2) -> float:
+    """This machine's matrix-multiply limit: a 2048x2048 matmul in fp32 or bf16 on ``threads`` threads.
+    Emulated bf16 (a CPU without AVX512_BF16 or AMX) measures near zero, as it is."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    t = _best_of(lambda: a @ b, 3 if dtype_name == "no" else 1)
+    return 2 * 2048**3 / t / 1e9
+
+
+def generate_flops(pipe, cfg) -> float:
+    """FLOPs of one image of ``sample_images`` (text encoder, UNet over the steps with CFG, VAE decoder)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from t2ialign.generate.images import sample_images
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        sample_images(pipe, ["Two red circles"], [0], dataclasses.replace(cfg, mixed_precision="no"))
+    return counter.get_total_flops()
+
+
 def bench_generate(model: str | None = None) -> list[dict]:
     """World-model generation at the default sampler (20 DPM-Solver++ steps, guidance 5): the generate
-    stage (batches of 64 across prompts, prompt embeddings once, bf16 autocast) against the stock
-    pipeline called once per prompt in a loop (fp32, 4 images per call), same model, steps and images."""
+    stage (batches of 64 across prompts, prompt embeddings once, autocast as ``mixed_precision = auto``
+    resolves here) against the stock pipeline called once per prompt in a loop (fp32, 4 images per call),
+    same model, steps and images; its FLOPs as a share of this machine's matmul limit in the precision it
+    ran in; and, on a CPU that emulates bf16, against the former default (bf16 autocast everywhere)."""
     import torch
 
     from t2ialign.config import GenerateConfig
-    from t2ialign.generate.images import image_seed, sample_images
+    from t2ialign.generate.images import image_seed, resolve_precision, sample_images
     from t2ialign.models.load import load_pipeline
     from t2ialign.world.prompts import build_prompt_set
 
     torch.set_num_threads(2)
     pipe, _, _ = load_pipeline(model)
     cfg = GenerateConfig()
+    precision = resolve_precision(cfg.mixed_precision, pipe.device)
     prompts = [p.text for p in build_prompt_set() if p.split == "seen"][::160][
         :16
     ]  # 16 prompts, 4 categories
     per_prompt = 4
     jobs = [(p, image_seed(0, "bench", p, k)) for p in prompts for k in range(per_prompt)]
 
-    def ours():
-        for i in range(0, len(jobs), cfg.batch_size):
-            batch = jobs[i : i + cfg.batch_size]
-            sample_images(pipe, [p for p, _ in batch], [s for _, s in batch], cfg)
+    def ours(c=cfg, todo=jobs):
+        for i in range(0, len(todo), c.batch_size):
+            batch = todo[i : i + c.batch_size]
+            sample_images(pipe, [p for p, _ in batch], [s for _, s in batch], c)
 
     def stock_loop():
         for p in prompts:
             pipe(
                 p,
-                num_images_per_prompt=per_prompt,
                 num_inference_steps=cfg.num_inference_steps,
+                num_images_per_prompt=per_prompt,
                 guidance_scale=cfg.guidance_scale,
                 output_type="np",
             )
 
     t_ours, t_stock = _best_of(ours, 2), _best_of(stock_loop, 1)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    return [
+    name = f"generate {size}x{size}, {cfg.num_inference_steps} steps + CFG"
+    rate = len(jobs) / t_ours
+    flops, peak = generate_flops(pipe, cfg), peak_gflops(precision)
+    rows = [
         {
-            "benchmark": f"generate {size}x{size}, {cfg.num_inference_steps} steps + CFG",
-            "value": len(jobs) / t_ours,
+            "benchmark": f"{name} ({'fp32' if precision == 'no' else precision})",
+            "value": rate,
             "unit": "img/s",
             "baseline": "stock pipeline, one call per prompt",
             "ratio": t_stock / t_ours,
         },
+        {
+            "benchmark": f"{name}: {flops / 1e9:.1f} GFLOP per image",
+            "value": rate * flops / 1e9,
+            "unit": "GFLOP/s",
+            "baseline": f"share of this CPU's {precision if precision != 'no' else 'fp32'} matmul limit, "
+            f"{peak:.0f} GFLOP/s",
+            "ratio": rate * flops / 1e9 / peak,
+        },
     ]
+    if precision == "no":  # bf16 is emulated here: what the former default cost, on 8 of the images
+        few = jobs[:8]
+        t_auto = _best_of(lambda: ours(todo=few), 1)
+        t_bf16 = _best_of(lambda: ours(dataclasses.replace(cfg, mixed_precision="bf16"), few), 0)
+        rows.append(
+            {
+                "benchmark": f"{name}, 8 images, auto (fp32 here)",
+                "value": len(few) / t_auto,
+                "unit": "img/s",
+                "baseline": "bf16 autocast on a CPU that emulates it (the former default)",
+                "ratio": t_bf16 / t_auto,
+            }
+        )
+    return rows
 
 
 def bench_reward_embed() -> list[dict]:

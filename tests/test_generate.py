@@ -148,3 +148,36 @@ def test_the_sampling_device_is_configurable_and_checked(monkeypatch):
     for bad in ("gpu", "cuda:x", ""):
         with pytest.raises(ConfigError, match="generate.device"):
             GenerateConfig(device=bad)
+
+
+def test_mixed_precision_auto_resolves_per_device_and_is_recorded_resolved(
+    store, tiny_pipeline_path, monkeypatch
+):
+    import torch
+
+    from t2ialign.config import ConfigError
+    from t2ialign.generate import images
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(images, "native_bf16", lambda device: False)  # an AVX2-only CPU
+    assert images.resolve_precision("auto", cpu) == "no"
+    with pytest.warns(UserWarning, match="without native bf16"):
+        assert images.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice is kept, with a warning
+    assert images.resolve_precision("no", cpu) == "no"
+    assert images.resolve_precision("auto", torch.device("cuda", 0)) == "fp16"  # a GPU without bf16
+    monkeypatch.setattr(images, "native_bf16", lambda device: True)  # AVX512_BF16 / AMX, or a bf16 GPU
+    assert images.resolve_precision("auto", cpu) == "bf16"
+    assert images.resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
+    assert GenerateConfig().mixed_precision == "auto"
+    with pytest.raises(ConfigError, match="auto, no, bf16 or fp16"):
+        GenerateConfig(mixed_precision="bfloat16")
+
+    monkeypatch.setattr(images, "native_bf16", lambda device: False)
+    fast = {**FAST, "mixed_precision": "auto"}
+    generate(
+        GenerateConfig(model=str(tiny_pipeline_path), images_per_prompt=1, **fast),
+        store,
+        ["Two circles"],
+        progress=False,
+    )
+    assert store.list_images()[0]["sampler"]["generate_config"]["mixed_precision"] == "no"  # not "auto"

@@ -18,9 +18,12 @@ from t2ialign.world.dataset import DEFAULT_CAPTION_RATES, DEFAULT_COUNT_ERROR_RA
 from t2ialign.world.judge import JudgeTrainConfig
 
 
-def _check_precision(table: str, mixed_precision: str) -> None:
-    if mixed_precision not in ("no", "bf16", "fp16"):
-        raise ConfigError(f"{table}.mixed_precision must be no, bf16 or fp16, got {mixed_precision!r}")
+def _check_precision(table: str, mixed_precision: str, auto: bool = False) -> None:
+    allowed = ("auto", "no", "bf16", "fp16") if auto else ("no", "bf16", "fp16")
+    if mixed_precision not in allowed:
+        raise ConfigError(
+            f"{table}.mixed_precision must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {mixed_precision!r}"
+        )
 
 
 @dataclass
@@ -186,7 +189,10 @@ class GenerateConfig:
     guidance_scale: float = 5.0  # classifier-free guidance; 1.0 switches it off (half the UNet work)
     scheduler: str = "default"  # the pipeline's own (DPM-Solver++ for the world model), or one of SCHEDULERS
     batch_size: int = 64  # images per pipeline call, across prompts
-    mixed_precision: str = "bf16"  # "no" or "bf16" (CPU autocast; "fp16" too on CUDA)
+    # "auto": bf16 autocast where the device computes bf16 natively (a GPU; a CPU with AVX512_BF16 or AMX),
+    # fp16 on a GPU without bf16, else none. On a CPU without native bf16 (AVX2 only) bf16 is emulated and
+    # sampling ran 20x slower than fp32 (docs/throughput.md). Or "no", "bf16", "fp16" (fp16: CUDA only).
+    mixed_precision: str = "auto"
     height: int | None = None  # None: the model's native size
     width: int | None = None
     seed: int = 0  # image seeds derive from (seed, prompt, index): same seed, same image
@@ -202,7 +208,7 @@ class GenerateConfig:
             raise ConfigError(
                 f"generate.scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"
             )
-        _check_precision("generate", self.mixed_precision)
+        _check_precision("generate", self.mixed_precision, auto=True)
         if self.role not in ("human", "unlabeled", "eval"):
             raise ConfigError(f"generate.role must be human, unlabeled or eval, got {self.role!r}")
         at_least_one(self, "generate", "images_per_prompt", "num_inference_steps", "batch_size")

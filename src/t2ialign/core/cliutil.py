@@ -53,7 +53,11 @@ def add_sampler_args(sp: argparse.ArgumentParser, model_help: str, seed_help: st
     sp.add_argument("--guidance-scale", dest="guidance_scale", type=float)
     sp.add_argument("--scheduler", help="default, dpm++, ddim, euler, euler_a or pndm")
     sp.add_argument("--batch-size", dest="batch_size", type=int, help="images per pipeline call")
-    sp.add_argument("--mixed-precision", dest="mixed_precision", help="no, bf16 or fp16")
+    sp.add_argument(
+        "--mixed-precision",
+        dest="mixed_precision",
+        help="auto (the default: bf16 where the device has it natively), no, bf16 or fp16",
+    )
     add_seed(sp, help=seed_help)
 
 

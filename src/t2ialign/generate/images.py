@@ -18,6 +18,7 @@ import contextlib
 import io
 import random
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -52,7 +53,37 @@ def set_scheduler(pipe, name: str) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 natively. A CPU without AVX512_BF16 or AMX (an AVX2-only one)
+    emulates it: there oneDNN refuses bf16 convolutions and torch falls back to its slow im2col path."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN
+            return False
+    return False
+
+
+def resolve_precision(mixed_precision: str, device: torch.device) -> str:
+    """The autocast a sampler runs under: "auto" resolved for this device, an explicit choice kept
+    (with a warning when it is bf16 on a CPU that emulates it)."""
+    if mixed_precision == "auto":
+        if native_bf16(device):
+            return "bf16"
+        return "fp16" if device.type == "cuda" else "no"
+    if mixed_precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        warnings.warn(
+            "generate.mixed_precision = bf16 on a CPU without native bf16 (no AVX512_BF16 or AMX): sampling "
+            "runs many times slower than in fp32; use auto or no",
+            stacklevel=2,
+        )
+    return mixed_precision
+
+
 def autocast(pipe, mixed_precision: str):
+    mixed_precision = resolve_precision(mixed_precision, pipe.device)
     if mixed_precision == "no":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
@@ -196,7 +227,9 @@ def generate(
             k: v
             for k, v in to_dict(cfg).items()
             if k not in ("model", "role", "seed", "batch_size", "device")
-        },
+        }
+        # what the images were computed in, not the word "auto": it differs between machines
+        | {"mixed_precision": resolve_precision(cfg.mixed_precision, pipe.device)},
     }
     # Every process must split the same list; the gather inside check_same also holds each one until all
     # have read the store, so none sees another's new images and computes a different list.
