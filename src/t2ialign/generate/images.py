@@ -189,6 +189,23 @@ def _todo(
     return todo, {r["sha256"] for r in stored}
 
 
+def _sampler_record(pipe, cfg: GenerateConfig) -> dict:
+    """What each image records of how it was sampled."""
+    return {
+        "pipeline": type(pipe).__name__,
+        "scheduler": type(pipe.scheduler).__name__,
+        "generate_config": {
+            # not what the image is: its model, role and seed are recorded beside; batch size and device
+            # are how it was computed
+            k: v
+            for k, v in to_dict(cfg).items()
+            if k not in ("model", "role", "seed", "batch_size", "device")
+        }
+        # what the images were computed in, not the word "auto": it differs between machines
+        | {"mixed_precision": resolve_precision(cfg.mixed_precision, pipe.device)},
+    }
+
+
 def generate(
     cfg: GenerateConfig,
     store: Store,
@@ -218,19 +235,7 @@ def generate(
             f"{len(unknown)} prompts are not in the run (e.g. {unknown[0]!r}); run `t2ialign prompts` first"
         )
     todo, shas = _todo(cfg, store, prompts, model_id, model_revision)
-    sampler = {
-        "pipeline": type(pipe).__name__,
-        "scheduler": type(pipe.scheduler).__name__,
-        "generate_config": {
-            # not what the image is: its model, role and seed are recorded beside; batch size and device
-            # are how it was computed
-            k: v
-            for k, v in to_dict(cfg).items()
-            if k not in ("model", "role", "seed", "batch_size", "device")
-        }
-        # what the images were computed in, not the word "auto": it differs between machines
-        | {"mixed_precision": resolve_precision(cfg.mixed_precision, pipe.device)},
-    }
+    sampler = _sampler_record(pipe, cfg)
     # Every process must split the same list; the gather inside check_same also holds each one until all
     # have read the store, so none sees another's new images and computes a different list.
     dist.check_same(todo, "the images to generate")
