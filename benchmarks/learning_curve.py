@@ -8,7 +8,8 @@ already judged are not judged again, so it can run beside a pre-training as snap
     python -m benchmarks.learning_curve OUT [--prompts-per-category 50] [--images-per-prompt 4]
 
 The issue-14 criterion "the last fifth of the pre-training steps moves count alignment by less than 2
-points" is read off the two last snapshots 20% of the steps apart.
+points" is measured as a paired difference (same prompts and seeds, 95% bootstrap interval over prompts)
+between the last snapshot and the newest one at or before 80% of its steps: ``last_fifth`` in the JSON.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from pathlib import Path
 
 from t2ialign.config import GenerateConfig
 from t2ialign.evaluate.base_model import evaluate_base
+from t2ialign.evaluate.paired import paired_bootstrap
+from t2ialign.label.oracle import judge_stored
 from t2ialign.store import Store
+from t2ialign.world.judge import Judge
 from t2ialign.world.prompts import CATEGORIES
 
 
@@ -36,6 +40,41 @@ def judge_snapshot(snapshot: Path, work: Path, per_category: int, per_prompt: in
         }
         for c in CATEGORIES
     }
+
+
+def _judged_by_slot(store_dir: Path, judge: Judge) -> dict[tuple[str, int], dict]:
+    """{(prompt, seed): judged row} of a snapshot's evaluation images."""
+    with Store.open(store_dir) as store:
+        rows = judge_stored(store, store.list_images(role="eval"), judge)
+        seeds = {r["id"]: r["seed"] for r in store.list_images(role="eval")}
+    return {(j["prompt"], seeds[j["image_id"]]): j for j in rows}
+
+
+def last_fifth(work: Path, steps: list[int]) -> dict | None:
+    """Paired change of each category's alignment (and of the count read right) from the newest snapshot
+    at or before 80% of the last one's steps to the last one, on the same prompts and seeds."""
+    early = [s for s in steps if s <= 0.8 * steps[-1]]
+    if not early:
+        return None
+    judge = Judge.load()
+    a = _judged_by_slot(work / f"step_{early[-1]:06d}", judge)
+    b = _judged_by_slot(work / f"step_{steps[-1]:06d}", judge)
+    out = {"from_step": early[-1], "to_step": steps[-1]}
+    for c in CATEGORIES:
+        for key, value in (("aligned", lambda j: j["verdict"] == "good"), ("count_read", None)):
+            if key == "count_read" and c not in ("count", "combination"):
+                continue
+            get = value or (lambda j: j["attribute_hits"]["count"])
+            prompts: dict[str, tuple[list, list]] = {}
+            for slot in sorted(a.keys() & b.keys()):
+                if a[slot]["category"] == c:
+                    pa, pb = prompts.setdefault(slot[0], ([], []))
+                    pa.append(float(get(a[slot])))
+                    pb.append(float(get(b[slot])))
+            out[f"{c}_{key}"] = paired_bootstrap(
+                [v[0] for v in prompts.values()], [v[1] for v in prompts.values()]
+            )
+    return out
 
 
 def plot(curve: dict, path: Path) -> None:
@@ -84,6 +123,16 @@ def main() -> None:
         cells = "  ".join(f"{c} {curve[step][c]['aligned']:.1%}" for c in CATEGORIES)
         print(f"step {step:>6s}: {cells}", flush=True)
     plot(curve, args.out / "learning_curve.png")
+    fifth = last_fifth(args.out / "curve_runs", sorted(int(k) for k in curve))
+    if fifth is not None:
+        (args.out / "learning_curve_last_fifth.json").write_text(json.dumps(fifth, indent=1) + "\n")
+        for key, stat in fifth.items():
+            if isinstance(stat, dict) and stat["delta"] is not None:
+                lo, hi = stat["ci95"]
+                print(
+                    f"last fifth ({fifth['from_step']} -> {fifth['to_step']}) {key}: "
+                    f"{100 * stat['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] points"
+                )
 
 
 if __name__ == "__main__":

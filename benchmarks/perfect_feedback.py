@@ -10,10 +10,11 @@ count alignment clearly (the issue's targets: +30 points on seen prompts, +15 on
 unseen objects) while D_pre alone gains little.
 
     python -m benchmarks.perfect_feedback RUN [--model PIPELINE] [--prompts 600] [--per-prompt 10]
-        [--steps 1000] [--learning-rate 1e-4] [--no-use-ema] [--eval-images 20]
+        [--steps 1000] [--learning-rate 1e-4] [--no-use-ema] [--eval-images 20] [--min-weight 0.5]
+        [--beta 1.0] [--name perfect] [--no-control]
 
 Every stage reuses what RUN already holds (images, labels, fine-tunes of the same name are refused rather
-than overwritten: pass another RUN). Results: RUN/perfect_feedback.json and the printed table.
+than overwritten: pass another RUN). Results: RUN/perfect_feedback_NAME.json and the printed table.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-images", type=int, default=20_000, help="D_pre examples")
     ap.add_argument("--eval-images", type=int, default=20, help="judged images per evaluation prompt")
     ap.add_argument("--no-control", dest="control", action="store_false", help="skip the D_pre-alone run")
+    ap.add_argument("--min-weight", type=float, default=0.0, help="0.5: train on the good images only")
+    ap.add_argument("--beta", type=float, default=1.0, help="weight of the pre-training loss")
+    ap.add_argument("--name", default="perfect", help="the perfect-feedback fine-tune's name in RUN")
     args = ap.parse_args(argv)
     for name in ("prompts", "per_prompt", "steps", "pretrain_images", "eval_images"):
         if getattr(args, name) < 1:
@@ -82,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         common = dict(
             pretrained_model_name_or_path=args.model,
             use_unlabeled=False,
-            beta=1.0,
+            beta=args.beta,
             max_train_steps=args.steps,
             learning_rate=args.learning_rate,
             use_ema=args.use_ema,
             pretrain_images=args.pretrain_images,
         )
-        runs = {"perfect": FinetuneConfig(weights="labels", **common)}
+        runs = {args.name: FinetuneConfig(weights="labels", min_weight=args.min_weight, **common)}
         if args.control:
             runs["dpre_only"] = FinetuneConfig(weights="none", **common)
         for name, cfg in runs.items():
@@ -108,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         "paired_attribute": report["paired_attribute"],
         "fd_clip": {m: r["fd_clip"] for m, r in report["models"].items()},
     }
-    (args.run / "perfect_feedback.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.run / f"perfect_feedback_{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name in runs:
         cells = []
         for g in GROUPS:
-            c = report["paired"][name][g]["count"]
-            a = report["paired_attribute"][name][g]["count"]
+            c = report["paired"][f"finetuned:{name}"][g]["count"]
+            a = report["paired_attribute"][f"finetuned:{name}"][g]["count"]
             cells.append(f"{g}: count {_pts(c)}, count read {_pts(a)}")
         print(f"{name}: " + "; ".join(cells))
     return 0

@@ -100,6 +100,10 @@ def test_config_is_validated():
         FinetuneConfig(weights="none", beta=0)
     with pytest.raises(ConfigError, match="top_k_per_prompt"):
         FinetuneConfig(top_k_per_prompt=-1)
+    with pytest.raises(ConfigError, match="min_weight"):
+        FinetuneConfig(min_weight=1.5)
+    with pytest.raises(ConfigError, match="min_weight"):
+        FinetuneConfig(weights="none", min_weight=0.5)
 
 
 def test_top_k_per_prompt_keeps_each_prompts_best():
@@ -264,6 +268,18 @@ def test_top_k_per_prompt_keeps_the_highest_rewards_of_d_model(ft_run, tiny_pipe
     for p in prompts:
         ws = sorted((r["weight"] for r in every if r["prompt"] == p), reverse=True)
         assert sorted((r["weight"] for r in best if r["prompt"] == p), reverse=True) == ws[:2]
+
+
+def test_min_weight_keeps_only_the_images_labeled_good(ft_run, tiny_pipeline_path):
+    with Store.open(ft_run) as store:
+        every = ft_data.model_examples(
+            store, small(tiny_pipeline_path, weights="labels", use_unlabeled=False)
+        )
+        good = ft_data.model_examples(
+            store, small(tiny_pipeline_path, weights="labels", use_unlabeled=False, min_weight=0.5)
+        )
+    assert {r["weight"] for r in every} > {r["weight"] for r in good}, "the run holds bad and good images"
+    assert good == [r for r in every if r["weight"] >= 0.5] and good
 
 
 def test_resume_refuses_what_it_cannot_continue(ft_run, tiny_pipeline_path):

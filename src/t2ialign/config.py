@@ -302,6 +302,10 @@ class FinetuneConfig:
     # beyond the paper: k > 0 keeps only each prompt's k images of highest weight in D_model (with the
     # reward, the best k of the prompt's n images: rejection sampling distilled into the UNet); 0 keeps all
     top_k_per_prompt: int = 0
+    # beyond the paper: keep only D_model images of weight >= min_weight (0.5 with labels as weights: the
+    # images most labelers called good). With AdamW the objective is the same up to the pre-training term's
+    # share, but every D_model slot of a batch then carries signal (0 keeps all)
+    min_weight: float = 0.0
     # rewards are clamped into this range: a negative weight would turn likelihood maximisation into an
     # unbounded loss ascent (the paper's r_phi is trained towards labels in {0, 1})
     reward_range: tuple[float, ...] = (0.0, 1.0)
@@ -341,6 +345,10 @@ class FinetuneConfig:
         if self.weights == "labels" and self.use_unlabeled:
             raise ConfigError(
                 "finetune.weights = 'labels' has no weight for unlabeled images: set use_unlabeled = false"
+            )
+        if not 0.0 <= self.min_weight <= 1.0 or (self.min_weight > 0 and self.weights == "none"):
+            raise ConfigError(
+                f"finetune.min_weight must be in [0, 1] (and 0 with weights = 'none'), got {self.min_weight}"
             )
         if self.top_k_per_prompt < 0:
             raise ConfigError(f"finetune.top_k_per_prompt must be >= 0, got {self.top_k_per_prompt}")

@@ -121,7 +121,8 @@ def model_examples(
     weights = "labels": the mean good/bad label of labeled D_human images (skips ignored);
     weights = "uniform": 1 for every image (a control: fine-tuning on the model's own samples, no reward);
     weights = "none": 0 for every image (a control: only the D_pre term trains, at the same compute).
-    top_k_per_prompt = k > 0 then keeps each prompt's k images of highest weight. ``images`` (a collection
+    top_k_per_prompt = k > 0 then keeps each prompt's k images of highest weight, min_weight those of at
+    least that weight. ``images`` (a collection
     of sha256s, or None for all) keeps only those images: one round of ``t2ialign loop``.
     """
     from t2ialign.reward.data import labeled_images
@@ -162,6 +163,7 @@ def model_examples(
         ]
     if cfg.top_k_per_prompt:
         items = top_k_per_prompt(items, cfg.top_k_per_prompt)
+    items = [r for r in items if r["weight"] >= cfg.min_weight]
     items.sort(key=lambda r: r["sha256"])
     if not items:
         raise ValueError(
