@@ -28,6 +28,7 @@ from pathlib import Path
 from t2ialign.core.checkpoint import is_complete, latest_checkpoint
 
 STAGES = ("clip", "vae", "unet")
+ADOPTED_KEPT = ("text_clip",)  # an adopted text encoder travels (its source may be replaced later)
 SMALL = ("tokenizer", "pretrain_config.json")
 
 
@@ -48,7 +49,7 @@ def save(run: Path, dest: Path) -> list[str]:
         raise SystemExit(f"{run} is not a pretrain work folder (no pretrain_config.json)")
     if dest.exists():
         shutil.rmtree(dest)
-    copied = [name for name in SMALL if (run / name).exists()]
+    copied = [name for name in SMALL + ADOPTED_KEPT if (run / name).exists()]
     for stage in STAGES:
         if (run / stage / "DONE").is_file():
             if not _adopted(run / stage):  # an adopted VAE comes back with --vae-from

@@ -282,3 +282,49 @@ def test_an_unfinished_pretraining_is_carried_to_the_next_sitting(tmp_path, caps
     a = (first / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     b = (second / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert a == b
+
+
+def test_the_pipeline_text_encoder_can_come_from_another_clip(tmp_path, capsys):
+    """--text-encoder-from: the pipeline's text encoder is the given CLIP's text tower, recorded in its
+    t2ialign.json; the run's own CLIP (the reward's) is still trained on its captions; carried along."""
+    from benchmarks.carry_pretrain import save
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    rich = tmp_path / "rich"
+    assert main(["pretrain", "--out", str(rich), "--config", str(cfg), "--until", "clip"]) == 0
+    cfg.write_text(TINY.replace("[pretrain.data]", "[pretrain.data]\ncount_error_rate = 0.5"))
+    out = tmp_path / "web"
+    args = ["pretrain", "--out", str(out), "--config", str(cfg)]
+    assert main([*args, "--text-encoder-from", str(rich / "clip")]) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", local_files_only=True)
+    theirs, own = CLIPModel.from_pretrained(rich / "clip"), CLIPModel.from_pretrained(out / "clip")
+    key = "embeddings.token_embedding.weight"
+    tower = getattr(pipe.text_encoder, "text_model", pipe.text_encoder).state_dict()[key]
+    assert torch.equal(tower, theirs.text_model.state_dict()[key])
+    assert not torch.equal(tower, own.text_model.state_dict()[key])
+    meta = json.loads((out / "pipeline" / "t2ialign.json").read_text())["pretrain_config"]
+    assert meta["text_encoder"]["adopted_from"] == str(rich / "clip")
+    assert meta["text_encoder"]["config"]["data"]["count_error_rate"] != meta["data"]["count_error_rate"]
+    assert "text_clip" in save(out, tmp_path / "carry")  # its source may be gone by the next sitting
+    # a rerun keeps the adopted one, with or without the flag; a foreign folder is refused
+    capsys.readouterr()
+    assert main(args) == 0
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "--config", str(cfg), "--until", "vae"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--out",
+                str(tmp_path / "x"),
+                "--config",
+                str(cfg),
+                "--text-encoder-from",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert "not a CLIP made by" in capsys.readouterr().err

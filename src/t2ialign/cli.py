@@ -270,7 +270,9 @@ def cmd_pretrain(args) -> int:
     from t2ialign.pretrain.train import pretrain
 
     cfg = load_config(args.config).pretrain
-    report = pretrain(cfg, args.out, until=args.until, vae_from=args.vae_from)
+    report = pretrain(
+        cfg, args.out, until=args.until, vae_from=args.vae_from, text_encoder_from=args.text_encoder_from
+    )
     print(json.dumps(report, indent=2))
     if args.until is None:
         print(f"pipeline: {Path(args.out) / 'pipeline'}  clip: {Path(args.out) / 'clip'}")
@@ -451,6 +453,13 @@ def _add_pretrain_command(sub) -> None:
         metavar="PIPELINE",
         help="take the VAE of this pipeline (made by `t2ialign pretrain` under the same VAE settings, pool "
         "and seed) instead of training one; e.g. the shipped world's, for a world whose captions change",
+    )
+    sp.add_argument(
+        "--text-encoder-from",
+        dest="text_encoder_from",
+        metavar="CLIP",
+        help="the pipeline's text encoder is the text tower of this CLIP (made by `t2ialign pretrain`, same "
+        "tokenizer) instead of the run's own CLIP, which stays the reward's; e.g. a CLIP that knows count words",
     )
 
 

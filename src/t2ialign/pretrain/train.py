@@ -441,6 +441,30 @@ def adopt_vae(source: Path, final: Path, identity: dict) -> None:
     publish_dir(tmp, final)
 
 
+def adopt_text_clip(source: Path, final: Path, tokenizer) -> dict:
+    """Take a CLIP made by this command (``source``, a ``clip`` stage folder or a shipped CLIP with its
+    ``t2ialign.json`` or ``DONE``) as the source of the pipeline's text encoder, copied into ``final``.
+    Its tokenizer must be this run's. Returns its provenance ({"config", "adopted_from"}), which the UNet
+    stage depends on. The reward's CLIP (the ``clip`` stage) is not changed by it."""
+    from transformers import CLIPTokenizer
+
+    if _done(final):
+        return json.loads((final / "DONE").read_text())["provenance"]
+    meta = next((source / n for n in ("DONE", "t2ialign.json") if (source / n).is_file()), None)
+    if meta is None or not (source / "config.json").is_file():
+        raise CheckpointError(f"{source} is not a CLIP made by `t2ialign pretrain` (no DONE / t2ialign.json)")
+    if CLIPTokenizer.from_pretrained(source).get_vocab() != tokenizer.get_vocab():
+        raise CheckpointError(f"the tokenizer of {source} is not this run's: its text tower cannot be used")
+    provenance = {"config": json.loads(meta.read_text())["config"], "adopted_from": str(source)}
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("DONE", "t2ialign.json"))
+    _mark_done(tmp, {"provenance": provenance, "adopted_from": str(source)})
+    publish_dir(tmp, final)
+    return provenance
+
+
 def _vae_identity(full: dict) -> dict:
     """What the VAE stage depends on: its own settings, the pool's images (not their captions) and the seed."""
     return full["vae"] | {
@@ -491,10 +515,15 @@ def pretrain(
     progress: bool = True,
     until: str | None = None,
     vae_from: str | Path | None = None,
+    text_encoder_from: str | Path | None = None,
 ) -> dict:
     """Run (or resume) every stage into ``out``, or those up to ``until`` ("clip" or "vae", the latter with
     the pool's latents); returns the measured figures. ``vae_from``: a pipeline made by this function
-    under the same VAE settings, whose VAE is taken instead of training one (see ``adopt_vae``)."""
+    under the same VAE settings, whose VAE is taken instead of training one (see ``adopt_vae``).
+    ``text_encoder_from``: a CLIP made by this function whose text tower becomes the pipeline's text
+    encoder instead of the ``clip`` stage's (``adopt_text_clip``): a text encoder that knows words the
+    UNet's captions seldom use, as Stable Diffusion's CLIP text tower knows far more text than LAION's
+    captions pair with images; the ``clip`` stage stays the reward's CLIP."""
     if until not in (None, "clip", "vae"):
         raise ValueError(f"until must be 'clip' or 'vae', got {until!r}")
     from transformers import CLIPTokenizer
@@ -519,8 +548,15 @@ def pretrain(
     vae = _vae_stage(run, pool, vae_from)  # 4, with the pool's latents
     if until == "vae":
         return report
-    # 5. text encoder = the CLIP text tower, frozen
-    text_encoder = clip_text_encoder(clip)
+    # 5. text encoder = the CLIP text tower, frozen (of the adopted CLIP when one is given)
+    text_clip = clip
+    if text_encoder_from is not None or (out / "text_clip" / "DONE").is_file():  # once adopted, kept
+        provenance = adopt_text_clip(Path(text_encoder_from or "."), out / "text_clip", tokenizer)
+        run.full["text_encoder"] = provenance
+        run.ids["unet"] = run.ids["unet"] | {"clip": {"text_encoder": provenance["config"]}}
+        atomic_write(out / "pretrain_config.json", (json.dumps(run.full, indent=1) + "\n").encode())
+        text_clip = type(clip).from_pretrained(out / "text_clip")
+    text_encoder = clip_text_encoder(text_clip)
     unet, sched = _unet_stage(run, pool, vae, text_encoder, tokenizer)  # 6
     # 7. assemble a stock StableDiffusionPipeline
     save_pipeline(out / "pipeline", vae, text_encoder, tokenizer, unet, sched, run.full)
