@@ -309,9 +309,12 @@ def test_the_pipeline_text_encoder_can_come_from_another_clip(tmp_path, capsys):
     assert meta["text_encoder"]["adopted_from"] == str(rich / "clip")
     assert meta["text_encoder"]["config"]["data"]["count_error_rate"] != meta["data"]["count_error_rate"]
     assert "text_clip" in save(out, tmp_path / "carry")  # its source may be gone by the next sitting
-    # a rerun keeps the adopted one, with or without the flag; a foreign folder is refused
+    # a rerun keeps the adopted one, with or without the flag; another source or a foreign folder is refused
     capsys.readouterr()
     assert main(args) == 0
+    assert main([*args, "--text-encoder-from", str(rich / "clip")]) == 0
+    assert main([*args, "--text-encoder-from", str(out / "clip")]) == 2
+    assert "already holds the text encoder" in capsys.readouterr().err
     assert main(["pretrain", "--out", str(tmp_path / "x"), "--config", str(cfg), "--until", "vae"]) == 0
     assert (
         main(

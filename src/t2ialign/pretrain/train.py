@@ -441,20 +441,35 @@ def adopt_vae(source: Path, final: Path, identity: dict) -> None:
     publish_dir(tmp, final)
 
 
-def adopt_text_clip(source: Path, final: Path, tokenizer) -> dict:
+def adopt_text_clip(source: Path | None, final: Path, tokenizer, text_hidden: int) -> dict:
     """Take a CLIP made by this command (``source``, a ``clip`` stage folder or a shipped CLIP with its
     ``t2ialign.json`` or ``DONE``) as the source of the pipeline's text encoder, copied into ``final``.
-    Its tokenizer must be this run's. Returns its provenance ({"config", "adopted_from"}), which the UNet
-    stage depends on. The reward's CLIP (the ``clip`` stage) is not changed by it."""
-    from transformers import CLIPTokenizer
+    Its tokenizer must be this run's and its text width ``text_hidden`` (the UNet's cross-attention
+    width). Once adopted it is kept (``source`` None resumes it; another source is refused). Returns its
+    provenance ({"config", "adopted_from"}), which the UNet stage depends on. The reward's CLIP (the
+    ``clip`` stage) is not changed by it."""
+    from transformers import CLIPConfig, CLIPTokenizer
 
     if _done(final):
-        return json.loads((final / "DONE").read_text())["provenance"]
+        provenance = json.loads((final / "DONE").read_text())["provenance"]
+        if source is not None and str(source) != provenance["adopted_from"]:
+            raise CheckpointError(
+                f"{final} already holds the text encoder of {provenance['adopted_from']}, not {source}; "
+                "use another --out, or delete it to adopt another"
+            )
+        return provenance
+    if source is None:
+        raise ValueError("no text encoder to adopt")
     meta = next((source / n for n in ("DONE", "t2ialign.json") if (source / n).is_file()), None)
     if meta is None or not (source / "config.json").is_file():
         raise CheckpointError(f"{source} is not a CLIP made by `t2ialign pretrain` (no DONE / t2ialign.json)")
     if CLIPTokenizer.from_pretrained(source).get_vocab() != tokenizer.get_vocab():
         raise CheckpointError(f"the tokenizer of {source} is not this run's: its text tower cannot be used")
+    width = CLIPConfig.from_pretrained(source).text_config.hidden_size
+    if width != text_hidden:
+        raise CheckpointError(
+            f"the text tower of {source} is {width} wide; this run's UNet reads {text_hidden}"
+        )
     provenance = {"config": json.loads(meta.read_text())["config"], "adopted_from": str(source)}
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -551,7 +566,8 @@ def pretrain(
     # 5. text encoder = the CLIP text tower, frozen (of the adopted CLIP when one is given)
     text_clip = clip
     if text_encoder_from is not None or (out / "text_clip" / "DONE").is_file():  # once adopted, kept
-        provenance = adopt_text_clip(Path(text_encoder_from or "."), out / "text_clip", tokenizer)
+        source = None if text_encoder_from is None else Path(text_encoder_from)
+        provenance = adopt_text_clip(source, out / "text_clip", tokenizer, cfg.clip.text_hidden)
         run.full["text_encoder"] = provenance
         run.ids["unet"] = run.ids["unet"] | {"clip": {"text_encoder": provenance["config"]}}
         atomic_write(out / "pretrain_config.json", (json.dumps(run.full, indent=1) + "\n").encode())
