@@ -305,6 +305,9 @@ def test_the_pipeline_text_encoder_can_come_from_another_clip(tmp_path, capsys):
     tower = getattr(pipe.text_encoder, "text_model", pipe.text_encoder).state_dict()[key]
     assert torch.equal(tower, theirs.text_model.state_dict()[key])
     assert not torch.equal(tower, own.text_model.state_dict()[key])
+    # the pipeline tokenizes as its encoder does
+    assert pipe.tokenizer.get_vocab() == CLIPTokenizer.from_pretrained(out / "text_clip").get_vocab()
+    assert pipe.tokenizer.get_vocab() == CLIPTokenizer.from_pretrained(rich / "clip").get_vocab()
     meta = json.loads((out / "pipeline" / "t2ialign.json").read_text())["pretrain_config"]
     assert meta["text_encoder"]["adopted_from"] == str(rich / "clip")
     assert meta["text_encoder"]["config"]["data"]["count_error_rate"] != meta["data"]["count_error_rate"]
