@@ -458,8 +458,8 @@ def _add_pretrain_command(sub) -> None:
         "--text-encoder-from",
         dest="text_encoder_from",
         metavar="CLIP",
-        help="the pipeline's text encoder is the text tower of this CLIP (made by `t2ialign pretrain`, same "
-        "tokenizer) instead of the run's own CLIP, which stays the reward's; e.g. a CLIP that knows count words",
+        help="the pipeline's text encoder and tokenizer are this CLIP's (made by `t2ialign pretrain`) instead "
+        "of the run's own CLIP, which stays the reward's; e.g. a CLIP that knows count words",
     )
 
 
