@@ -45,8 +45,9 @@ def judge_snapshot(snapshot: Path, work: Path, per_category: int, per_prompt: in
 def _judged_by_slot(store_dir: Path, judge: Judge) -> dict[tuple[str, int], dict]:
     """{(prompt, seed): judged row} of a snapshot's evaluation images."""
     with Store.open(store_dir) as store:
-        rows = judge_stored(store, store.list_images(role="eval"), judge)
-        seeds = {r["id"]: r["seed"] for r in store.list_images(role="eval")}
+        images = store.list_images(role="eval")
+        rows = judge_stored(store, images, judge)
+    seeds = {r["id"]: r["seed"] for r in images}
     return {(j["prompt"], seeds[j["image_id"]]): j for j in rows}
 
 
@@ -60,11 +61,14 @@ def last_fifth(work: Path, steps: list[int]) -> dict | None:
     a = _judged_by_slot(work / f"step_{early[-1]:06d}", judge)
     b = _judged_by_slot(work / f"step_{steps[-1]:06d}", judge)
     out = {"from_step": early[-1], "to_step": steps[-1]}
+    readers = {
+        "aligned": lambda j: j["verdict"] == "good",
+        "count_read": lambda j: j["attribute_hits"]["count"],
+    }
     for c in CATEGORIES:
-        for key, value in (("aligned", lambda j: j["verdict"] == "good"), ("count_read", None)):
+        for key, get in readers.items():
             if key == "count_read" and c not in ("count", "combination"):
                 continue
-            get = value or (lambda j: j["attribute_hits"]["count"])
             prompts: dict[str, tuple[list, list]] = {}
             for slot in sorted(a.keys() & b.keys()):
                 if a[slot]["category"] == c:

@@ -432,12 +432,19 @@ def adopt_vae(source: Path, final: Path, identity: dict) -> None:
         raise CheckpointError(
             f"the VAE of {source} was trained under other settings ({', '.join(diff)} differ)"
         )
+    scaling = json.loads((source / "vae" / "config.json").read_text())["scaling_factor"]
+    _adopt_copy(
+        source / "vae", final, {"config": identity, "scaling_factor": scaling, "adopted_from": str(source)}
+    )
+
+
+def _adopt_copy(source: Path, final: Path, done: dict, ignore=None) -> None:
+    """Copy ``source`` into the stage folder ``final`` through a temporary folder, marked done with ``done``."""
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    shutil.copytree(source / "vae", tmp)
-    scaling = json.loads((tmp / "config.json").read_text())["scaling_factor"]
-    _mark_done(tmp, {"config": identity, "scaling_factor": scaling, "adopted_from": str(source)})
+    shutil.copytree(source, tmp, ignore=ignore)
+    _mark_done(tmp, done)
     publish_dir(tmp, final)
 
 
@@ -471,12 +478,7 @@ def adopt_text_clip(source: Path | None, final: Path, text_hidden: int) -> dict:
             f"the text tower of {source} is {width} wide; this run's UNet reads {text_hidden}"
         )
     provenance = {"config": json.loads(meta.read_text())["config"], "adopted_from": str(source)}
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("DONE", "t2ialign.json"))
-    _mark_done(tmp, {"provenance": provenance, "adopted_from": str(source)})
-    publish_dir(tmp, final)
+    _adopt_copy(source, final, {"provenance": provenance}, shutil.ignore_patterns("DONE", "t2ialign.json"))
     return provenance
 
 
@@ -504,6 +506,10 @@ class _Run:
             "vae": _vae_identity(full),
         }
         self.ids["unet"] = full["unet"] | {"clip": self.ids["clip"], "vae": self.ids["vae"]}
+
+    def write_config(self) -> None:
+        """``pretrain_config.json``: the run's whole config (with an adopted text encoder's provenance)."""
+        atomic_write(self.out / "pretrain_config.json", (json.dumps(self.full, indent=1) + "\n").encode())
 
     def train(self, name: str, module: nn.Module, loss_fn, stage, config: dict, **kw) -> None:
         """``train_loop`` on one stage's settings (steps, lr, warm-up) and the run's checkpointing."""
@@ -546,7 +552,7 @@ def pretrain(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, out, progress)
-    atomic_write(out / "pretrain_config.json", (json.dumps(run.full, indent=1) + "\n").encode())
+    run.write_config()
     t0 = time.time()
 
     # 1-2. tokenizer and pool
@@ -570,7 +576,7 @@ def pretrain(
         provenance = adopt_text_clip(source, out / "text_clip", cfg.clip.text_hidden)
         run.full["text_encoder"] = provenance
         run.ids["unet"] = run.ids["unet"] | {"clip": {"text_encoder": provenance["config"]}}
-        atomic_write(out / "pretrain_config.json", (json.dumps(run.full, indent=1) + "\n").encode())
+        run.write_config()
         text_clip = type(clip).from_pretrained(out / "text_clip")
         tokenizer = CLIPTokenizer.from_pretrained(out / "text_clip")  # the text encoder's own
     text_encoder = clip_text_encoder(text_clip)
