@@ -9,10 +9,11 @@ judge's: it saves a grid of the disagreements of each attribute value (``OUT/<at
 prompt values in the file ``OUT/disagreements.json``) so a person can tell which, as docs/world.md records.
 
     python -m benchmarks.judge_on_generated OUT [--model PIPELINE] [--prompts 300] [--per-prompt 4]
-        [--images NPZ --prompt-set count_probes]
+        [--images NPZ] [--judge JUDGE]
 
-With ``--images`` it reads the images of ``benchmarks.count_probes`` (its base images, for example)
-instead of sampling.
+The sampled images are kept in ``OUT/images.npz`` (with their prompts), so another judge can read the
+same images again: ``--images OUT/images.npz --judge OTHER``. ``--images`` also reads the images of
+``benchmarks.count_probes`` (its base images, for example) instead of sampling.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=300)
     ap.add_argument("--per-prompt", type=int, default=4)
     ap.add_argument(
-        "--images", type=Path, help="an .npz of benchmarks.count_probes images instead of sampling"
+        "--images", type=Path, help="an OUT/images.npz of an earlier run, or of benchmarks.count_probes"
     )
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -66,11 +67,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.images:
-        from benchmarks.count_probes import eval_prompts
+        data = np.load(args.images)
+        images = data["images"]
+        if "texts" in data:  # this benchmark's own images.npz
+            by_text = {p.text: p for p in build_prompt_set()}
+            prompts, per = (
+                [by_text[t] for t in data["texts"][:: int(data["per_prompt"])]],
+                int(data["per_prompt"]),
+            )
+        else:
+            from benchmarks.count_probes import eval_prompts
 
-        images = np.load(args.images)["images"]
-        per = len(images) // args.prompts
-        prompts = eval_prompts(args.prompts)
+            per = len(images) // args.prompts
+            prompts = eval_prompts(args.prompts)
     else:
         from t2ialign.models.load import load_pipeline
 
@@ -85,6 +94,7 @@ def main() -> None:
         for i in range(0, len(texts), 128):
             images += sample_images(pipe, texts[i : i + 128], seeds[i : i + 128], GenerateConfig())
         images = np.stack(images)
+        np.savez_compressed(args.out / "images.npz", images=images, texts=np.array(texts), per_prompt=per)
     specs = [p.spec for p in prompts for _ in range(per)]
     verdicts = Judge.load(args.judge).judge(list(images), specs)
     table = confusions(specs, verdicts)
