@@ -1,6 +1,7 @@
 """The world judge: verdict math by hand, the shipped judge's accuracy, save/load, bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +165,23 @@ def test_shipped_judge_reads_empty_and_over_drawn_renders():
     many = [i for i, s in enumerate(scenes) if s.count > 0]
     colors = [PromptSpec(scenes[i].shape, color=scenes[i].color) for i in many]
     assert [v.label for v in judge.judge([images[i] for i in many], colors)] == ["good"] * len(many)
+
+
+def test_shipped_judge_reads_the_world_models_city_as_city():
+    """Generated images, not renders: 17 city images of world v5 that a person read as the city and the
+    judge before its median-filter augmentation read as the moon (15) or snow (2), and 8 of its moon
+    images (tests/data/v5_city_and_moon.json says where they come from)."""
+    data = Path(__file__).parent / "data"
+    meta = json.loads((data / "v5_city_and_moon.json").read_text())
+    strip = np.asarray(Image.open(data / "v5_city_and_moon.png").convert("RGB"))
+    images = [strip[:, 64 * i : 64 * (i + 1)] for i in range(strip.shape[1] // 64)]
+    assert len(images) == len(meta["background"]) == 25
+    read = Judge.load().read(images)["background"].argmax(dim=1).tolist()
+    read = [HEAD_VALUES["background"][k] for k in read]
+    city = [r for r, want in zip(read, meta["background"], strict=True) if want == "city"]
+    moon = [r for r, want in zip(read, meta["background"], strict=True) if want == "moon"]
+    assert city.count("city") >= 15, city  # the shipped judge: 16 of 17
+    assert moon.count("moon") == len(moon), moon
 
 
 def test_judge_verdicts_for_true_and_perturbed_prompts():
