@@ -181,3 +181,24 @@ def test_mixed_precision_auto_resolves_per_device_and_is_recorded_resolved(
         progress=False,
     )
     assert store.list_images()[0]["sampler"]["generate_config"]["mixed_precision"] == "no"  # not "auto"
+
+
+def test_compile_wraps_the_unet_once_and_draws_the_same_images(tiny_pipeline_path):
+    """generate.compile compiles the UNet in place before sampling, once per pipeline; the tracing backend
+    ("eager": no kernels generated) must draw exactly the uncompiled images. The speed of "inductor" is a
+    benchmark's (docs/throughput.md), not a test's."""
+    from t2ialign.config import ConfigError
+
+    pipe, _, _ = load_pipeline(tiny_pipeline_path)
+    seeds = [image_seed(0, "human", "Two circles", k) for k in range(2)]
+    plain = sample_images(pipe, ["Two circles"] * 2, seeds, GenerateConfig(**FAST))
+    assert pipe.unet._compiled_call_impl is None  # "no" leaves the UNet alone
+    traced = sample_images(pipe, ["Two circles"] * 2, seeds, GenerateConfig(compile="eager", **FAST))
+    compiled = pipe.unet._compiled_call_impl
+    assert compiled is not None
+    assert all(np.array_equal(a, b) for a, b in zip(plain, traced, strict=True))
+    sample_images(pipe, ["Two circles"], seeds[:1], GenerateConfig(compile="eager", **FAST))
+    assert pipe.unet._compiled_call_impl is compiled  # not compiled a second time
+    assert GenerateConfig().compile == "no"
+    with pytest.raises(ConfigError, match="generate.compile must be one of no, inductor"):
+        GenerateConfig(compile="yes")

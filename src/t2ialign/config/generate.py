@@ -9,6 +9,7 @@ from t2ialign.config._common import _check_precision
 from t2ialign.core.config import ConfigError, at_least_one
 
 SCHEDULERS = ("default", "dpm++", "ddim", "euler", "euler_a", "pndm")
+COMPILE_BACKENDS = ("no", "inductor", "eager", "aot_eager")
 
 
 @dataclass
@@ -26,6 +27,10 @@ class GenerateConfig:
     # fp16 on a GPU without bf16, else none. On a CPU without native bf16 (AVX2 only) bf16 is emulated and
     # sampling ran 20x slower than fp32 (docs/throughput.md). Or "no", "bf16", "fp16" (fp16: CUDA only).
     mixed_precision: str = "auto"
+    # "no", or a torch.compile backend for the UNet: "inductor" (compiles kernels: on a 2-core CPU about
+    # 150 s once per process, then bf16 sampling 1.5-1.9x faster, so it pays from a few thousand images;
+    # docs/throughput.md), "eager" or "aot_eager" (trace only, no speed-up: for checking the wiring)
+    compile: str = "no"
     height: int | None = None  # None: the model's native size
     width: int | None = None
     seed: int = 0  # image seeds derive from (seed, prompt, index): same seed, same image
@@ -42,6 +47,10 @@ class GenerateConfig:
                 f"generate.scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}"
             )
         _check_precision("generate", self.mixed_precision, auto=True)
+        if self.compile not in COMPILE_BACKENDS:
+            raise ConfigError(
+                f"generate.compile must be one of {', '.join(COMPILE_BACKENDS)}, got {self.compile!r}"
+            )
         if self.role not in ("human", "unlabeled", "eval"):
             raise ConfigError(f"generate.role must be human, unlabeled or eval, got {self.role!r}")
         at_least_one(self, "generate", "images_per_prompt", "num_inference_steps", "batch_size")

@@ -46,8 +46,8 @@ def add_seed(sp: argparse.ArgumentParser, default: int | None = None, help: str 
 
 
 def add_sampler_args(sp: argparse.ArgumentParser, model_help: str, seed_help: str | None = None) -> None:
-    """How images are sampled (GenerateConfig): model, steps, guidance, scheduler, batch size, precision
-    and seed; each overrides the config's field only when given (see :func:`config_from_args`)."""
+    """How images are sampled (GenerateConfig): model, steps, guidance, scheduler, batch size, precision,
+    compile and seed; each overrides the config's field only when given (see :func:`config_from_args`)."""
     sp.add_argument("--model", help=model_help)
     sp.add_argument("--steps", dest="num_inference_steps", type=int, help="sampler steps")
     sp.add_argument("--guidance-scale", dest="guidance_scale", type=float)
@@ -57,6 +57,10 @@ def add_sampler_args(sp: argparse.ArgumentParser, model_help: str, seed_help: st
         "--mixed-precision",
         dest="mixed_precision",
         help="auto (the default: bf16 where the device has it natively), no, bf16 or fp16",
+    )
+    sp.add_argument(
+        "--compile",
+        help="no (the default) or a torch.compile backend for the UNet: inductor pays from a few thousand images",
     )
     add_seed(sp, help=seed_help)
 

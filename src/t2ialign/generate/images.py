@@ -90,6 +90,13 @@ def autocast(pipe, mixed_precision: str):
     return torch.autocast(pipe.device.type, dtype=dtype)
 
 
+def compile_unet(pipe, backend: str) -> None:
+    """``torch.compile`` the pipeline's UNet in place with ``backend`` ("no": leave it), once: a UNet
+    already compiled is kept as it is, whatever backend it was compiled with."""
+    if backend != "no" and getattr(pipe.unet, "_compiled_call_impl", None) is None:
+        pipe.unet.compile(backend=backend)
+
+
 @torch.no_grad()
 def sample_images(pipe, prompts: list[str], seeds: list[int], cfg: GenerateConfig) -> list[np.ndarray]:
     """One (H, W, 3) uint8 image per (prompt, seed), in one pipeline call."""
@@ -100,6 +107,7 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], cfg: GenerateConfi
     emb, neg = pipe.encode_prompt(distinct, pipe.device, 1, cfg_on, negative_prompt=[""] * len(distinct))
     rows = [distinct.index(p) for p in prompts]
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    compile_unet(pipe, cfg.compile)
     with autocast(pipe, cfg.mixed_precision):
         out = pipe(
             prompt_embeds=emb[rows],
