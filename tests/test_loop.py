@@ -192,6 +192,29 @@ def test_changed_fields_name_each_difference_and_leave_out_the_resumable_ones():
     assert changed_fields(old, old) == []
 
 
+def test_a_loop_started_before_a_config_field_existed_resumes(tmp_path):
+    """A loop's config.json written before ``generate.compile`` was added lacks it; the rerun's config
+    holds it at its default, which is the old behaviour, so the rerun is not refused. A stored value that
+    differs still is, and a field the config no longer knows is compared as stored."""
+    from t2ialign.config import to_dict
+    from t2ialign.loop.state import check_config
+
+    root = tmp_path / "loop"
+    check_config(root, LoopConfig(), "rev")
+    stored = json.loads((root / "config.json").read_text())
+    del stored["config"]["generate"]["compile"]
+    (root / "config.json").write_text(json.dumps(stored))
+    check_config(root, LoopConfig(), "rev")  # accepted
+    stored["config"]["generate"]["guidance_scale"] = 2.0
+    (root / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="generate.guidance_scale: 2.0 -> 5.0"):
+        check_config(root, LoopConfig(), "rev")
+    stored["config"] = to_dict(LoopConfig()) | {"retired_field": 1}
+    (root / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="retired_field: 1 -> null"):
+        check_config(root, LoopConfig(), "rev")
+
+
 def test_loop_config_is_validated():
     with pytest.raises(ConfigError, match="multiple of loop.images_per_prompt"):
         LoopConfig(labels_per_round=10, images_per_prompt=3)

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from t2ialign.config import LoopConfig, to_dict
+from t2ialign.core.config import ConfigError, from_dict
 from t2ialign.core.fsutil import atomic_write, loads_json_object
 
 STAGES = ("generate", "label", "reward", "finetune", "evaluate")  # a round's stages, in order
@@ -49,14 +50,24 @@ def changed_fields(old: dict, new: dict) -> list[str]:
     ]
 
 
+def _with_defaults(stored: dict) -> dict:
+    """A stored loop config with the fields added to LoopConfig since it was written, at their defaults
+    (a new field's default is the behaviour from before it existed); as stored if it no longer loads."""
+    try:
+        return to_dict(from_dict(LoopConfig, stored, "loop"))
+    except ConfigError:  # a field since removed or renamed: compare it as it was written
+        return stored
+
+
 def check_config(root: Path, cfg: LoopConfig, base_revision: str) -> None:
     """Write root/config.json on the first run; on a rerun, refuse a config (or base model) that differs
-    from the one the loop was started with, naming the changed fields."""
+    from the one the loop was started with, naming the changed fields. A field added to the config since
+    (such as ``generate.compile``) counts as unchanged at its default."""
     path = root / "config.json"
     new = {"config": to_dict(cfg), "base_revision": base_revision}
     if path.is_file():
         old = loads_json_object(path.read_text(), str(path))
-        diff = changed_fields(old.get("config", {}), new["config"])
+        diff = changed_fields(_with_defaults(old.get("config", {})), new["config"])
         if old.get("base_revision") != base_revision:  # the base pipeline's weights changed in place
             diff.append(f"the base model's revision: {old.get('base_revision')} -> {base_revision}")
         if diff:
