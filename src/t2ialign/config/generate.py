@@ -27,9 +27,10 @@ class GenerateConfig:
     # fp16 on a GPU without bf16, else none. On a CPU without native bf16 (AVX2 only) bf16 is emulated and
     # sampling ran 20x slower than fp32 (docs/throughput.md). Or "no", "bf16", "fp16" (fp16: CUDA only).
     mixed_precision: str = "auto"
-    # "no", or a torch.compile backend for the UNet: "inductor" (compiles kernels: on a 2-core CPU about
-    # 150 s once per process, then bf16 sampling 1.5-1.9x faster, so it pays from a few thousand images;
-    # docs/throughput.md), "eager" or "aot_eager" (trace only, no speed-up: for checking the wiring)
+    # "no", or a torch.compile backend for the UNet: "inductor" (compiles kernels once per process: on a
+    # 2-core CPU 150 s, 20-60 s with inductor's disk cache; then bf16 sampling 1.2-1.9x faster, fp32 1.1x:
+    # it pays from a few thousand images; docs/throughput.md), "eager" or "aot_eager" (trace only, no
+    # speed-up: for checking the wiring)
     compile: str = "no"
     height: int | None = None  # None: the model's native size
     width: int | None = None
