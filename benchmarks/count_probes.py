@@ -156,10 +156,14 @@ def train(pipe, args) -> None:
         )
 
 
-def sample_eval(pipe, prompts, per_prompt: int, batch: int = 128) -> np.ndarray:
+def sample_eval(
+    pipe, prompts, per_prompt: int, batch: int = 128, cfg: GenerateConfig | None = None
+) -> np.ndarray:
+    """The probes' evaluation images: ``per_prompt`` seeded images of each prompt (``cfg``: the sampler's
+    settings, default GenerateConfig())."""
     texts = [p.text for p in prompts for _ in range(per_prompt)]
     seeds = [stable_seed("count-probe-eval", p.text, k) % 2**31 for p in prompts for k in range(per_prompt)]
-    cfg = GenerateConfig()
+    cfg = cfg or GenerateConfig()
     out = []
     for i in tqdm(range(0, len(texts), batch), desc="sample"):
         out += sample_images(pipe, texts[i : i + batch], seeds[i : i + batch], cfg)
