@@ -17,6 +17,8 @@ A probe varies one thing at a time:
   word is "two" under the map. Teaching a pre-trained model a new mapping measures how fast a count
   *mapping* moves in fine-tuning, apart from how precisely the model draws a count it has settled on:
   world v5's base will lack the mapping (its captions seldom state counts), not the drawing;
+- ``--count-map random``: every caption's count word is drawn uniformly, apart from the image: the
+  model keeps drawing counts and loses the mapping from words to counts (world design (a), v4r);
 - ``--lr``, ``--steps``, ``--ema``.
 
 Run (about 15-20 minutes each on one core; ``--threads 2`` when nothing else runs):
@@ -25,8 +27,9 @@ Run (about 15-20 minutes each on one core; ``--threads 2`` when nothing else run
     python -m benchmarks.count_probes --name tpow3 --steps 1000 --t-power 3
     python -m benchmarks.count_probes --name attn16 --steps 1000 --attn16
 
-Results go to ``work/probes/NAME.json`` (and the base's images, generated once, to
-``work/probes/base_images.npz``); docs/world.md records what each probe measured.
+Results go to ``work/probes/NAME.json`` and ``NAME_grid.png`` (base left, probe right, same seeds; the
+base's images, generated once, to ``work/probes/base_images_REVISION_PxK.npz``). ``--save DIR`` also
+writes the trained pipeline. docs/world.md records what each probe measured.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -48,7 +52,7 @@ from t2ialign.config import GenerateConfig
 from t2ialign.core.seeds import stable_seed
 from t2ialign.evaluate.paired import paired_bootstrap
 from t2ialign.generate.images import sample_images
-from t2ialign.models.load import load_pipeline
+from t2ialign.models.load import load_pipeline, resolve_sd_path
 from t2ialign.pretrain.train import embed_captions, noise_scheduler, train_loop
 from t2ialign.world import vocab
 from t2ialign.world.dataset import caption_for
@@ -122,7 +126,12 @@ def train(pipe, args) -> None:
             )
             for _ in range(args.batch_size)
         ]
-        named = [replace(s, count=args.count_map[s.count]) for s in scenes]  # the caption's count word
+        named = [  # the caption's count word: mapped, or (count map "random") drawn apart from the image
+            replace(s, count=int(rng.integers(vocab.MIN_COUNT, vocab.MAX_COUNT + 1)))
+            if args.random_words
+            else replace(s, count=args.count_map[s.count])
+            for s in scenes
+        ]
         captions = [caption_for(s, COUNT_TEMPLATES[rng.integers(len(COUNT_TEMPLATES))]) for s in named]
         if args.cfg_dropout:
             captions = [c if rng.random() >= args.cfg_dropout else "" for c in captions]
@@ -201,9 +210,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge-only", action="store_true", help="judge a finished probe's saved images again")
     ap.add_argument("--judge", default=None, help="a judge folder; default: the shipped judge")
-    ap.add_argument("--count-map", default=None, help="e.g. 1:5,2:4,3:3,4:2,5:1 (default: the identity)")
+    ap.add_argument(
+        "--count-map",
+        default=None,
+        help="e.g. 1:5,2:4,3:3,4:2,5:1 (default: the identity); 'random': count words drawn apart from the image",
+    )
+    ap.add_argument("--save", type=Path, default=None, help="write the trained pipeline to this new folder")
     args = ap.parse_args()
-    args.count_map = _count_map(args.count_map, ap)
+    args.random_words = args.count_map == "random"
+    args.count_map = _count_map(None if args.random_words else args.count_map, ap)
+    if args.save is not None and args.save.exists():
+        ap.error(f"--save {args.save} exists; pass a new folder")
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     prompts = eval_prompts(args.prompts)
@@ -226,9 +243,36 @@ def main() -> None:
     if args.steps:
         train(pipe, args)
     train_s = time.time() - t0
+    if args.save is not None:
+        save_pipeline(pipe, args, train_s)
     np.savez_compressed(probe_file, images=sample_eval(pipe, prompts, args.per_prompt))
-    (OUT / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "train_seconds": train_s}) + "\n")
+    (OUT / f"{args.name}.json").write_text(
+        json.dumps({"args": _args_json(args), "train_seconds": train_s}) + "\n"
+    )
     report(args, prompts, model_id, train_s, base_file, probe_file)
+
+
+def save_pipeline(pipe, args, train_s: float) -> None:
+    """The probe's pipeline as a stock-loadable folder: the source pipeline with the trained UNet
+    (safetensors), and in t2ialign.json the probe's arguments beside the source's provenance."""
+    source, _ = resolve_sd_path(args.model)
+    tmp = args.save.with_name(args.save.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("unet"))
+    pipe.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    meta_file = tmp / "t2ialign.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta["count_probe"] = {
+        "source": str(source),
+        "args": _args_json(args),
+        "train_seconds": round(train_s, 1),
+    }
+    meta_file.write_text(json.dumps(meta, indent=1) + "\n")
+    tmp.rename(args.save)
+
+
+def _args_json(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 def _count_map(text: str | None, ap: argparse.ArgumentParser) -> dict[int, int]:
@@ -272,7 +316,7 @@ def report(args, prompts, model_id, train_s, base_file, probe_file) -> None:
         }
 
     result = {
-        "args": vars(args),
+        "args": _args_json(args),
         "model": model_id,
         "n_prompts": len(prompts),
         "n_images": int(hit.size),
@@ -286,7 +330,26 @@ def report(args, prompts, model_id, train_s, base_file, probe_file) -> None:
         "mean_read_count_probe": mean_read(read),
     }
     (OUT / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_grid(OUT / f"{args.name}_grid.png", prompts, base_images, images, args.per_prompt)
     print(json.dumps(result, indent=1))
+
+
+def write_grid(path: Path, prompts, base_images, images, per_prompt: int, rows: int = 8) -> None:
+    """A look at the images: the first ``rows`` count-only prompts, the base's seeds on the left and the
+    probe's same seeds on the right."""
+    from PIL import Image, ImageDraw
+
+    picked = [i for i, p in enumerate(prompts) if p.spec.color is None and p.spec.background is None]
+    size = images.shape[1]
+    canvas = Image.new("RGB", (200 + 2 * per_prompt * size + 8, rows * (size + 12)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, i in enumerate(picked[:rows]):
+        y = r * (size + 12)
+        draw.text((2, y + size // 2 - 6), prompts[i].text[:32], fill="black")
+        for k in range(per_prompt):
+            canvas.paste(Image.fromarray(base_images[i * per_prompt + k]), (200 + k * size, y))
+            canvas.paste(Image.fromarray(images[i * per_prompt + k]), (208 + (per_prompt + k) * size, y))
+    canvas.save(path)
 
 
 if __name__ == "__main__":
