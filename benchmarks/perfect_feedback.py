@@ -11,7 +11,7 @@ unseen objects) while D_pre alone gains little.
 
     python -m benchmarks.perfect_feedback RUN [--model PIPELINE] [--prompts 600] [--per-prompt 10]
         [--steps 1000] [--learning-rate 1e-4] [--no-use-ema] [--eval-images 20] [--min-weight 0.5]
-        [--beta 1.0] [--name perfect] [--no-control] [--compile inductor]
+        [--beta 1.0] [--name perfect] [--no-control] [--compile inductor] [--pretrain-data FOLDER]
 
 Every stage reuses what RUN already holds (images, labels, fine-tunes of the same name are refused rather
 than overwritten: pass another RUN). Results: RUN/perfect_feedback_NAME.json and the printed table.
@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--learning-rate", type=float, default=1e-4)
     ap.add_argument("--no-use-ema", dest="use_ema", action="store_false")
     ap.add_argument("--pretrain-images", type=int, default=20_000, help="D_pre examples")
+    ap.add_argument(
+        "--pretrain-data",
+        default="world",
+        help="D_pre: 'world' (web-like captions) or a folder (benchmarks/dpre_folder.py writes one)",
+    )
     ap.add_argument("--eval-images", type=int, default=20, help="judged images per evaluation prompt")
     ap.add_argument("--no-control", dest="control", action="store_false", help="skip the D_pre-alone run")
     ap.add_argument("--min-weight", type=float, default=0.0, help="0.5: train on the good images only")
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             learning_rate=args.learning_rate,
             use_ema=args.use_ema,
             pretrain_images=args.pretrain_images,
+            pretrain_data=args.pretrain_data,
         )
         runs = {args.name: FinetuneConfig(weights="labels", min_weight=args.min_weight, **common)}
         if args.control:
