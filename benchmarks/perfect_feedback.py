@@ -11,10 +11,14 @@ unseen objects) while D_pre alone gains little.
 
     python -m benchmarks.perfect_feedback RUN [--model PIPELINE] [--prompts 600] [--per-prompt 10]
         [--steps 1000] [--learning-rate 1e-4] [--no-use-ema] [--eval-images 20] [--min-weight 0.5]
-        [--beta 1.0] [--name perfect] [--no-control] [--compile inductor] [--pretrain-data FOLDER]
+        [--beta 1.0] [--name perfect] [--no-control] [--control-name dpre_only] [--control-only]
+        [--compile inductor] [--pretrain-data FOLDER]
 
 Every stage reuses what RUN already holds (images, labels, fine-tunes of the same name are refused rather
-than overwritten: pass another RUN). Results: RUN/perfect_feedback_NAME.json and the printed table.
+than overwritten: pass another RUN or another --name / --control-name). With the control, the
+feedback's own share is measured too: the perfect-feedback model paired against the control (the same
+evaluation images, judged again with the control as the reference). Results:
+RUN/perfect_feedback_NAME.json and the printed tables.
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--eval-images", type=int, default=20, help="judged images per evaluation prompt")
     ap.add_argument("--no-control", dest="control", action="store_false", help="skip the D_pre-alone run")
+    ap.add_argument(
+        "--control-name",
+        default="dpre_only",
+        help="the D_pre-alone fine-tune's name (another D_pre: another name)",
+    )
+    ap.add_argument(
+        "--control-only", action="store_true", help="only the D_pre-alone run (e.g. the ceiling of a D_pre)"
+    )
     ap.add_argument("--min-weight", type=float, default=0.0, help="0.5: train on the good images only")
     ap.add_argument("--beta", type=float, default=1.0, help="weight of the pre-training loss")
     ap.add_argument("--name", default="perfect", help="the perfect-feedback fine-tune's name in RUN")
@@ -67,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         "--compile", default="no", help="generate.compile for every sampling: inductor, 1.2-1.9x in bf16"
     )
     args = ap.parse_args(argv)
+    if args.control_only and not args.control:
+        ap.error("--control-only and --no-control exclude each other")
     for name in ("prompts", "per_prompt", "steps", "pretrain_images", "eval_images"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -105,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             pretrain_images=args.pretrain_images,
             pretrain_data=args.pretrain_data,
         )
-        runs = {args.name: FinetuneConfig(weights="labels", min_weight=args.min_weight, **common)}
+        runs = {}
+        if not args.control_only:
+            runs[args.name] = FinetuneConfig(weights="labels", min_weight=args.min_weight, **common)
         if args.control:
-            runs["dpre_only"] = FinetuneConfig(weights="none", **common)
+            runs[args.control_name] = FinetuneConfig(weights="none", **common)
         for name, cfg in runs.items():
             if not (args.run / "finetune" / name / "pipeline" / "model_index.json").is_file():
                 finetune(cfg, store, name=name)
@@ -119,7 +135,18 @@ def main(argv: list[str] | None = None) -> int:
             images_per_prompt=args.eval_images, generate=GenerateConfig(role="eval", compile=args.compile)
         )
         report = evaluate_models(store, models, ecfg, judge=judge)
-    print(format_report(report))
+        print(format_report(report))
+        share = None
+        if args.control and not args.control_only:
+            # the feedback's own share: the same images, paired against the control instead of the base
+            ref = args.run / "finetune" / args.control_name / "pipeline"
+            share = evaluate_models(
+                store,
+                parse_models(f"base={ref},finetuned:{args.name}", args.run),
+                ecfg,
+                judge=judge,
+                record=False,
+            )
     summary = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "judge_verdicts_of_feedback": labels["judge_verdicts"],
@@ -127,7 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         "paired_attribute": report["paired_attribute"],
         "fd_clip": {m: r["fd_clip"] for m, r in report["models"].items()},
     }
-    (args.run / f"perfect_feedback_{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if share is not None:
+        summary["minus_control"] = {
+            "control": args.control_name,
+            "paired": share["paired"][f"finetuned:{args.name}"],
+            "paired_attribute": share["paired_attribute"][f"finetuned:{args.name}"],
+        }
+    out_name = args.control_name if args.control_only else args.name
+    (args.run / f"perfect_feedback_{out_name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name in runs:
         cells = []
         for g in GROUPS:
@@ -135,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             a = report["paired_attribute"][f"finetuned:{name}"][g]["count"]
             cells.append(f"{g}: count {_pts(c)}, count read {_pts(a)}")
         print(f"{name}: " + "; ".join(cells))
+    if share is not None:
+        cells = [f"{g}: count {_pts(summary['minus_control']['paired'][g]['count'])}" for g in GROUPS]
+        print(f"{args.name} minus {args.control_name}: " + "; ".join(cells))
     return 0
 
 
