@@ -31,7 +31,10 @@ def count_reads(run: Path, judge: Judge) -> dict[str, dict]:
     with Store.open(run) as store:
         groups: dict[str, list[tuple[Path, int]]] = defaultdict(list)
         for row in store.list_images(role="eval"):
-            spec = parse_prompt(row["prompt"])
+            try:
+                spec = parse_prompt(row["prompt"])
+            except ValueError:  # a free caption (an imported preference set): no world count to read
+                continue
             if spec.count is not None:
                 name = f"{row['model_id']}@{row['model_revision']}"
                 groups[name].append((store.image_path(row["sha256"]), spec.count))
