@@ -22,14 +22,14 @@ from PIL import Image
 
 from t2ialign.store import Store
 from t2ialign.world import vocab
-from t2ialign.world.judge import HEAD_VALUES, Judge
-from t2ialign.world.prompts import parse_prompt
+from t2ialign.world.judge import Judge
+from t2ialign.world.prompts import PromptSpec, parse_prompt
 
 
 def count_reads(run: Path, judge: Judge) -> dict[str, dict]:
     """{model: {asked count word: {"n", "mean_read", "exact"}}} over RUN's count-bearing eval images."""
     with Store.open(run) as store:
-        groups: dict[str, list[tuple[Path, int]]] = defaultdict(list)
+        groups: dict[str, list[tuple[Path, PromptSpec]]] = defaultdict(list)
         for row in store.list_images(role="eval"):
             try:
                 spec = parse_prompt(row["prompt"])
@@ -37,14 +37,14 @@ def count_reads(run: Path, judge: Judge) -> dict[str, dict]:
                 continue
             if spec.count is not None:
                 name = f"{row['model_id']}@{row['model_revision']}"
-                groups[name].append((store.image_path(row["sha256"]), spec.count))
+                groups[name].append((store.image_path(row["sha256"]), spec))
     out = {}
     for name, items in sorted(groups.items()):
         images = [np.asarray(Image.open(p).convert("RGB")) for p, _ in items]
-        read = judge.read(images)["count"].argmax(dim=1).tolist()
-        # the head's classes are the judge's count values (0 to 5, 6 = six or more)
-        counts = np.array([HEAD_VALUES["count"][j] for j in read], float)
-        asked = np.array([k for _, k in items])
+        # the judge's reading of the count: 0 to 5, 6 = six or more
+        verdicts = judge.judge(images, [spec for _, spec in items])
+        counts = np.array([v.reading["count"][0] for v in verdicts], float)
+        asked = np.array([spec.count for _, spec in items])
         out[name] = {
             vocab.COUNT_WORDS[k]: {
                 "n": int((asked == k).sum()),
