@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from t2ialign.core.fsutil import atomic_write
 from t2ialign.world.dataset import DEFAULT_CAPTION_RATES, DEFAULT_COUNT_ERROR_RATE, PretrainDataset
+from t2ialign.world.render import LAYOUTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, rate in DEFAULT_CAPTION_RATES.items():
         ap.add_argument(f"--{name}-rate", type=float, default=rate, help=f"how often a caption names {name}")
     ap.add_argument("--count-error-rate", type=float, default=DEFAULT_COUNT_ERROR_RATE)
+    ap.add_argument("--layout", choices=LAYOUTS, default="random", help="how the renders place their shapes")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error("--n must be >= 1")
     rates = {name: getattr(args, f"{name}_rate") for name in DEFAULT_CAPTION_RATES}
     try:
-        ds = PretrainDataset(args.n, args.seed, args.size, rates, args.count_error_rate)
+        ds = PretrainDataset(args.n, args.seed, args.size, rates, args.count_error_rate, layout=args.layout)
     except ValueError as e:
         ap.error(str(e))
     if (args.out / "captions.jsonl").exists():
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         Image.fromarray(image).save(args.out / name)
         rows.append({"file": name, "text": item["caption"]})
     meta = {"n": args.n, "seed": args.seed, "size": args.size, "caption_rates": rates}
-    meta["count_error_rate"] = args.count_error_rate
+    meta |= {"count_error_rate": args.count_error_rate, "layout": args.layout}
     (args.out / "dpre.json").write_text(json.dumps(meta, indent=1) + "\n")
     # written last and atomically: a folder whose captions.jsonl exists is complete
     atomic_write(args.out / "captions.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())

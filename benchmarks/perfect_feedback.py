@@ -134,19 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         ecfg = EvaluateConfig(
             images_per_prompt=args.eval_images, generate=GenerateConfig(role="eval", compile=args.compile)
         )
-        report = evaluate_models(store, models, ecfg, judge=judge)
+        # the feedback's own share: the same judged images, paired against the control as well
+        against = (f"finetuned:{args.control_name}",) if args.control and not args.control_only else ()
+        report = evaluate_models(store, models, ecfg, judge=judge, also_against=against)
         print(format_report(report))
-        share = None
-        if args.control and not args.control_only:
-            # the feedback's own share: the same images, paired against the control instead of the base
-            ref = args.run / "finetune" / args.control_name / "pipeline"
-            share = evaluate_models(
-                store,
-                parse_models(f"base={ref},finetuned:{args.name}", args.run),
-                ecfg,
-                judge=judge,
-                record=False,
-            )
+        share = report["paired_vs"][against[0]] if against else None
     summary = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "judge_verdicts_of_feedback": labels["judge_verdicts"],

@@ -29,3 +29,18 @@ def test_a_finished_folder_is_not_overwritten_and_bad_rates_are_refused(tmp_path
         dpre_folder.main([str(out), "--n", "2"])
     with pytest.raises(SystemExit):
         dpre_folder.main([str(tmp_path / "other"), "--count-rate", "1.5"])
+
+
+def test_a_dice_folder_holds_the_dice_renders_of_the_same_scenes(tmp_path):
+    out = tmp_path / "dice"
+    assert dpre_folder.main([str(out), "--n", "20", "--layout", "dice"]) == 0
+    folder = pretrain_pairs(str(out), 20, 64, 0)
+    dice = pretrain_pairs("world", 20, 64, 0, layout="dice")
+    plain = pretrain_pairs("world", 20, 64, 0)
+    for (_, image, caption), (key, dice_image, dice_caption), (plain_key, _, plain_caption) in zip(
+        folder, dice, plain, strict=True
+    ):
+        assert np.array_equal(image, dice_image) and caption == dice_caption == plain_caption
+        assert key != plain_key  # the cache keys of the two layouts' renders differ
+    assert sum(not np.array_equal(a[1], b[1]) for a, b in zip(dice, plain, strict=True)) >= 18
+    assert '"layout": "dice"' in (out / "dpre.json").read_text()

@@ -135,7 +135,12 @@ def test_evaluate_end_to_end_on_tiny_models(store, tiny_pipeline_path, tiny_clip
         "same": dict(tiny),
         "best": {"kind": "rejection", "path": str(tiny_pipeline_path)},
     }
-    report = evaluate_models(store, models, cfg, progress=False)
+    with pytest.raises(ValueError, match="not among the models"):
+        evaluate_models(store, models, cfg, progress=False, also_against=("control",))
+    report = evaluate_models(store, models, cfg, progress=False, also_against=("same",))
+    # against "same", whose images are base's, every model differs exactly as it does from base
+    assert report["paired_vs"]["same"]["paired"]["best"] == report["paired"]["best"]
+    assert set(report["paired_vs"]["same"]["paired"]) == {"base", "best"}
     for name in models:
         m = report["models"][name]
         assert m["n_images"] == 16 * 2 and m["images_per_prompt"] == 2

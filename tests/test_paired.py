@@ -166,3 +166,29 @@ def test_paired_report_does_not_depend_on_string_hashing():
         for hash_seed in ("1", "2", "3")
     }
     assert len(outs) == 1, outs
+
+
+def test_paired_report_against_another_reference_is_the_mirror():
+    """Paired against "tuned" instead of base, base's difference is tuned's from base with its sign
+    turned, interval included, on the same pairs."""
+    from t2ialign.config import EvaluateConfig
+    from t2ialign.evaluate.run import paired_report
+
+    rng = np.random.default_rng(0)
+    cell_of = {f"p{i}": ("seen", "count") for i in range(30)}
+    by_slot = {
+        m: {
+            p: {k: {"verdict": "good" if rng.random() < q else "bad", "attribute_hits": {}} for k in range(4)}
+            for p in cell_of
+        }
+        for m, q in (("base", 0.3), ("tuned", 0.6))
+    }
+    rewards = {m: {p: {k: 0.0 for k in range(4)} for p in cell_of} for m in by_slot}
+    cfg = EvaluateConfig(bootstrap_resamples=300)
+    forward = paired_report(by_slot, rewards, cell_of, cfg)["paired"]["tuned"]["seen"]["count"]
+    back = paired_report(by_slot, rewards, cell_of, cfg, reference="tuned")["paired"]
+    assert set(back) == {"base"}
+    mirror = back["base"]["seen"]["count"]
+    assert forward["delta"] > 0.1 and mirror["delta"] == pytest.approx(-forward["delta"])
+    assert mirror["ci95"] == pytest.approx([-forward["ci95"][1], -forward["ci95"][0]], abs=1e-3)
+    assert paired_report(by_slot, rewards, cell_of, cfg, reference="control")["paired"] == {}

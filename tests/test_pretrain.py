@@ -231,6 +231,41 @@ def test_tiny_pretrain_end_to_end_makes_stock_loadable_models(tmp_path, capsys):
     assert "steps differ" in capsys.readouterr().err
 
 
+def test_a_world_of_another_layout_renders_its_pool_so_and_its_fine_tunes_follow(tmp_path, capsys):
+    """``[pretrain.data] layout``: the pool is rendered by it, its pool and latents say so, and a model
+    fine-tuned from the world finds it again (``finetune.data.world_layout``) for its own D_pre."""
+    from t2ialign.core.seeds import stable_seed
+    from t2ialign.finetune.data import world_layout
+    from t2ialign.world.prompts import PromptSpec
+    from t2ialign.world.render import render
+
+    cfg = tmp_path / "dice.toml"
+    cfg.write_text(TINY.replace("[pretrain.data]", '[pretrain.data]\nlayout = "dice"'))
+    out = tmp_path / "dice"
+    assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
+    assert json.loads((out / "data" / "DONE").read_text())["layout"] == "dice"
+    assert json.loads((out / "latents" / "DONE").read_text())["config"]["layout"] == "dice"
+    scenes = json.loads((out / "data" / "scenes.json").read_text())
+    images = np.load(out / "data" / "images.npy")
+    for i in (0, 1):
+        seed = stable_seed("pool-image", 0, i)
+        assert np.array_equal(images[i], render(PromptSpec(*scenes[i]), seed=seed, layout="dice").image)
+    assert world_layout(str(out / "pipeline")) == "dice"
+    assert world_layout(None) == "random"  # the shipped world, made before layouts existed
+    # a pipeline fine-tuned from it carries no t2ialign.json, only its stamp naming its source
+    tuned = tmp_path / "tuned"
+    shutil.copytree(out / "pipeline", tuned, ignore=shutil.ignore_patterns("t2ialign.json"))
+    stamp = {"config": {"pretrained_model_name_or_path": str(out / "pipeline")}}
+    (tuned / "t2ialign_finetune.json").write_text(json.dumps(stamp))
+    assert world_layout(str(tuned)) == "dice"
+    (tuned / "t2ialign_finetune.json").write_text(json.dumps({"config": {}}))
+    assert world_layout(str(tuned)) == "random"
+    # the same pool folder is not silently reused for another layout
+    cfg.write_text(TINY)
+    with pytest.raises(RuntimeError, match="holds another pool"):
+        main(["pretrain", "--out", str(out), "--config", str(cfg)])
+
+
 def test_pool_captions_are_fixed_per_image_or_drawn_afresh(tmp_path):
     from t2ialign.config import PretrainDataConfig
     from t2ialign.pretrain.train import Pool
@@ -254,6 +289,8 @@ def test_caption_rates_are_validated():
         PretrainDataConfig(caption_rates={"count": 0.1})
     with pytest.raises(ConfigError, match="count error rate"):
         PretrainDataConfig(count_error_rate=2.0)
+    with pytest.raises(ConfigError, match="known layouts are random, grid, dice"):
+        PretrainDataConfig(layout="hexagonal")
 
 
 def test_an_unfinished_pretraining_is_carried_to_the_next_sitting(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 from t2ialign.world import vocab
 from t2ialign.world.dataset import PretrainDataset, caption_for, web_caption
 from t2ialign.world.prompts import PromptSpec, parse_prompt
-from t2ialign.world.render import Scene, background_texture, render, render_scene
+from t2ialign.world.render import _GAP, Scene, background_texture, place_shapes, render, render_scene
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels():
@@ -39,6 +39,49 @@ def test_shapes_do_not_overlap_and_stay_inside(count):
             assert p.r <= p.x <= 64 - p.r and p.r <= p.y <= 64 - p.r
             for q in r.placements[i + 1 :]:
                 assert math.hypot(p.x - q.x, p.y - q.y) > p.r + q.r
+
+
+@pytest.mark.parametrize("layout", ["grid", "dice"])
+def test_the_other_layouts_keep_the_count_the_gap_and_the_frame(layout):
+    size = 64
+    for count in range(1, 6):
+        for seed in range(100):
+            shapes = place_shapes(count, np.random.default_rng(seed), size, layout)
+            assert len(shapes) == count
+            for i, p in enumerate(shapes):
+                assert p.r > 0.05 * size
+                assert p.r + 1 - 1e-6 <= p.x <= size - p.r - 1 + 1e-6
+                assert p.r + 1 - 1e-6 <= p.y <= size - p.r - 1 + 1e-6
+                for q in shapes[i + 1 :]:
+                    assert math.hypot(p.x - q.x, p.y - q.y) >= p.r + q.r + _GAP * size - 1e-6
+        # drawn: as many separate blobs as asked
+        image = render(PromptSpec("circle", count, "black", "snow"), seed=count, layout=layout).image
+        assert _components(image.mean(axis=2) < 80) == count
+
+
+def test_the_die_faces_differ_by_pattern():
+    """Asked five, the die face has a shape in its middle and four around it; asked four, the middle is
+    empty: the count is in the pattern, not only in the number of shapes."""
+
+    def nearest_to_middle(shapes):
+        mx, my = np.mean([s.x for s in shapes]), np.mean([s.y for s in shapes])
+        return min(math.hypot(s.x - mx, s.y - my) for s in shapes)
+
+    for seed in range(50):
+        assert nearest_to_middle(place_shapes(5, np.random.default_rng(seed), 64, "dice")) < 6
+        assert nearest_to_middle(place_shapes(4, np.random.default_rng(seed), 64, "dice")) > 12
+
+
+def test_the_layout_is_part_of_the_seed_and_checked():
+    spec = PromptSpec("circle", 3, "red", "beach")
+    a = render(spec, seed=1, layout="dice")
+    assert np.array_equal(a.image, render(spec, seed=1, layout="dice").image)
+    assert not np.array_equal(a.image, render(spec, seed=1).image)
+    assert render(spec, seed=1).placements == render(spec, seed=1, layout="random").placements
+    with pytest.raises(ValueError, match="unknown layout"):
+        render(spec, seed=1, layout="hexagonal")
+    with pytest.raises(ValueError, match="1 to 5"):
+        place_shapes(6, np.random.default_rng(0), 64, "dice")
 
 
 def _components(mask: np.ndarray) -> int:

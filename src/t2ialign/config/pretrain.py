@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from t2ialign.core.config import ConfigError
 from t2ialign.world.dataset import DEFAULT_CAPTION_RATES, DEFAULT_COUNT_ERROR_RATE, check_caption_rates
+from t2ialign.world.render import LAYOUTS
 
 
 @dataclass
@@ -24,10 +25,16 @@ class PretrainDataConfig:
     # bounded by the pool, and more steps cannot make up for it. False draws a fresh caption every time
     # an image is used (world v4).
     fixed_captions: bool = True
+    # How the renders place their shapes (world.render.LAYOUTS): "random" anywhere (worlds v1-v6), "grid"
+    # in the cells of a 3x3 grid, "dice" as the die face of the count (docs/world.md, "Which world draws
+    # counts precisely").
+    layout: str = "random"
 
     def __post_init__(self):
         if self.n_images < 1 or self.size < 32 or self.size % 4:
             raise ConfigError("pretrain.data needs n_images >= 1 and a size >= 32 divisible by 4")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"pretrain.data.layout {self.layout!r}: known layouts are {', '.join(LAYOUTS)}")
         try:
             check_caption_rates(self.caption_rates, self.count_error_rate)
         except ValueError as e:

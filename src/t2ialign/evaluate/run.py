@@ -210,28 +210,30 @@ def paired_report(
     rewards: dict[str, dict[str, dict[int, float]]],
     cell_of: dict[str, tuple[str, str]],
     cfg: EvaluateConfig,
+    reference: str = PAIRED_REFERENCE,
 ) -> dict:
-    """``{"paired", "paired_attribute", "paired_reward"}``: each model's difference from base, paired by
-    prompt and slot, with 95% bootstrap intervals over prompts (``evaluate.paired.paired_bootstrap``).
+    """``{"paired", "paired_attribute", "paired_reward"}``: each model's difference from ``reference``
+    (base unless told), paired by prompt and slot, with 95% bootstrap intervals over prompts
+    (``evaluate.paired.paired_bootstrap``).
 
     ``by_slot[model][prompt][slot]`` is the judged image (``judge_stored``'s dict), ``rewards`` the same
     for r_phi. paired: {model: {group: {category: stat}}} of alignment (judge says good); paired_attribute:
     {model: {group: {attribute: stat}}} of the judge's reading of each attribute, over the prompts that
     name it; paired_reward: {model: {group: stat}} of the reward. Groups and categories include "all".
-    Empty when no model is named base."""
+    Empty when no model is named ``reference``."""
     out: dict[str, dict] = {"paired": {}, "paired_attribute": {}, "paired_reward": {}}
-    if PAIRED_REFERENCE not in by_slot:
+    if reference not in by_slot:
         return out
     n, seed = cfg.bootstrap_resamples, cfg.bootstrap_seed
 
     def values(model: str, f) -> dict[str, dict[int, float]]:
         return {p: {k: f(j) for k, j in slots.items()} for p, slots in by_slot[model].items()}
 
-    base = by_slot[PAIRED_REFERENCE]
+    base = by_slot[reference]
     for name in by_slot:
-        if name == PAIRED_REFERENCE:
+        if name == reference:
             continue
-        pairs = pair_by_slot(values(PAIRED_REFERENCE, _aligned), values(name, _aligned))
+        pairs = pair_by_slot(values(reference, _aligned), values(name, _aligned))
         out["paired"][name] = {
             g: {c: _rounded(s) for c, s in cells.items()}
             for g, cells in paired_cells(pairs, cell_of, list(GROUPS), CATEGORIES, n, seed).items()
@@ -242,13 +244,13 @@ def paired_report(
             named = [p for p, slots in base.items() if any(a in j["attribute_hits"] for j in slots.values())]
             hits = [
                 {p: {k: float(j["attribute_hits"][a]) for k, j in by_slot[m][p].items()} for p in named}
-                for m in (PAIRED_REFERENCE, name)
+                for m in (reference, name)
             ]
             for g, cells in paired_cells(pair_by_slot(*hits), cell_of, list(GROUPS), (), n, seed).items():
                 per_attr.setdefault(g, {})[a] = _rounded(cells["all"])
         out["paired_attribute"][name] = per_attr
         cells = paired_cells(
-            pair_by_slot(rewards[PAIRED_REFERENCE], rewards[name]), cell_of, list(GROUPS), (), n, seed
+            pair_by_slot(rewards[reference], rewards[name]), cell_of, list(GROUPS), (), n, seed
         )
         out["paired_reward"][name] = {g: _rounded(c["all"]) for g, c in cells.items()}
     return out
@@ -319,6 +321,7 @@ def evaluate_models(
     progress: bool = True,
     judge=None,
     record: bool = True,
+    also_against: tuple[str, ...] = (),
 ) -> dict:
     """Generate, judge and score every model on the evaluation prompts; returns the report, also written
     to metrics.json (``evaluate``) and RUN/evaluate/images.json (the images of each model and prompt)
@@ -329,11 +332,16 @@ def evaluate_models(
     for rejection sampling, kept images) with a 95% bootstrap interval over prompts, group and category
     including "all"; ``paired_attribute`` {model: {group: {attribute: ...}}} the same for the judge's
     reading of count, color, shape and background over the prompts that name it; ``paired_reward``
-    {model: {group: ...}} for r_phi's reward."""
+    {model: {group: ...}} for r_phi's reward.
+
+    ``also_against``: other models to pair every model against too, on the same judged images (a fine-tune
+    against its control): ``paired_vs`` {reference: {"paired", ...}}, for base and each of them."""
     from t2ialign.models.embed import Embeddings
     from t2ialign.reward.model import RewardModel
     from t2ialign.world.judge import Judge
 
+    if unknown := [r for r in also_against if r not in models]:
+        raise ValueError(f"also_against names {unknown}, which are not among the models {list(models)}")
     groups = evaluation_prompts(store, cfg.n_seen, cfg.n_unseen, cfg.seed)
     check_disjoint(store, groups)
     group_of = {p: g for g, ps in groups.items() for p in ps}
@@ -378,7 +386,9 @@ def evaluate_models(
         fig3_sets[name] = sets
     if dist.is_main():
         report["paired_reference"] = PAIRED_REFERENCE if PAIRED_REFERENCE in models else None
-        report |= paired_report(by_slot, reward_by_slot, cell_of, cfg)
+        refs = (PAIRED_REFERENCE, *also_against)
+        paired = {r: paired_report(by_slot, reward_by_slot, cell_of, cfg, reference=r) for r in refs}
+        report |= paired[PAIRED_REFERENCE] | ({"paired_vs": paired} if also_against else {})
         if record:
             # "images": every judged image in slot order; "sets": the sets of `keep` that Fig. 3 shows
             listing = {"prompts": groups, "images": grids, "sets": fig3_sets, "keep": cfg.keep}

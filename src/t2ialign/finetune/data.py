@@ -217,19 +217,23 @@ def build_model_set(store: Store, pipe, items: list[dict], progress: bool = Fals
     return _cached_set(store.run_dir / "finetune" / "cache", "d_model", identity, build)
 
 
-def pretrain_pairs(source: str, n: int, size: int, seed: int) -> list[tuple[str, np.ndarray, str]]:
-    """D_pre as (key, image, caption): the world's renders, or a local image-caption folder / Parquet file."""
+def pretrain_pairs(
+    source: str, n: int, size: int, seed: int, layout: str = "random"
+) -> list[tuple[str, np.ndarray, str]]:
+    """D_pre as (key, image, caption): the world's renders (placed by ``layout``), or a local image-caption
+    folder / Parquet file."""
     if source == "world":
         from t2ialign.world.dataset import PretrainDataset
 
-        ds = PretrainDataset(n, seed=seed, size=size)
+        ds = PretrainDataset(n, seed=seed, size=size, layout=layout)
         out = []
         for i in range(n):
             item = ds[i]
             image = (
                 ((item["pixel_values"].permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).byte().numpy()
             )
-            out.append((f"world:{seed}:{size}:{i}", image, item["caption"]))
+            key = f"world:{seed}:{size}:{i}" if layout == "random" else f"world:{layout}:{seed}:{size}:{i}"
+            out.append((key, image, item["caption"]))
         return out
     path = Path(source)
     if not path.exists():
@@ -272,7 +276,8 @@ def _square(im: Image.Image, size: int) -> np.ndarray:
 
 
 def build_pretrain_set(store: Store, pipe, cfg: FinetuneConfig, progress: bool = False) -> LatentSet:
-    """Encode D_pre once (cached by VAE, text encoder and source)."""
+    """Encode D_pre once (cached by VAE, text encoder and source). The world's renders are placed as the
+    base model's own pre-training placed them (its ``t2ialign.json``)."""
     size = pipeline_resolution(pipe)
     identity = {
         "vae": module_fingerprint(pipe.vae),
@@ -283,9 +288,12 @@ def build_pretrain_set(store: Store, pipe, cfg: FinetuneConfig, progress: bool =
         "size": size,
         "seed": cfg.seed,
     }
+    layout = world_layout(cfg.pretrained_model_name_or_path) if cfg.pretrain_data == "world" else "random"
+    if layout != "random":  # absent: random, so the caches made before layouts existed stay valid
+        identity["layout"] = layout
 
     def build() -> LatentSet:
-        pairs = pretrain_pairs(cfg.pretrain_data, cfg.pretrain_images, size, cfg.seed)
+        pairs = pretrain_pairs(cfg.pretrain_data, cfg.pretrain_images, size, cfg.seed, layout)
         mean, std = encode_images(pipe.vae, [p[1] for p in pairs], desc="encode D_pre", progress=progress)
         texts = sorted({p[2] for p in pairs})
         row = {t: i for i, t in enumerate(texts)}
@@ -300,6 +308,26 @@ def build_pretrain_set(store: Store, pipe, cfg: FinetuneConfig, progress: bool =
         )
 
     return _cached_set(store.run_dir / "finetune" / "cache", "d_pre", identity, build)
+
+
+def world_layout(model: str | None, _depth: int = 0) -> str:
+    """How the world pipeline ``model`` was pre-trained to place its shapes: ``pretrain_config.data.layout``
+    in its ``t2ialign.json``. A pipeline fine-tuned here (``t2ialign_finetune.json``, ``_dpo``, ``_rl``)
+    places them as the model it was tuned from. "random" when neither says (worlds v1-v6, a model from
+    elsewhere)."""
+    from t2ialign.models.load import resolve_sd_path
+
+    folder = resolve_sd_path(model)[0]
+    meta = folder / "t2ialign.json"
+    if meta.is_file():
+        return json.loads(meta.read_text()).get("pretrain_config", {}).get("data", {}).get("layout", "random")
+    for stage in ("finetune", "dpo", "rl"):
+        stamp = folder / f"t2ialign_{stage}.json"
+        source = json.loads(stamp.read_text()).get("config", {}) if stamp.is_file() else {}
+        source = source.get("pretrained_model_name_or_path")
+        if source is not None and Path(source).is_dir() and _depth < 20:
+            return world_layout(source, _depth + 1)
+    return "random"
 
 
 def _stamp(source: str) -> list | None:

@@ -100,6 +100,8 @@ class Pool:
 def build_pool(cfg: PretrainConfig, root: Path, progress: bool) -> None:
     """Render the pool once (uniform scenes over every shape, unseen objects included)."""
     want = {"n_images": cfg.data.n_images, "size": cfg.data.size, "seed": cfg.data.seed}
+    if cfg.data.layout != "random":  # absent: random, as in every pool made before layouts existed
+        want["layout"] = cfg.data.layout
     if _done(root):
         have = json.loads((root / "DONE").read_text())
         if have != want:
@@ -117,7 +119,8 @@ def build_pool(cfg: PretrainConfig, root: Path, progress: bool) -> None:
             color=vocab.values("color")[rng.integers(len(vocab.COLORS))],
             background=vocab.values("background")[rng.integers(len(vocab.BACKGROUNDS))],
         )
-        images[i] = render(scene, seed=stable_seed("pool-image", cfg.data.seed, i), size=s).image
+        seed = stable_seed("pool-image", cfg.data.seed, i)
+        images[i] = render(scene, seed=seed, size=s, layout=cfg.data.layout).image
         scenes.append([scene.shape, scene.count, scene.color, scene.background])
     images.flush()
     del images
@@ -483,7 +486,9 @@ def adopt_text_clip(source: Path | None, final: Path, text_hidden: int) -> dict:
 
 
 def _vae_identity(full: dict) -> dict:
-    """What the VAE stage depends on: its own settings, the pool's images (not their captions) and the seed."""
+    """What the VAE stage depends on: its own settings, the pool's images (not their captions) and the seed.
+    Not the layout either: the VAE learns from 32x32 crops (``vae.crop``, a quarter of the image), not from how
+    the shapes are arranged across the image, so a VAE of one layout serves another (``--vae-from``)."""
     return full["vae"] | {
         "data": {k: full["data"][k] for k in ("n_images", "size", "seed")},
         "seed": full["seed"],
@@ -497,6 +502,9 @@ class _Run:
         self.cfg, self.out, self.progress = cfg, out, progress
         self.full = to_dict(cfg)
         full = self.full
+        if full["data"]["layout"] == "random":
+            # worlds v1-v6 were made before layouts existed: their configs, without the key, stay theirs
+            del full["data"]["layout"]
         # what each stage depends on: a finished stage is reused only under the same settings
         self.ids = {
             # zero_shot_n only sizes the report, not the model
@@ -505,6 +513,8 @@ class _Run:
             # the VAE sees images only: captions are not part of what it depends on
             "vae": _vae_identity(full),
         }
+        # the latents are the pool's images through the VAE: they depend on the layout too
+        self.ids["latents"] = self.ids["vae"] | {k: v for k, v in full["data"].items() if k == "layout"}
         self.ids["unet"] = full["unet"] | {"clip": self.ids["clip"], "vae": self.ids["vae"]}
 
     def write_config(self) -> None:
@@ -655,13 +665,13 @@ def _vae_stage(run: _Run, pool: Pool, vae_from: str | Path | None):
             return F.l1_loss(recon, x) + v.kl_weight * posterior.kl().mean()
 
         run.train("vae", vae, vae_loss, v, run.ids["vae"])
-        scaling = encode_pool(vae, pool, out / "latents", run.ids["vae"], run.progress)
+        scaling = encode_pool(vae, pool, out / "latents", run.ids["latents"], run.progress)
         vae.register_to_config(scaling_factor=scaling)
         tmp = out / "vae.tmp"
         vae.save_pretrained(tmp)
         _mark_done(tmp, {"config": run.ids["vae"], "scaling_factor": scaling})
         publish_dir(tmp, out / "vae")
-    encode_pool(vae, pool, out / "latents", run.ids["vae"], run.progress)
+    encode_pool(vae, pool, out / "latents", run.ids["latents"], run.progress)
     return vae
 
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from t2ialign.core.seeds import stable_seed
 from t2ialign.world import vocab
 from t2ialign.world.prompts import PromptSpec
-from t2ialign.world.render import DEFAULT_SIZE, render
+from t2ialign.world.render import DEFAULT_SIZE, check_layout, render
 
 # Which attributes a caption names, besides the object, and how often. The four Table 1 templates,
 # the plain name, and the other partial combinations.
@@ -93,9 +93,12 @@ class PretrainDataset(Dataset):
         caption_rates: dict[str, float] | None = None,
         count_error_rate: float = DEFAULT_COUNT_ERROR_RATE,
         shapes=None,
+        layout: str = "random",
     ):
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
+        check_layout(layout)
+        self.layout = layout
         self.caption_rates = dict(DEFAULT_CAPTION_RATES if caption_rates is None else caption_rates)
         check_caption_rates(self.caption_rates, count_error_rate)
         self.count_error_rate = count_error_rate
@@ -122,7 +125,8 @@ class PretrainDataset(Dataset):
         if not 0 <= i < self.length:
             raise IndexError(i)
         scene, caption = self.scene(i)
-        image = render(scene, seed=stable_seed("d_pre_image", self.seed, i), size=self.size).image
+        seed = stable_seed("d_pre_image", self.seed, i)
+        image = render(scene, seed=seed, size=self.size, layout=self.layout).image
         pixels = torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
         return {
             "pixel_values": pixels,

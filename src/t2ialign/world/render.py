@@ -1,7 +1,9 @@
 """The procedural renderer: the shapes world's pre-training distribution D_pre.
 
 ``render(caption, seed)`` draws N shapes of one color at non-overlapping random positions and sizes on the
-background's texture. Attributes that the caption leaves open ("Two circles" says nothing of color) are
+background's texture. ``layout`` chooses how the shapes are placed: "random" (anywhere, the world up to
+v6), "grid" (k of the 9 cells of a 3x3 grid) or "dice" (the die face of the count, turned, scaled and
+shifted at random; docs/world.md, "Which world draws counts precisely"). Attributes that the caption leaves open ("Two circles" says nothing of color) are
 drawn at random from the seed, and returned, so every image has a full ground truth.
 
 ``render_scene(scene, seed)`` draws a full :class:`Scene`, whose count may also be 0 (background only) or
@@ -39,6 +41,15 @@ _RADIUS = {
     7: (0.075, 0.10),
 }
 _GAP = 0.045  # minimum free space between two shapes' circumscribed circles, fraction of the side
+LAYOUTS = ("random", "grid", "dice")
+# the die faces, in units of the face's half-spread: 2 and 3 on a diagonal, 4 the corners, 5 with the middle
+_DICE = {
+    1: ((0.0, 0.0),),
+    2: ((-1.0, -1.0), (1.0, 1.0)),
+    3: ((-1.0, -1.0), (0.0, 0.0), (1.0, 1.0)),
+    4: ((-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0), (1.0, 1.0)),
+    5: ((-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0), (1.0, 1.0), (0.0, 0.0)),
+}
 
 
 @dataclass(frozen=True)
@@ -99,14 +110,15 @@ def complete_spec(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
     )
 
 
-def render(prompt: str | PromptSpec, seed: int, size: int = DEFAULT_SIZE) -> Rendered:
-    """Render one image for a caption (or spec). Same (prompt, seed, size) -> same pixels."""
+def render(prompt: str | PromptSpec, seed: int, size: int = DEFAULT_SIZE, layout: str = "random") -> Rendered:
+    """Render one image for a caption (or spec). Same (prompt, seed, size, layout) -> same pixels."""
     spec = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size must be an integer >= 16 pixels, got {size!r}")
+    check_layout(layout)
     rng = np.random.default_rng(stable_seed("render", seed, spec.text(), size))
     full = complete_spec(spec, rng)
-    image, placements = _draw(full.shape, full.count, full.color, full.background, rng, size)
+    image, placements = _draw(full.shape, full.count, full.color, full.background, rng, size, layout)
     return Rendered(image, full, placements)
 
 
@@ -125,12 +137,23 @@ def render_scene(scene: Scene, seed: int, size: int = DEFAULT_SIZE) -> RenderedS
     return RenderedScene(image, scene, placements)
 
 
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+
+
 def _draw(
-    shape: str, count: int, color: str, background: str, rng: np.random.Generator, size: int
+    shape: str,
+    count: int,
+    color: str,
+    background: str,
+    rng: np.random.Generator,
+    size: int,
+    layout: str = "random",
 ) -> tuple[np.ndarray, tuple[Placement, ...]]:
     """The pixels of a full scene: texture, placements, shapes, color jitter, shading (in this rng order)."""
     image = background_texture(background, rng, size)
-    placements = place_shapes(count, rng, size)
+    placements = place_shapes(count, rng, size, layout)
     alpha = np.zeros((size, size), np.float32)
     for p in placements:
         _stamp_shape(alpha, shape, p)
@@ -146,14 +169,24 @@ def _draw(
 # --- shapes ----------------------------------------------------------------------------------------------
 
 
-def place_shapes(count: int, rng: np.random.Generator, size: int) -> list[Placement]:
-    """Random non-overlapping placements (rejection sampling; shrinks the shapes if space runs out).
+def place_shapes(count: int, rng: np.random.Generator, size: int, layout: str = "random") -> list[Placement]:
+    """Non-overlapping placements of ``count`` shapes, by ``layout`` (``LAYOUTS``).
 
-    count: 0 to 7 (``vocab.SCENE_COUNTS``); 0 gives no placements and draws nothing from rng.
+    count: 0 to 7 (``vocab.SCENE_COUNTS``; "dice" 0 to 5); 0 gives no placements and draws nothing from rng.
     """
     vocab.check_scene_count(count)
+    check_layout(layout)
     if count == 0:
         return []
+    if layout == "grid":
+        return _grid_shapes(count, rng, size)
+    if layout == "dice":
+        return _dice_shapes(count, rng, size)
+    return _random_shapes(count, rng, size)
+
+
+def _random_shapes(count: int, rng: np.random.Generator, size: int) -> list[Placement]:
+    """Anywhere in the image (rejection sampling; shrinks the shapes if space runs out)."""
     lo, hi = _RADIUS[count]
     gap = _GAP * size
     scale = 1.0
@@ -172,6 +205,58 @@ def place_shapes(count: int, rng: np.random.Generator, size: int) -> list[Placem
             return placed
         scale *= 0.95
     raise RuntimeError(f"could not place {count} shapes on a {size}x{size} image")  # pragma: no cover
+
+
+def _grid_shapes(count: int, rng: np.random.Generator, size: int) -> list[Placement]:
+    """k of the 9 cells of a 3x3 grid, one shape in each at a random spot inside it; the radius is the
+    count's, capped so that two shapes in neighbouring cells keep the world's gap."""
+    if count > 9:
+        raise ValueError(f"the grid layout holds at most 9 shapes, got {count}")
+    cell, gap = size / 3, _GAP * size
+    lo, hi = _RADIUS[count]
+    r = min(float(rng.uniform(lo, hi)) * size, cell / 2 - gap / 2 - 0.5)
+    room = max(cell / 2 - r - gap / 2, 0.0)
+    cells = rng.choice(9, size=count, replace=False)
+    return [
+        Placement(
+            float((k % 3 + 0.5) * cell + rng.uniform(-room, room)),
+            float((k // 3 + 0.5) * cell + rng.uniform(-room, room)),
+            r,
+        )
+        for k in cells
+    ]
+
+
+def _dice_shapes(count: int, rng: np.random.Generator, size: int) -> list[Placement]:
+    """The die face of the count: turned by a random angle, its spread and middle drawn at random, each
+    shape jittered a little; the centers are kept inside the image, and the radius (the count's) shrinks
+    until every two shapes keep the world's gap."""
+    if count not in _DICE:
+        raise ValueError(f"the dice layout draws 1 to 5 shapes, got {count}")
+    lo, hi = _RADIUS[count]
+    r = float(rng.uniform(lo, hi)) * size
+    angle, spread = rng.uniform(0, 2 * math.pi), rng.uniform(0.22, 0.3) * size
+    mx, my = size / 2 + rng.uniform(-0.06, 0.06, 2) * size
+    c, s = math.cos(angle), math.sin(angle)
+    centers = []
+    for u, v in _DICE[count]:
+        ju, jv = rng.uniform(-0.1, 0.1, 2)
+        x, y = (u + ju) * spread, (v + jv) * spread
+        centers.append((mx + c * x - s * y, my + s * x + c * y))
+    gap = _GAP * size
+    for _ in range(100):
+        placed = [
+            Placement(float(np.clip(x, r + 1, size - r - 1)), float(np.clip(y, r + 1, size - r - 1)), r)
+            for x, y in centers
+        ]
+        if all(
+            math.hypot(a.x - b.x, a.y - b.y) >= 2 * r + gap
+            for i, a in enumerate(placed)
+            for b in placed[i + 1 :]
+        ):
+            return placed
+        r *= 0.95
+    raise RuntimeError(f"could not place a die face of {count} on a {size}x{size} image")  # pragma: no cover
 
 
 def _polygon(shape: str, r: float) -> list[tuple[float, float]] | None:
