@@ -48,6 +48,9 @@ from t2ialign.world.judge import Judge
 from t2ialign.world.prompts import PromptSpec
 from t2ialign.world.render import LAYOUTS, grid, render
 
+# what a probe's checkpoint depends on (as first run: the evaluation's size included)
+TRAINING_ARGS = ("name", "layout", "attn16", "steps", "lr", "batch_size", "pool", "prompts", "per_prompt")
+
 
 def pool(args, vae) -> tuple[torch.Tensor, list[PromptSpec]]:
     """``args.pool`` renders of uniform scenes under the layout, and their VAE latents (cached)."""
@@ -127,6 +130,31 @@ def compare(a: str, b: str) -> dict:
     return out
 
 
+def judge_renders(n: int = 500) -> dict:
+    """The judge on ``n`` renders of random scenes under each layout: the share whose count it reads
+    right, and the share it calls aligned (every attribute right)."""
+    judge, out = Judge.load(None), {}
+    for layout in LAYOUTS:
+        rng = np.random.default_rng(1)
+        specs = [
+            PromptSpec(
+                shape=vocab.values("shape")[rng.integers(len(vocab.SHAPES))],
+                count=int(rng.integers(vocab.MIN_COUNT, vocab.MAX_COUNT + 1)),
+                color=vocab.values("color")[rng.integers(len(vocab.COLORS))],
+                background=vocab.values("background")[rng.integers(len(vocab.BACKGROUNDS))],
+            )
+            for _ in range(n)
+        ]
+        verdicts = judge.judge([render(s, seed=i, layout=layout).image for i, s in enumerate(specs)], specs)
+        out[layout] = {
+            "count_read_right": float(
+                np.mean([v.reading["count"][0] == s.count for v, s in zip(verdicts, specs, strict=True)])
+            ),
+            "aligned": float(np.mean([v.label == "good" for v in verdicts])),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", help="the probe's name (its files in work/probes/)")
@@ -141,7 +169,11 @@ def main() -> None:
     ap.add_argument("--per-prompt", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="pair two finished probes' evaluations")
+    ap.add_argument("--judge-renders", action="store_true", help="the judge on 500 renders of each layout")
     args = ap.parse_args()
+    if args.judge_renders:
+        print(json.dumps(judge_renders(), indent=1))
+        return
     if args.compare:
         result = compare(*args.compare)
         (OUT / f"scratch_compare_{args.compare[1]}_vs_{args.compare[0]}.json").write_text(
@@ -201,11 +233,7 @@ def main() -> None:
         warmup=200,
         weight_decay=0.0,
         root=OUT / f"scratch_{args.name}",
-        config={
-            "scratch_probe": {
-                k: v for k, v in vars(args).items() if k not in ("threads", "eval_every", "compare")
-            }
-        },
+        config={"scratch_probe": {k: getattr(args, k) for k in TRAINING_ARGS}},
         checkpointing_steps=500,
         keep=1,
         ema_decay=0.999,

@@ -359,3 +359,13 @@ def test_the_pipeline_text_encoder_can_come_from_another_clip(tmp_path, capsys):
     assert main([*fresh, "--until", "vae"]) == 0
     assert main([*fresh, "--text-encoder-from", str(tmp_path)]) == 2
     assert "not a CLIP made by" in capsys.readouterr().err
+
+
+def test_the_proposed_world_v7_config_loads():
+    from pathlib import Path
+
+    from t2ialign.config import load_config
+
+    path = Path(__file__).parents[1] / "configs" / "world" / "v7_dice.toml"
+    data = load_config(path).pretrain.data
+    assert data.layout == "dice" and data.caption_rates["count"] == 0.02 and data.fixed_captions
