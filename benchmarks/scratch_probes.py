@@ -52,6 +52,16 @@ from t2ialign.world.render import LAYOUTS, grid, render
 TRAINING_ARGS = ("name", "layout", "attn16", "steps", "lr", "batch_size", "pool", "prompts", "per_prompt")
 
 
+def random_scene(rng: np.random.Generator) -> PromptSpec:
+    """A full scene, every attribute drawn uniformly (in the order the probes' pools were drawn)."""
+    return PromptSpec(
+        shape=vocab.values("shape")[rng.integers(len(vocab.SHAPES))],
+        count=int(rng.integers(vocab.MIN_COUNT, vocab.MAX_COUNT + 1)),
+        color=vocab.values("color")[rng.integers(len(vocab.COLORS))],
+        background=vocab.values("background")[rng.integers(len(vocab.BACKGROUNDS))],
+    )
+
+
 def pool(args, vae) -> tuple[torch.Tensor, list[PromptSpec]]:
     """``args.pool`` renders of uniform scenes under the layout, and their VAE latents (cached)."""
     path = OUT / f"scratch_pool_{args.layout}_{args.pool}.npz"
@@ -64,12 +74,7 @@ def pool(args, vae) -> tuple[torch.Tensor, list[PromptSpec]]:
         images = []
         for i in range(start, min(start + 256, args.pool)):
             rng = np.random.default_rng(stable_seed("scratch-pool", args.layout, i))
-            spec = PromptSpec(
-                shape=vocab.values("shape")[rng.integers(len(vocab.SHAPES))],
-                count=int(rng.integers(vocab.MIN_COUNT, vocab.MAX_COUNT + 1)),
-                color=vocab.values("color")[rng.integers(len(vocab.COLORS))],
-                background=vocab.values("background")[rng.integers(len(vocab.BACKGROUNDS))],
-            )
+            spec = random_scene(rng)
             specs.append(spec)
             images.append(render(spec, seed=int(rng.integers(2**62)), layout=args.layout).image)
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -136,15 +141,7 @@ def judge_renders(n: int = 500) -> dict:
     judge, out = Judge.load(None), {}
     for layout in LAYOUTS:
         rng = np.random.default_rng(1)
-        specs = [
-            PromptSpec(
-                shape=vocab.values("shape")[rng.integers(len(vocab.SHAPES))],
-                count=int(rng.integers(vocab.MIN_COUNT, vocab.MAX_COUNT + 1)),
-                color=vocab.values("color")[rng.integers(len(vocab.COLORS))],
-                background=vocab.values("background")[rng.integers(len(vocab.BACKGROUNDS))],
-            )
-            for _ in range(n)
-        ]
+        specs = [random_scene(rng) for _ in range(n)]
         verdicts = judge.judge([render(s, seed=i, layout=layout).image for i, s in enumerate(specs)], specs)
         out[layout] = {
             "count_read_right": float(
