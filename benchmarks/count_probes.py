@@ -73,13 +73,9 @@ def eval_prompts(n: int = 300, seed: int = 0) -> list:
     return (counts + combos)[:n]
 
 
-def add_full_res_attention(unet):
-    """A copy of ``unet`` with (self + cross) attention at its first level too, one head there, whose output
-    projections start at zero: the residual makes the new blocks the identity, so the copy computes what
-    ``unet`` does until training moves them."""
-    from diffusers import UNet2DConditionModel
-
-    cfg = dict(unet.config)
+def full_res_attention_config(config) -> dict:
+    """A UNet config (without diffusers' private keys) with attention at its first level too, one head."""
+    cfg = {k: v for k, v in dict(config).items() if not k.startswith("_")}
     down = list(cfg["down_block_types"])
     up = list(cfg["up_block_types"])
     down[0], up[-1] = "CrossAttnDownBlock2D", "CrossAttnUpBlock2D"
@@ -87,8 +83,16 @@ def add_full_res_attention(unet):
     heads = [heads] * len(down) if isinstance(heads, int) else list(heads)
     heads[0] = 1  # one head at 16x16: 1.6x the cost of the base layout instead of 2.6x with eight
     cfg.update(down_block_types=tuple(down), up_block_types=tuple(up), attention_head_dim=tuple(heads))
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    new = UNet2DConditionModel(**cfg)
+    return cfg
+
+
+def add_full_res_attention(unet):
+    """A copy of ``unet`` with (self + cross) attention at its first level too, one head there, whose output
+    projections start at zero: the residual makes the new blocks the identity, so the copy computes what
+    ``unet`` does until training moves them."""
+    from diffusers import UNet2DConditionModel
+
+    new = UNet2DConditionModel(**full_res_attention_config(unet.config))
     missing, unexpected = new.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or any(".attentions." not in k for k in missing):
         raise RuntimeError(f"layouts differ beyond the new attention: {unexpected[:3]} {missing[:3]}")

@@ -37,7 +37,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmarks.count_probes import COUNT_TEMPLATES, OUT, count_hits, eval_prompts, sample_eval
+from benchmarks.count_probes import (
+    COUNT_TEMPLATES,
+    OUT,
+    count_hits,
+    eval_prompts,
+    full_res_attention_config,
+    sample_eval,
+)
 from t2ialign.core.seeds import stable_seed
 from t2ialign.evaluate.paired import paired_bootstrap
 from t2ialign.models.load import load_pipeline
@@ -90,13 +97,10 @@ def pool(args, vae) -> tuple[torch.Tensor, list[PromptSpec]]:
 def fresh_unet(shipped, attn16: bool):
     from diffusers import UNet2DConditionModel
 
-    cfg = {k: v for k, v in dict(shipped.config).items() if not k.startswith("_")}
     if attn16:
-        down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
-        down[0], up[-1] = "CrossAttnDownBlock2D", "CrossAttnUpBlock2D"
-        heads = [cfg["attention_head_dim"]] * len(down)
-        heads[0] = 1
-        cfg.update(down_block_types=tuple(down), up_block_types=tuple(up), attention_head_dim=tuple(heads))
+        cfg = full_res_attention_config(shipped.config)
+    else:
+        cfg = {k: v for k, v in dict(shipped.config).items() if not k.startswith("_")}
     torch.manual_seed(0)
     return UNet2DConditionModel(**cfg)
 
@@ -106,12 +110,12 @@ def evaluate(pipe, judge, prompts, per_prompt: int, step: int, name: str) -> dic
     evaluation go to ``scratch_NAME_images.npz`` (for ``--compare``), its first images to the grid."""
     images = sample_eval(pipe, prompts, per_prompt)
     hit, good, read = count_hits(judge, images, prompts, per_prompt)
+    read = np.array(read)
     np.savez_compressed(
-        OUT / f"scratch_{name}_images.npz", images=images, hit=hit, good=good, read=np.array(read), step=step
+        OUT / f"scratch_{name}_images.npz", images=images, hit=hit, good=good, read=read, step=step
     )
     grid(list(images[: 4 * 24]), cols=8).save(OUT / f"scratch_{name}_grid.png")
     asked = np.repeat([p.spec.count for p in prompts], per_prompt)
-    read = np.array(read)
     row = {
         "count_read_right": round(float(hit.mean()), 4),
         "aligned": round(float(good.mean()), 4),
