@@ -192,6 +192,7 @@ def test_finetune_changes_the_unet_and_ships_a_stock_pipeline(ft_run, tiny_pipel
     out = ft_run / "finetune" / "plain" / "pipeline"
     stamp = json.loads((out / "t2ialign_finetune.json").read_text())
     assert stamp["seed"] == 0 and stamp["config"]["max_train_steps"] == 6
+    assert stamp["source_folder"] == str(Path(tiny_pipeline_path).resolve())  # the base, whatever the cwd
     # the same weights made in two run folders are the same model revision: no config names a local path
     assert not any("_name_or_path" in json.loads(f.read_text()) for f in out.glob("*/config.json"))
     assert revision(out) == revision(ft_run / "finetune" / "plain-again" / "pipeline")

@@ -231,18 +231,26 @@ def test_tiny_pretrain_end_to_end_makes_stock_loadable_models(tmp_path, capsys):
     assert "steps differ" in capsys.readouterr().err
 
 
-def test_a_world_of_another_layout_renders_its_pool_so_and_its_fine_tunes_follow(tmp_path, capsys):
-    """``[pretrain.data] layout``: the pool is rendered by it, its pool and latents say so, and a model
-    fine-tuned from the world finds it again (``finetune.data.world_layout``) for its own D_pre."""
+def test_a_world_of_another_layout_renders_its_pool_so_and_its_fine_tunes_follow(
+    tmp_path, capsys, monkeypatch
+):
+    """``[pretrain.data] layout``: the pool and CLIP's zero-shot renders are drawn in it, its pool and
+    latents say so, and a model fine-tuned from the world finds it again (``finetune.data.world_layout``)
+    for its own D_pre."""
+    import t2ialign.pretrain.train as train
     from t2ialign.core.seeds import stable_seed
     from t2ialign.finetune.data import world_layout
     from t2ialign.world.prompts import PromptSpec
     from t2ialign.world.render import render
 
+    layouts = []
+    monkeypatch.setattr(train, "render", lambda *a, **k: layouts.append(k.get("layout")) or render(*a, **k))
     cfg = tmp_path / "dice.toml"
     cfg.write_text(TINY.replace("[pretrain.data]", '[pretrain.data]\nlayout = "dice"'))
     out = tmp_path / "dice"
     assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 0
+    n_pool = json.loads((out / "data" / "DONE").read_text())["n_images"]
+    assert len(layouts) > n_pool and set(layouts) == {"dice"}  # the pool's renders, then the zero-shot's
     assert json.loads((out / "data" / "DONE").read_text())["layout"] == "dice"
     assert json.loads((out / "latents" / "DONE").read_text())["config"]["layout"] == "dice"
     scenes = json.loads((out / "data" / "scenes.json").read_text())
@@ -258,12 +266,20 @@ def test_a_world_of_another_layout_renders_its_pool_so_and_its_fine_tunes_follow
     stamp = {"config": {"pretrained_model_name_or_path": str(out / "pipeline")}}
     (tuned / "t2ialign_finetune.json").write_text(json.dumps(stamp))
     assert world_layout(str(tuned)) == "dice"
+    # the stamp's absolute source_folder comes first: the config's path was relative to another cwd
+    stamp = {
+        "source_folder": str((out / "pipeline").resolve()),
+        "config": {"pretrained_model_name_or_path": "x"},
+    }
+    (tuned / "t2ialign_finetune.json").write_text(json.dumps(stamp))
+    assert world_layout(str(tuned)) == "dice"
     (tuned / "t2ialign_finetune.json").write_text(json.dumps({"config": {}}))
     assert world_layout(str(tuned)) == "random"
     # the same pool folder is not silently reused for another layout
     cfg.write_text(TINY)
-    with pytest.raises(RuntimeError, match="holds another pool"):
-        main(["pretrain", "--out", str(out), "--config", str(cfg)])
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(out), "--config", str(cfg)]) == 2
+    assert "holds another pool" in capsys.readouterr().err
 
 
 def test_pool_captions_are_fixed_per_image_or_drawn_afresh(tmp_path):

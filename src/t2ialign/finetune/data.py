@@ -313,8 +313,9 @@ def build_pretrain_set(store: Store, pipe, cfg: FinetuneConfig, progress: bool =
 def world_layout(model: str | None, _depth: int = 0) -> str:
     """How the world pipeline ``model`` was pre-trained to place its shapes: ``pretrain_config.data.layout``
     in its ``t2ialign.json``. A pipeline fine-tuned here (``t2ialign_finetune.json``, ``_dpo``, ``_rl``)
-    places them as the model it was tuned from. "random" when neither says (worlds v1-v6, a model from
-    elsewhere)."""
+    places them as the model it was tuned from (the stamp's absolute ``source_folder``; stamps made before
+    it existed name the source as the config gave it, relative to the run's cwd). "random" when neither
+    says (worlds v1-v6, a model from elsewhere)."""
     from t2ialign.models.load import resolve_sd_path
 
     folder = resolve_sd_path(model)[0]
@@ -322,9 +323,9 @@ def world_layout(model: str | None, _depth: int = 0) -> str:
     if meta.is_file():
         return json.loads(meta.read_text()).get("pretrain_config", {}).get("data", {}).get("layout", "random")
     for stage in ("finetune", "dpo", "rl"):
-        stamp = folder / f"t2ialign_{stage}.json"
-        source = json.loads(stamp.read_text()).get("config", {}) if stamp.is_file() else {}
-        source = source.get("pretrained_model_name_or_path")
+        path = folder / f"t2ialign_{stage}.json"
+        stamp = json.loads(path.read_text()) if path.is_file() else {}
+        source = stamp.get("source_folder") or stamp.get("config", {}).get("pretrained_model_name_or_path")
         if source is not None and Path(source).is_dir() and _depth < 20:
             return world_layout(source, _depth + 1)
     return "random"

@@ -105,7 +105,7 @@ def build_pool(cfg: PretrainConfig, root: Path, progress: bool) -> None:
     if _done(root):
         have = json.loads((root / "DONE").read_text())
         if have != want:
-            raise RuntimeError(f"{root} holds another pool ({have}); use another --out or delete it")
+            raise ValueError(f"{root} holds another pool ({have}); use another --out or delete it")
         return
     root.mkdir(parents=True, exist_ok=True)
     n, s = cfg.data.n_images, cfg.data.size
@@ -259,10 +259,10 @@ class _Tokens:
         )
 
 
-def clip_zero_shot(model, tokenizer, n: int = 500, seed: int = 0) -> dict[str, float]:
-    """Zero-shot accuracy per attribute on fresh renders: the image against one caption per value of
-    the attribute ("Two circles" vs "Three circles" ..., "A red colored circle" vs ..., the plain object
-    name for shapes), other named attributes true."""
+def clip_zero_shot(model, tokenizer, n: int = 500, seed: int = 0, layout: str = "random") -> dict[str, float]:
+    """Zero-shot accuracy per attribute on fresh renders in the world's layout: the image against one
+    caption per value of the attribute ("Two circles" vs "Three circles" ..., "A red colored circle" vs
+    ..., the plain object name for shapes), other named attributes true."""
     tokens = _Tokens(tokenizer)
     rng = np.random.default_rng(stable_seed("clip-zero-shot", seed))
     hits = {k: 0 for k in vocab.ATTRIBUTES}
@@ -275,7 +275,7 @@ def clip_zero_shot(model, tokenizer, n: int = 500, seed: int = 0) -> dict[str, f
                 color=vocab.values("color")[rng.integers(len(vocab.COLORS))],
                 background=vocab.values("background")[rng.integers(len(vocab.BACKGROUNDS))],
             )
-            image = render(scene, seed=stable_seed("clip-zero-shot-image", seed, i)).image
+            image = render(scene, seed=stable_seed("clip-zero-shot-image", seed, i), layout=layout).image
             img_emb = F.normalize(
                 clip_features(model.get_image_features(pixel_values=clip_pixels(image[None]))), dim=-1
             )
@@ -637,7 +637,7 @@ def _clip_stage(run: _Run, tokenizer, pool: Pool):
         image_std=list(CLIP_STD),
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp)
-    zero_shot = clip_zero_shot(clip, tokenizer, n=cfg.clip.zero_shot_n)
+    zero_shot = clip_zero_shot(clip, tokenizer, n=cfg.clip.zero_shot_n, layout=cfg.data.layout)
     _mark_done(tmp, {"config": run.ids["clip"], "zero_shot": zero_shot})
     publish_dir(tmp, out / "clip")
     return clip
