@@ -14,8 +14,9 @@ unseen objects) while D_pre alone gains little.
         [--beta 1.0] [--name perfect] [--no-control] [--control-name dpre_only] [--control-only]
         [--compile inductor] [--pretrain-data FOLDER]
 
-Every stage reuses what RUN already holds (images, labels, fine-tunes of the same name are refused rather
-than overwritten: pass another RUN or another --name / --control-name). With the control, the
+Every stage reuses what RUN already holds (images, labels, and a fine-tune of the same name and settings;
+one of the same name and other settings is refused rather than overwritten or reused: pass another RUN
+or another --name / --control-name). With the control, the
 feedback's own share is measured too: the perfect-feedback model paired against the control (the same
 evaluation images, judged again with the control as the reference). Results:
 RUN/perfect_feedback_NAME.json and the printed tables.
@@ -27,7 +28,7 @@ import argparse
 import json
 from pathlib import Path
 
-from t2ialign.config import EvaluateConfig, FinetuneConfig, GenerateConfig, RewardConfig
+from t2ialign.config import EvaluateConfig, FinetuneConfig, GenerateConfig, RewardConfig, to_dict
 from t2ialign.evaluate.run import (
     balanced_sample,
     evaluate_models,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.control:
             runs[args.control_name] = FinetuneConfig(weights="none", **common)
         for name, cfg in runs.items():
-            if not (args.run / "finetune" / name / "pipeline" / "model_index.json").is_file():
+            if not _reusable(args.run / "finetune" / name / "pipeline", cfg, name):
                 finetune(cfg, store, name=name)
         spec = ("base" if args.model is None else f"base={args.model}") + "".join(
             f",finetuned:{n}" for n in runs
@@ -165,6 +166,20 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{g}: count {_pts(summary['minus_control']['paired'][g]['count'])}" for g in GROUPS]
         print(f"{args.name} minus {args.control_name}: " + "; ".join(cells))
     return 0
+
+
+def _reusable(pipeline: Path, cfg: FinetuneConfig, name: str) -> bool:
+    """True when ``pipeline`` is a finished fine-tune of exactly ``cfg``; refuses one of other settings."""
+    if not (pipeline / "model_index.json").is_file():
+        return False
+    made = json.loads((pipeline / "t2ialign_finetune.json").read_text())["config"]
+    differ = sorted(k for k, v in to_dict(cfg).items() if k in made and made[k] != v)  # older: fewer keys
+    if differ:
+        raise SystemExit(
+            f"error: the fine-tune {name!r} in this run was made with other settings ({', '.join(differ)}): "
+            "pass another --name / --control-name or another RUN"
+        )
+    return True
 
 
 def _pts(s: dict) -> str:
