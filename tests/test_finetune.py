@@ -600,3 +600,32 @@ def test_ema_weights_are_shipped_and_resumed(ft_run, tiny_pipeline_path):
     plain, ema, resumed = (unet_weights(ft_run, n) for n in ("no-ema", "ema", "ema-2"))
     assert any(not torch.equal(plain[k], ema[k]) for k in plain)  # the average, not the last weights
     assert all(torch.equal(ema[k], resumed[k]) for k in ema)  # the EMA state survives a resume
+
+
+def test_world_d_pre_is_drawn_as_the_bases_own_pre_training_data(tmp_path, tiny_pipeline_path):
+    """``--pretrain_data world`` renders D_pre in the base's layout and with its caption rates (its
+    ``t2ialign.json``): a world whose data seldom name a count gets a D_pre that seldom names one."""
+    import shutil
+
+    from t2ialign.models.load import load_pipeline
+    from t2ialign.world import vocab
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_pipeline_path, base)
+    data = {"layout": "dice", "caption_rates": {"count": 0.0, "color": 1.0, "background": 0.0}}
+    (base / "t2ialign.json").write_text(json.dumps({"pretrain_config": {"data": data}}))
+    pipe, _, _ = load_pipeline(str(base))
+    cfg = FinetuneConfig(pretrained_model_name_or_path=str(base), pretrain_images=40)
+    with Store.open(tmp_path / "run") as store:
+        d_pre = ft_data.build_pretrain_set(store, pipe, cfg)
+        default = ft_data.build_pretrain_set(store, pipe, FinetuneConfig(pretrain_images=40))
+    assert all(k.startswith("world:dice:") for k in d_pre.keys)
+    counts, colors = set(vocab.COUNT_WORDS.values()), set(vocab.COLORS)
+
+    def says(text: str) -> tuple[bool, bool, bool]:  # (a count, a color, a background)
+        words = set(text.lower().split())
+        return bool(words & counts), bool(words & colors), any(p in text for p in vocab.BACKGROUNDS.values())
+
+    assert all(says(t) == (False, True, False) for t in d_pre.texts), d_pre.texts
+    # the same 40 scenes with the default web-like rates name a count and a background now and then
+    assert any(says(t)[0] for t in default.texts) and any(says(t)[2] for t in default.texts)

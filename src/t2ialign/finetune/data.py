@@ -218,14 +218,15 @@ def build_model_set(store: Store, pipe, items: list[dict], progress: bool = Fals
 
 
 def pretrain_pairs(
-    source: str, n: int, size: int, seed: int, layout: str = "random"
+    source: str, n: int, size: int, seed: int, layout: str = "random", captions: dict | None = None
 ) -> list[tuple[str, np.ndarray, str]]:
-    """D_pre as (key, image, caption): the world's renders (placed by ``layout``), or a local image-caption
-    folder / Parquet file."""
+    """D_pre as (key, image, caption): the world's renders (placed by ``layout``, captioned with
+    ``captions``, ``PretrainDataset``'s caption_rates and count_error_rate; the defaults when None), or a
+    local image-caption folder / Parquet file."""
     if source == "world":
         from t2ialign.world.dataset import PretrainDataset
 
-        ds = PretrainDataset(n, seed=seed, size=size, layout=layout)
+        ds = PretrainDataset(n, seed=seed, size=size, layout=layout, **(captions or {}))
         out = []
         for i in range(n):
             item = ds[i]
@@ -276,8 +277,9 @@ def _square(im: Image.Image, size: int) -> np.ndarray:
 
 
 def build_pretrain_set(store: Store, pipe, cfg: FinetuneConfig, progress: bool = False) -> LatentSet:
-    """Encode D_pre once (cached by VAE, text encoder and source). The world's renders are placed as the
-    base model's own pre-training placed them (its ``t2ialign.json``)."""
+    """Encode D_pre once (cached by VAE, text encoder and source). The world's renders are placed and
+    captioned as the base model's own pre-training data were (its ``t2ialign.json``): D_pre is the base's
+    pre-training distribution, as in the paper."""
     size = pipeline_resolution(pipe)
     identity = {
         "vae": module_fingerprint(pipe.vae),
@@ -288,12 +290,19 @@ def build_pretrain_set(store: Store, pipe, cfg: FinetuneConfig, progress: bool =
         "size": size,
         "seed": cfg.seed,
     }
-    layout = world_layout(cfg.pretrained_model_name_or_path) if cfg.pretrain_data == "world" else "random"
+    layout, captions = "random", None
+    if cfg.pretrain_data == "world":
+        layout, captions = (
+            world_layout(cfg.pretrained_model_name_or_path),
+            world_captions(cfg.pretrained_model_name_or_path),
+        )
     if layout != "random":  # absent: random, so the caches made before layouts existed stay valid
         identity["layout"] = layout
+    if captions is not None and captions != _default_captions():  # absent: the defaults, as before
+        identity["captions"] = captions
 
     def build() -> LatentSet:
-        pairs = pretrain_pairs(cfg.pretrain_data, cfg.pretrain_images, size, cfg.seed, layout)
+        pairs = pretrain_pairs(cfg.pretrain_data, cfg.pretrain_images, size, cfg.seed, layout, captions)
         mean, std = encode_images(pipe.vae, [p[1] for p in pairs], desc="encode D_pre", progress=progress)
         texts = sorted({p[2] for p in pairs})
         row = {t: i for i, t in enumerate(texts)}
@@ -310,25 +319,45 @@ def build_pretrain_set(store: Store, pipe, cfg: FinetuneConfig, progress: bool =
     return _cached_set(store.run_dir / "finetune" / "cache", "d_pre", identity, build)
 
 
-def world_layout(model: str | None, _depth: int = 0) -> str:
-    """How the world pipeline ``model`` was pre-trained to place its shapes: ``pretrain_config.data.layout``
-    in its ``t2ialign.json``. A pipeline fine-tuned here (``t2ialign_finetune.json``, ``_dpo``, ``_rl``)
-    places them as the model it was tuned from (the stamp's absolute ``source_folder``; stamps made before
-    it existed name the source as the config gave it, relative to the run's cwd). "random" when neither
-    says (worlds v1-v6, a model from elsewhere)."""
+def world_data(model: str | None, _depth: int = 0) -> dict:
+    """The ``[pretrain.data]`` section that the world pipeline ``model`` was pre-trained on: its layout and
+    caption rates, from ``pretrain_config.data`` in its ``t2ialign.json``. A pipeline fine-tuned here
+    (``t2ialign_finetune.json``, ``_dpo``, ``_rl``) has the data of the model it was tuned from (the
+    stamp's absolute ``source_folder``; stamps made before it existed name the source as the config gave
+    it, relative to the run's cwd). Empty when neither says (a model from elsewhere)."""
     from t2ialign.models.load import resolve_sd_path
 
     folder = resolve_sd_path(model)[0]
     meta = folder / "t2ialign.json"
     if meta.is_file():
-        return json.loads(meta.read_text()).get("pretrain_config", {}).get("data", {}).get("layout", "random")
+        return json.loads(meta.read_text()).get("pretrain_config", {}).get("data", {})
     for stage in ("finetune", "dpo", "rl"):
         path = folder / f"t2ialign_{stage}.json"
         stamp = json.loads(path.read_text()) if path.is_file() else {}
         source = stamp.get("source_folder") or stamp.get("config", {}).get("pretrained_model_name_or_path")
         if source is not None and Path(source).is_dir() and _depth < 20:
-            return world_layout(source, _depth + 1)
-    return "random"
+            return world_data(source, _depth + 1)
+    return {}
+
+
+def world_layout(model: str | None) -> str:
+    """How the world pipeline ``model`` was pre-trained to place its shapes (:func:`world_data`); "random"
+    when it does not say (worlds v1-v6, a model from elsewhere)."""
+    return world_data(model).get("layout", "random")
+
+
+def world_captions(model: str | None) -> dict:
+    """The caption rates and count error rate of the world pipeline ``model``'s pre-training data
+    (:func:`world_data`), the arguments of ``PretrainDataset``; the web-like defaults when it states none
+    (v4 and older weighed caption templates instead)."""
+    data, default = world_data(model), _default_captions()
+    return {k: data.get(k, v) for k, v in default.items()}
+
+
+def _default_captions() -> dict:
+    from t2ialign.world.dataset import DEFAULT_CAPTION_RATES, DEFAULT_COUNT_ERROR_RATE
+
+    return {"caption_rates": dict(DEFAULT_CAPTION_RATES), "count_error_rate": DEFAULT_COUNT_ERROR_RATE}
 
 
 def _stamp(source: str) -> list | None:
