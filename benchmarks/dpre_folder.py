@@ -1,10 +1,11 @@
 """Write the world's D_pre with other caption rates as a folder that ``finetune --pretrain_data`` reads.
 
 ``finetune --pretrain_data world`` draws D_pre with the base's own web-like captions (its
-``t2ialign.json``; the defaults, the count named in 10% of them and 80% of those right, for v4 to v6). A world whose base lost its count mapping (v4r, docs/world.md) would
-relearn it from those captions, whatever the feedback says; the bound's D_pre-alone control then gains
-as much as the feedback run. This writes the same renders (``PretrainDataset``, same seed) with other
-rates, e.g. captions that never state a count:
+``t2ialign.json``; for v4 to v6 the defaults, the count named in 10% of them and 80% of those right). A
+world whose base lost its count mapping (v4r, docs/world.md) would relearn it from those captions,
+whatever the feedback says; the bound's D_pre-alone control then gains as much as the feedback run.
+This writes the same renders (``PretrainDataset``, same seed) with other rates, e.g. captions that
+never state a count:
 
     python -m benchmarks.dpre_folder work/dpre_nocount --count-rate 0 --n 20000
     python -m benchmarks.perfect_feedback RUN --model PIPELINE --pretrain-data work/dpre_nocount ...
