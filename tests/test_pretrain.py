@@ -273,7 +273,10 @@ def test_a_world_of_another_layout_renders_its_pool_so_and_its_fine_tunes_follow
     }
     (tuned / "t2ialign_finetune.json").write_text(json.dumps(stamp))
     assert world_layout(str(tuned)) == "dice"
-    (tuned / "t2ialign_finetune.json").write_text(json.dumps({"config": {}}))
+    (tuned / "t2ialign_finetune.json").unlink()  # DPO and RL stamps nest the base under "train"
+    (tuned / "t2ialign_dpo.json").write_text(json.dumps(stamp | {"config": {"train": {}}}))
+    assert world_layout(str(tuned)) == "dice"
+    (tuned / "t2ialign_dpo.json").write_text(json.dumps({"config": {}}))
     assert world_layout(str(tuned)) == "random"
     # the same pool folder is not silently reused for another layout
     cfg.write_text(TINY)
