@@ -292,10 +292,8 @@ def build_pretrain_set(store: Store, pipe, cfg: FinetuneConfig, progress: bool =
     }
     layout, captions = "random", None
     if cfg.pretrain_data == "world":
-        layout, captions = (
-            world_layout(cfg.pretrained_model_name_or_path),
-            world_captions(cfg.pretrained_model_name_or_path),
-        )
+        data = world_data(cfg.pretrained_model_name_or_path)
+        layout, captions = data.get("layout", "random"), _captions_of(data)
     if layout != "random":  # absent: random, so the caches made before layouts existed stay valid
         identity["layout"] = layout
     if captions is not None and captions != _default_captions():  # absent: the defaults, as before
@@ -346,12 +344,11 @@ def world_layout(model: str | None) -> str:
     return world_data(model).get("layout", "random")
 
 
-def world_captions(model: str | None) -> dict:
-    """The caption rates and count error rate of the world pipeline ``model``'s pre-training data
-    (:func:`world_data`), the arguments of ``PretrainDataset``; the web-like defaults when it states none
-    (v4 and older weighed caption templates instead)."""
-    data, default = world_data(model), _default_captions()
-    return {k: data.get(k, v) for k, v in default.items()}
+def _captions_of(data: dict) -> dict:
+    """The caption rates and count error rate of a world's ``[pretrain.data]`` (:func:`world_data`), the
+    arguments of ``PretrainDataset``; the web-like defaults where it states none (v4 and older weighed
+    caption templates instead)."""
+    return {k: data.get(k, v) for k, v in _default_captions().items()}
 
 
 def _default_captions() -> dict:

@@ -463,10 +463,9 @@ def save_outputs(
 
     from t2ialign.models.load import resolve_sd_path, strip_local_paths
 
-    # the base's folder as an absolute path: a relative one in the config was relative to the cwd of the run
-    source_folder = str(resolve_sd_path(cfg.pretrained_model_name_or_path)[0].resolve())
     stamp = {"t2ialign_version": __version__, "config": config, "seed": cfg.seed, "report": report}
-    stamp["source_folder"] = source_folder
+    # the base's folder as an absolute path: a relative one in the config was relative to the cwd of the run
+    stamp["source_folder"] = str(resolve_sd_path(cfg.pretrained_model_name_or_path)[0].resolve())
     tmp = out / "pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if cfg.lora_rank > 0:
