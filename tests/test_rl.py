@@ -327,6 +327,76 @@ def test_the_guard_stops_a_run(rl_run, tiny_pipeline_path, tiny_clip_path, monke
     assert (rl_run / "rl" / "stopped" / "pipeline").is_dir()
 
 
+def saturation_reward(images, prompts):
+    """A hackable reward (python:test_rl:saturation_reward): each image's mean HSV saturation."""
+    return torch.tensor([saturation([im]) for im in images])
+
+
+def _identity_(conv) -> None:
+    """Set a (zeroed) conv's centre tap to the identity on the channels it shares between in and out."""
+    k_h, k_w = conv.weight.shape[2:]
+    for c in range(min(conv.weight.shape[:2])):
+        conv.weight[c, c, k_h // 2, k_w // 2] = 1.0
+
+
+def passthrough_pipeline(tiny_pipeline_path, out: Path) -> Path:
+    """The tiny pipeline with a VAE whose decoder passes latent channels 0-2 through as R, G, B.
+
+    The tiny pipeline's random decoder ends in per-channel group norms, which remove any shift of a channel
+    over the whole image: its images hardly depend on the latents (saturation 0.45 +- 0.01 whatever the
+    latents), so no policy can change them. Here every residual branch and attention output is zero, every
+    other conv the identity on shared channels, and the norms span all channels (one group), so a shift of
+    a latent channel changes the image's colours: a saturation reward becomes hackable in a few steps."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_path, local_files_only=True)
+    vae = AutoencoderKL(**{**pipe.vae.config, "norm_num_groups": 1})
+    with torch.no_grad():
+        for p in list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters()):
+            p.zero_()
+        for m in vae.decoder.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.fill_(1.0)
+        convs = [vae.post_quant_conv, vae.decoder.conv_in, vae.decoder.conv_out]
+        for block in vae.decoder.up_blocks:
+            convs += [u.conv for u in block.upsamplers or []]
+            convs += [r.conv_shortcut for r in block.resnets if r.conv_shortcut is not None]
+        for conv in convs:
+            _identity_(conv)
+    pipe.vae = vae
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def test_the_guard_catches_a_run_that_hacks_a_saturation_reward(rl_run, tiny_pipeline_path, tiny_clip_path):
+    """Issue 18's target, by a real optimization: DDPO on a reward that pays for saturation (the full UNet,
+    2 prompts x 16 images a step) raises it, the images drift from the base's colours, and the guard
+    (every 2 steps, window 2, action stop) ends the run on that drift. Measured in sitting 17 with the
+    same settings: the probe reward 0.452 -> 0.547 in 4 steps, saturation and FD_CLIP alerts at step 4;
+    at lr 5e-3 the reward moves by < 0.01 in 16 steps and the guard stays quiet (docs/rl.md)."""
+    model = passthrough_pipeline(tiny_pipeline_path, rl_run.parent / "passthrough")
+    cfg = small(
+        model,
+        tiny_clip_path,
+        train=dict(max_train_steps=12, checkpointing_steps=100, learning_rate=2e-2, lora_rank=0),
+    )
+    cfg.reward = "python:test_rl:saturation_reward"
+    cfg.sample = RLSampleConfig(
+        num_inference_steps=3, prompts_per_epoch=2, images_per_prompt=16, guidance_scale=3.0, batch_size=32
+    )
+    cfg.train.train_batch_size = 16
+    cfg.num_inner_epochs = 2
+    cfg.guard = RLGuardConfig(
+        every=2, window=2, n_prompts=2, seeds=4, clip=str(tiny_clip_path), alignment="clip", action="stop"
+    )
+    with Store.open(rl_run) as store:
+        report = rl_train.rl(cfg, store, "hack", progress=False)
+    g = report["guard"]
+    assert report["stopped_by_guard"] is True and report["steps"] < 12
+    assert g["reward"][-1] > g["reward"][0] + 0.05  # the run really optimized the reward
+    assert any("while saturation got worse" in a["message"] for a in report["alerts"])
+
+
 # --- separate processes: SIGKILL + resume -----------------------------------------------------------------
 
 
