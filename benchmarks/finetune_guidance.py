@@ -8,8 +8,9 @@ its FD back. This probe samples RUN's 120 evaluation prompts x K images (seeds o
 ``evaluate``'s) with each MODEL at each scale and reports the world judge's alignment (all, count on seen
 and on unseen prompts, color, background) and FD_CLIP against renders of the same prompts.
 
-Run: ``python -m benchmarks.finetune_guidance RUN base@5 base@3 full@5 full@3`` (MODEL: ``base`` or a
-fine-tuned NAME under RUN/finetune; about a minute per MODEL@SCALE on 2 cores with K = 8).
+Run: ``python -m benchmarks.finetune_guidance RUN base@5 base@3 full@5 full@3 [--base PIPELINE]`` (MODEL:
+``base``, the shipped world model or ``--base``, or a fine-tuned NAME under RUN/finetune; about a minute
+per MODEL@SCALE on 2 cores with K = 8).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("run", help="a run with evaluation prompts and fine-tuned models")
     parser.add_argument("models", nargs="+", help="MODEL@SCALE, MODEL = base or a name under RUN/finetune")
     parser.add_argument("--images-per-prompt", type=int, default=8)
+    parser.add_argument("--base", default=None, help="the base pipeline folder (default: the shipped one)")
     args = parser.parse_args()
     with Store.open(args.run) as store:
         groups = evaluation_prompts(store)
@@ -46,7 +48,7 @@ def main() -> None:
     judge = Judge.load()
     for spec in args.models:
         name, _, scale = spec.partition("@")
-        path = None if name == "base" else str(Path(args.run) / "finetune" / name / "pipeline")
+        path = args.base if name == "base" else str(Path(args.run) / "finetune" / name / "pipeline")
         pipe = load_pipeline(path)[0]
         cfg = GenerateConfig(guidance_scale=float(scale or 5.0))
         images = []

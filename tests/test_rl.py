@@ -343,8 +343,7 @@ def passthrough_pipeline(tiny_pipeline_path, out: Path) -> Path:
     """The tiny pipeline with a VAE whose decoder passes latent channels 0-2 through as R, G, B.
 
     The tiny pipeline's random decoder ends in per-channel group norms, which remove any shift of a channel
-    over the whole image: its images hardly depend on the latents (saturation 0.45 +- 0.01 whatever the
-    latents), so no policy can change them. Here every residual branch and attention output is zero, every
+    over the whole image: its images hardly depend on the latents, so no policy can change them. Here every residual branch and attention output is zero, every
     other conv the identity on shared channels, and the norms span all channels (one group), so a shift of
     a latent channel changes the image's colours: a saturation reward becomes hackable in a few steps."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
@@ -372,8 +371,8 @@ def test_the_guard_catches_a_run_that_hacks_a_saturation_reward(rl_run, tiny_pip
     """Issue 18's target, by a real optimization: DDPO on a reward that pays for saturation (the full UNet,
     2 prompts x 16 images a step) raises it, the images drift from the base's colours, and the guard
     (every 2 steps, window 2, action stop) ends the run on that drift. Measured in sitting 17 with the
-    same settings: the probe reward 0.452 -> 0.547 in 4 steps, saturation and FD_CLIP alerts at step 4;
-    at lr 5e-3 the reward moves by < 0.01 in 16 steps and the guard stays quiet (docs/rl.md)."""
+    same settings: the probe reward 0.452 -> 0.547 in 4 steps, saturation, FD_CLIP and diversity alerts
+    at step 4; at a quarter of the learning rate the reward hardly moves (docs/rl.md)."""
     model = passthrough_pipeline(tiny_pipeline_path, rl_run.parent / "passthrough")
     cfg = small(
         model,
