@@ -20,15 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def saturation_reward(images, prompts):
-    """The hackable reward: each image's mean HSV saturation (the guard's own measure)."""
-    import torch
-
-    from t2ialign.rl.guard import saturation
-
-    return torch.tensor([saturation([im]) for im in images])
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import StableDiffusionPipeline
@@ -73,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = test_rl.small(
             model, clip, train=dict(max_train_steps=args.steps, checkpointing_steps=10**6, **train)
         )
-        cfg.reward = "python:benchmarks.rl_hack_probe:saturation_reward"
+        cfg.reward = "python:test_rl:saturation_reward"  # tests/ is on sys.path above
         n = args.images_per_prompt
         cfg.sample = replace(cfg.sample, images_per_prompt=n, batch_size=max(cfg.sample.batch_size, 2 * n))
         cfg.train.train_batch_size = n
