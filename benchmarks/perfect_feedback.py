@@ -12,14 +12,14 @@ unseen objects) while D_pre alone gains little.
     python -m benchmarks.perfect_feedback RUN [--model PIPELINE] [--prompts 600] [--per-prompt 10]
         [--steps 1000] [--learning-rate 1e-4] [--no-use-ema] [--eval-images 20] [--min-weight 0.5]
         [--beta 1.0] [--name perfect] [--no-control] [--control-name dpre_only] [--control-only]
-        [--compile inductor] [--pretrain-data FOLDER]
+        [--compile inductor] [--pretrain-data FOLDER] [--eval-guidance 3]
 
 Every stage reuses what RUN already holds (images, labels, and a fine-tune of the same name and settings;
 one of the same name and other settings is refused rather than overwritten or reused: pass another RUN
 or another --name / --control-name). With the control, the
 feedback's own share is measured too: the perfect-feedback model paired against the control (the same
 evaluation images, judged again with the control as the reference). Results:
-RUN/perfect_feedback_NAME.json and the printed tables.
+RUN/perfect_feedback_NAME.json (NAME_gG with --eval-guidance G) and the printed tables.
 """
 
 from __future__ import annotations
@@ -79,12 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--compile", default="no", help="generate.compile for every sampling: inductor, 1.2-1.9x in bf16"
     )
+    ap.add_argument(
+        "--eval-guidance",
+        type=float,
+        default=None,
+        help="sample the fine-tuned models at this guidance scale in the evaluation (the base keeps 5): a "
+        "model fine-tuned on its guided samples, sampled at full guidance, is guided twice",
+    )
     args = ap.parse_args(argv)
     if args.control_only and not args.control:
         ap.error("--control-only and --no-control exclude each other")
     for name in ("prompts", "per_prompt", "steps", "pretrain_images", "eval_images"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.eval_guidance is not None and args.eval_guidance < 1:
+        ap.error("--eval-guidance must be >= 1 (1 switches guidance off)")
+    at = "" if args.eval_guidance is None else f"@{args.eval_guidance:g}"  # parse_models' MODEL@G
 
     judge = Judge.load()
     with Store.open(args.run) as store:
@@ -129,14 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             if not _reusable(args.run / "finetune" / name / "pipeline", cfg, name):
                 finetune(cfg, store, name=name)
         spec = ("base" if args.model is None else f"base={args.model}") + "".join(
-            f",finetuned:{n}" for n in runs
+            f",finetuned:{n}{at}" for n in runs
         )
         models = parse_models(spec, args.run)
         ecfg = EvaluateConfig(
             images_per_prompt=args.eval_images, generate=GenerateConfig(role="eval", compile=args.compile)
         )
         # the feedback's own share: the same judged images, paired against the control as well
-        against = (f"finetuned:{args.control_name}",) if args.control and not args.control_only else ()
+        against = (f"finetuned:{args.control_name}{at}",) if args.control and not args.control_only else ()
         report = evaluate_models(store, models, ecfg, judge=judge, also_against=against)
         print(format_report(report))
         share = report["paired_vs"][against[0]] if against else None
@@ -150,21 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     if share is not None:
         summary["minus_control"] = {
             "control": args.control_name,
-            "paired": share["paired"][f"finetuned:{args.name}"],
-            "paired_attribute": share["paired_attribute"][f"finetuned:{args.name}"],
+            "paired": share["paired"][f"finetuned:{args.name}{at}"],
+            "paired_attribute": share["paired_attribute"][f"finetuned:{args.name}{at}"],
         }
-    out_name = args.control_name if args.control_only else args.name
+    out_name = (args.control_name if args.control_only else args.name) + at.replace("@", "_g")
     (args.run / f"perfect_feedback_{out_name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name in runs:
         cells = []
         for g in GROUPS:
-            c = report["paired"][f"finetuned:{name}"][g]["count"]
-            a = report["paired_attribute"][f"finetuned:{name}"][g]["count"]
+            c = report["paired"][f"finetuned:{name}{at}"][g]["count"]
+            a = report["paired_attribute"][f"finetuned:{name}{at}"][g]["count"]
             cells.append(f"{g}: count {_pts(c)}, count read {_pts(a)}")
-        print(f"{name}: " + "; ".join(cells))
+        print(f"{name}{at}: " + "; ".join(cells))
     if share is not None:
         cells = [f"{g}: count {_pts(summary['minus_control']['paired'][g]['count'])}" for g in GROUPS]
-        print(f"{args.name} minus {args.control_name}: " + "; ".join(cells))
+        print(f"{args.name}{at} minus {args.control_name}{at}: " + "; ".join(cells))
     return 0
 
 

@@ -83,9 +83,9 @@ def test_model_specs(tmp_path, tiny_pipeline_path):
     (run / "finetune" / "a").mkdir(parents=True)
     (run / "finetune" / "a" / "pipeline").symlink_to(tiny_pipeline_path)
     m = parse_models(f"base,finetuned:a,rejection,rejection:finetuned:a,mine={tiny_pipeline_path}", run)
-    assert m["base"] == {"kind": "pipeline", "path": None}
+    assert m["base"] == {"kind": "pipeline", "path": None, "guidance_scale": None}
     assert m["finetuned:a"]["path"].endswith("finetune/a/pipeline")
-    assert m["rejection"] == {"kind": "rejection", "path": None}
+    assert m["rejection"] == {"kind": "rejection", "path": None, "guidance_scale": None}
     assert m["rejection:finetuned:a"]["kind"] == "rejection" and m["mine"]["path"] == str(tiny_pipeline_path)
     # the stages beyond the paper, by name: DPO, RL and a round of the iterated loop
     for sub in ("dpo/d", "rl/r", "loop/x/round_2/finetune"):
@@ -95,7 +95,21 @@ def test_model_specs(tmp_path, tiny_pipeline_path):
     assert m["dpo:d"]["path"] == str(run / "dpo" / "d" / "pipeline")
     assert m["rl:r"]["path"] == str(run / "rl" / "r" / "pipeline")
     assert m["loop:x:2"]["path"] == str(run / "loop" / "x" / "round_2" / "finetune" / "pipeline")
-    assert m["rejection:dpo:d"] == {"kind": "rejection", "path": m["dpo:d"]["path"]}
+    assert m["rejection:dpo:d"] == {"kind": "rejection", "path": m["dpo:d"]["path"], "guidance_scale": None}
+    # MODEL@G: the model sampled at its own guidance scale, under its full name
+    m = parse_models(f"base,base@3,finetuned:a@2.5,rejection:finetuned:a@4,mine={tiny_pipeline_path}@1", run)
+    assert m["base@3"] == {"kind": "pipeline", "path": None, "guidance_scale": 3.0}
+    assert m["finetuned:a@2.5"]["guidance_scale"] == 2.5 and m["finetuned:a@2.5"]["path"].endswith(
+        "a/pipeline"
+    )
+    assert m["rejection:finetuned:a@4"] == {
+        "kind": "rejection",
+        "path": m["finetuned:a@2.5"]["path"],
+        "guidance_scale": 4.0,
+    }
+    assert m["mine@1"] == {"kind": "pipeline", "path": str(tiny_pipeline_path), "guidance_scale": 1.0}
+    with pytest.raises(ValueError, match="must be >= 1"):
+        parse_models("base@0.5", run)
     with pytest.raises(FileNotFoundError, match="no diffusers pipeline"):
         parse_models("finetuned", run)
     with pytest.raises(ValueError, match="unknown model"):
@@ -134,18 +148,24 @@ def test_evaluate_end_to_end_on_tiny_models(store, tiny_pipeline_path, tiny_clip
         "base": tiny,
         "same": dict(tiny),
         "best": {"kind": "rejection", "path": str(tiny_pipeline_path)},
+        # the same model at guidance 1 (parse_models' base@1): other images on the same seeds
+        "unguided": tiny | {"guidance_scale": 1.0},
     }
     with pytest.raises(ValueError, match="not among the models"):
         evaluate_models(store, models, cfg, progress=False, also_against=("control",))
     report = evaluate_models(store, models, cfg, progress=False, also_against=("same",))
     # against "same", whose images are base's, every model differs exactly as it does from base
     assert report["paired_vs"]["same"]["paired"]["best"] == report["paired"]["best"]
-    assert set(report["paired_vs"]["same"]["paired"]) == {"base", "best"}
+    assert set(report["paired_vs"]["same"]["paired"]) == {"base", "best", "unguided"}
     for name in models:
         m = report["models"][name]
         assert m["n_images"] == 16 * 2 and m["images_per_prompt"] == 2
         assert m["alignment"]["all"]["all"]["n"] == 32 and m["alignment"]["seen"]["all"]["n"] == 16
         assert 0 <= m["alignment"]["seen"]["all"]["alignment"] <= 1 and m["fd_clip"] >= 0
+    assert (
+        report["models"]["unguided"]["guidance_scale"] == 1.0
+        and report["models"]["base"]["guidance_scale"] == 5.0
+    )
     assert report["models"]["best"]["selection"] == "best 2 of 4 by reward"
     assert report["models"]["best"]["fig3_selection"] == "best 1 of 2 by reward"
     # rejection keeps the best by reward: its mean reward is at least the plain model's (same candidates)
@@ -153,7 +173,7 @@ def test_evaluate_end_to_end_on_tiny_models(store, tiny_pipeline_path, tiny_clip
 
     # paired differences from base, for every other model, in the issue's format
     assert report["paired_reference"] == "base"
-    assert set(report["paired"]) == {"same", "best"}
+    assert set(report["paired"]) == {"same", "best", "unguided"}
     for name in ("same", "best"):
         assert set(report["paired"][name]) == {"seen", "unseen_prompt", "unseen_object", "all"}
         for g, cells in report["paired"][name].items():
@@ -185,6 +205,9 @@ def test_evaluate_end_to_end_on_tiny_models(store, tiny_pipeline_path, tiny_clip
     for p, shas in grids["images"]["base"].items():
         assert len(shas) == 2 and grids["sets"]["base"][p] == shas[:1] and grids["images"]["same"][p] == shas
         assert len(grids["images"]["best"][p]) == 2 and len(grids["sets"]["best"][p]) == 1
+        assert len(grids["images"]["unguided"][p]) == 2 and not set(grids["images"]["unguided"][p]) & set(
+            shas
+        )
     # Fig. 3's rejection set is the best of the first 2 candidates, which are base's 2 images
     rewards = {}
     for entry in json.loads((store.run_dir / "rejection" / _selection(store, 2, 1)).read_text())["prompts"]:

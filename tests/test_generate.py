@@ -8,7 +8,7 @@ from PIL import Image
 
 from t2ialign.cli import main
 from t2ialign.config import GenerateConfig
-from t2ialign.generate.images import generate, image_seed, sample_images
+from t2ialign.generate.images import generate, image_seed, sample_images, sampler_identity, stored_images
 from t2ialign.models.load import load_clip, load_pipeline, resolve_clip_path, resolve_sd_path
 from t2ialign.store import Store
 from t2ialign.world.prompts import build_prompt_set
@@ -43,6 +43,34 @@ def test_generate_end_to_end_then_rerun_skips(store, tiny_pipeline_path):
         progress=False,
     )
     assert more["generated"] == 3 and len(store.list_images()) == 12
+
+
+@pytest.mark.filterwarnings("ignore:generate.mixed_precision = bf16")
+def test_images_of_other_sampler_settings_are_not_reused(store, tiny_pipeline_path):
+    """The same model, prompts and seeds at another guidance scale are other images: made anew, and kept
+    apart from the first ones (precision is how an image was computed, not what it is: reused)."""
+    prompts = ["Two circles", "A green colored star"]
+    at5 = generate(GenerateConfig(model=str(tiny_pipeline_path), images_per_prompt=2, **FAST), store, prompts)
+    fast1 = dict(FAST, mixed_precision="bf16")
+    cfg1 = GenerateConfig(model=str(tiny_pipeline_path), images_per_prompt=2, guidance_scale=1.0, **fast1)
+    at1 = generate(cfg1, store, prompts, progress=False)
+    assert at1["generated"] == 4 and at1["already_stored"] == 0
+    assert at1["sampler"]["generate_config"]["guidance_scale"] == 1.0
+    rows5 = stored_images(store, at5["model_id"], at5["model_revision"], at5["sampler"])
+    rows1 = stored_images(store, at1["model_id"], at1["model_revision"], at1["sampler"])
+    assert len(rows5) == len(rows1) == 4 and not {r["sha256"] for r in rows5} & {r["sha256"] for r in rows1}
+    assert {(r["prompt"], r["seed"]) for r in rows5} == {(r["prompt"], r["seed"]) for r in rows1}
+    assert stored_images(store, at5["model_id"], "another revision", at5["sampler"]) == []
+    # guidance 5 again, now in fp32 where the first ones were too; and in bf16: still the same images
+    for precision in ("no", "bf16"):
+        cfg5 = GenerateConfig(
+            model=str(tiny_pipeline_path), images_per_prompt=2, **(FAST | {"mixed_precision": precision})
+        )
+        again = generate(cfg5, store, prompts, progress=False)
+        assert again["generated"] == 0 and again["already_stored"] == 4
+    assert sampler_identity({"generate_config": {"guidance_scale": 5}}) == sampler_identity(
+        {"generate_config": {"guidance_scale": 5.0, "compile": "inductor"}}
+    )
 
 
 def test_same_seed_same_image_regardless_of_batch_mates(tiny_pipeline_path):

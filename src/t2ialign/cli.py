@@ -347,7 +347,8 @@ def _add_evaluate_commands(sub) -> None:
     sp.add_argument(
         "--models",
         default="base,finetuned,rejection",
-        help="comma-separated: base, finetuned[:NAME], rejection[:MODEL], LABEL=PATH (default: %(default)s)",
+        help="comma-separated: base, finetuned[:NAME], rejection[:MODEL], LABEL=PATH; MODEL@G samples it at "
+        "guidance scale G (default: %(default)s)",
     )
     sp.add_argument("--n-seen", dest="n_seen", type=int, help="seen evaluation prompts (default 60)")
     sp.add_argument("--n-unseen", dest="n_unseen", type=int, help="unseen evaluation prompts (default 60)")

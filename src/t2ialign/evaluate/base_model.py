@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from t2ialign.config import GenerateConfig
 from t2ialign.evaluate.alignment import OBJECT_SPLITS, alignment_report
-from t2ialign.generate.images import generate, select_prompts
+from t2ialign.generate.images import generate, select_prompts, stored_images
 from t2ialign.label.oracle import judge_stored
 from t2ialign.label.stats import PAPER_TABLE1
 from t2ialign.store import Store
@@ -38,8 +38,8 @@ def evaluate_base(
     wanted = set(chosen)
     images = [
         r
-        for r in store.list_images(model_id=model_id, role=cfg.role)
-        if r["prompt"] in wanted and r["model_revision"] == revision
+        for r in stored_images(store, model_id, revision, gen["sampler"], role=cfg.role)
+        if r["prompt"] in wanted
     ]
     report = alignment_report(judge_stored(store, images, Judge.load()))
     report.update(

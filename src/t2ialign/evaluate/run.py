@@ -33,8 +33,10 @@ every process returns.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -108,17 +110,24 @@ def check_disjoint(store: Store, prompts: dict[str, list[str]]) -> None:
 
 
 def parse_models(spec: str, run_dir: Path) -> dict[str, dict]:
-    """'base,finetuned,rejection' -> {name: {"kind", "path"}}. Also finetuned:NAME (RUN/finetune/NAME),
-    dpo:NAME (RUN/dpo/NAME), rl:NAME (RUN/rl/NAME), loop:NAME:K (round K of RUN/loop/NAME),
-    rejection:finetuned[:NAME] (best-of on a fine-tuned model), and LABEL=PATH (any local SD pipeline)."""
+    """'base,finetuned,rejection' -> {name: {"kind", "path", "guidance_scale"}}. Also finetuned:NAME
+    (RUN/finetune/NAME), dpo:NAME (RUN/dpo/NAME), rl:NAME (RUN/rl/NAME), loop:NAME:K (round K of
+    RUN/loop/NAME), rejection:finetuned[:NAME] (best-of on a fine-tuned model), and LABEL=PATH (any local
+    SD pipeline). Any of them with a trailing @G (finetuned:full@3) is sampled at guidance scale G instead
+    of ``[evaluate.generate] guidance_scale`` (None: that one), under its full name."""
     out: dict[str, dict] = {}
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
+    for full in (s.strip() for s in spec.split(",")):
+        if not full:
             continue
+        at = re.fullmatch(r"(.+)@([0-9]+(?:\.[0-9]*)?)", full)
+        item, guidance = (at[1], float(at[2])) if at else (full, None)
+        if guidance is not None and guidance < 1.0:
+            raise ValueError(f"model {full!r}: the guidance scale after @ must be >= 1 (1 switches it off)")
         kind = "pipeline"
-        name = item
+        name = full
         if "=" in item:
             name, path = item.split("=", 1)
+            name += full[len(item) :]  # LABEL@G: the label keeps its scale
         elif item == "base":
             path = None
         elif item.startswith("finetuned"):
@@ -143,7 +152,7 @@ def parse_models(spec: str, run_dir: Path) -> dict[str, dict]:
             raise ValueError(f"model {name!r} is named twice")
         if path is not None and not (Path(path) / "model_index.json").is_file():
             raise FileNotFoundError(f"model {name!r}: no diffusers pipeline at {path}")
-        out[name] = {"kind": kind, "path": path}
+        out[name] = {"kind": kind, "path": path, "guidance_scale": guidance}
     if not out:
         raise ValueError("no models to evaluate")
     return out
@@ -154,15 +163,18 @@ def _images_of(store: Store, model: dict, prompts: list[str], cfg: EvaluateConfi
     images_per_prompt judged images (slot k: seed index k, or the k-th kept image of rejection sampling);
     ``sets`` {prompt: [sha256]}, its Fig. 3 set of ``keep`` images (the first ``keep`` seeds, or the best
     ``keep`` of the first ``best_of`` candidates: the paper's rejection sampling)."""
-    from t2ialign.generate.images import generate, image_seed
+    from t2ialign.generate.images import generate, image_seed, stored_images
     from t2ialign.models.load import load_pipeline
     from t2ialign.sample.rejection import SampleConfig, load_selection, rejection_sample
 
     pipe, model_id, revision = load_pipeline(model["path"])
+    generate_cfg = cfg.generate
+    if model.get("guidance_scale") is not None:  # MODEL@G
+        generate_cfg = dataclasses.replace(generate_cfg, guidance_scale=model["guidance_scale"])
     if model["kind"] == "rejection":
 
         def best(best_of: int, keep: int) -> dict[str, list[str]]:
-            sc = SampleConfig(best_of=best_of, keep=keep, generate=cfg.generate)
+            sc = SampleConfig(best_of=best_of, keep=keep, generate=generate_cfg)
             summary = rejection_sample(store, prompts, sc, reward, pipe, (model_id, revision), progress)
             selection = load_selection(store.run_dir / summary["file"])
             return {e["prompt"]: [k["sha256"] for k in e["kept"]] for e in selection["prompts"]}
@@ -174,18 +186,17 @@ def _images_of(store: Store, model: dict, prompts: list[str], cfg: EvaluateConfi
     else:
         gen = GenerateConfig(
             **(
-                to_dict(cfg.generate)
+                to_dict(generate_cfg)
                 | {"images_per_prompt": cfg.images_per_prompt, "role": "eval", "model": model["path"]}
             )
         )
-        generate(gen, store, prompts, pipe=pipe, model_info=(model_id, revision), progress=progress)
+        made = generate(gen, store, prompts, pipe=pipe, model_info=(model_id, revision), progress=progress)
         seeds = {
             p: [image_seed(gen.seed, "eval", p, k) for k in range(cfg.images_per_prompt)] for p in prompts
         }
         by = {
             (r["prompt"], r["seed"]): r["sha256"]
-            for r in store.list_images(model_id=model_id, role="eval")
-            if r["model_revision"] == revision
+            for r in stored_images(store, model_id, revision, made["sampler"], role="eval")
         }
         # a seed whose image is missing (byte-identical to one stored before) leaves its slot empty
         wanted = {p: {k: by[(p, s)] for k, s in enumerate(seeds[p]) if (p, s) in by} for p in prompts}
@@ -301,6 +312,7 @@ def _model_entry(model, model_id, revision, cfg, judged, rewards, scores) -> dic
     return {
         "kind": model["kind"],
         "path": model["path"],
+        "guidance_scale": model.get("guidance_scale") or cfg.generate.guidance_scale,
         "model_id": model_id,
         "model_revision": revision,
         "n_images": len(judged),

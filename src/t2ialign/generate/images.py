@@ -180,21 +180,48 @@ def _add_new(store: Store, records: list[dict]) -> list[dict]:
         return fresh
 
 
+# the generate settings that decide what an image is; the rest (precision, compile, batch size, device)
+# decide only how it was computed, so an image stored under other values of those is still this image
+IMAGE_SETTINGS = ("num_inference_steps", "guidance_scale", "scheduler", "height", "width")
+
+
+def sampler_identity(sampler: dict) -> tuple:
+    """What of a stored image's sampler record decides the image: the pipeline and scheduler classes and
+    ``IMAGE_SETTINGS`` (numbers as floats, so 5 and 5.0 agree)."""
+    made = sampler.get("generate_config", {})
+    values = tuple(made.get(k) for k in IMAGE_SETTINGS)
+    values = tuple(float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in values)
+    return (sampler.get("pipeline"), sampler.get("scheduler"), *values)
+
+
+def stored_images(
+    store: Store, model_id: str, model_revision: str, sampler: dict, role: str | None = None
+) -> list[dict]:
+    """The stored images of this model revision made with ``sampler``'s settings (``generate``'s returned
+    ``sampler``): another revision's images, or the same model's at another guidance scale, step count,
+    scheduler or size, are other images, never reused or mixed in as these."""
+    want = sampler_identity(sampler)
+    kwargs = {"model_id": model_id} | ({} if role is None else {"role": role})
+    return [
+        r
+        for r in store.list_images(**kwargs)
+        if r["model_revision"] == model_revision and sampler_identity(r["sampler"]) == want
+    ]
+
+
 def _todo(
-    cfg: GenerateConfig, store: Store, prompts: list[str], model_id: str, model_revision: str
+    cfg: GenerateConfig, store: Store, prompts: list[str], model_id: str, model_revision: str, sampler: dict
 ) -> tuple[list[tuple[str, int]], set[str]]:
-    """The (prompt, seed) pairs not yet stored for this model revision, in prompt then seed-index order,
-    and the sha256 of every image of the model already stored."""
-    stored = store.list_images(model_id=model_id)
-    # an image made by an older version of the model in the same folder is not this model's image
-    have = {(r["prompt"], r["seed"]) for r in stored if r["model_revision"] == model_revision}
+    """The (prompt, seed) pairs not yet stored for this model revision and sampler, in prompt then
+    seed-index order, and the sha256 of every image of the model already stored."""
+    have = {(r["prompt"], r["seed"]) for r in stored_images(store, model_id, model_revision, sampler)}
     todo = [
         (p, s)
         for p in prompts
         for s in (image_seed(cfg.seed, cfg.role, p, k) for k in range(cfg.images_per_prompt))
         if (p, s) not in have
     ]
-    return todo, {r["sha256"] for r in stored}
+    return todo, {r["sha256"] for r in store.list_images(model_id=model_id)}
 
 
 def _sampler_record(pipe, cfg: GenerateConfig) -> dict:
@@ -242,8 +269,8 @@ def generate(
         raise ValueError(
             f"{len(unknown)} prompts are not in the run (e.g. {unknown[0]!r}); run `t2ialign prompts` first"
         )
-    todo, shas = _todo(cfg, store, prompts, model_id, model_revision)
     sampler = _sampler_record(pipe, cfg)
+    todo, shas = _todo(cfg, store, prompts, model_id, model_revision, sampler)
     # Every process must split the same list; the gather inside check_same also holds each one until all
     # have read the store, so none sees another's new images and computes a different list.
     dist.check_same(todo, "the images to generate")
@@ -266,17 +293,14 @@ def generate(
     bar.close()
     if dist.world_size() > 1:
         dist.barrier()  # every process's images are in the store: count them all
-        now = {
-            (r["prompt"], r["seed"])
-            for r in store.list_images(model_id=model_id)
-            if r["model_revision"] == model_revision
-        }
+        now = {(r["prompt"], r["seed"]) for r in stored_images(store, model_id, model_revision, sampler)}
         made = sum(1 for key in todo if key in now)
         duplicates = len(todo) - made
     seconds = time.time() - t0
     return {
         "model_id": model_id,
         "model_revision": model_revision,
+        "sampler": sampler,
         "requested": len(prompts) * cfg.images_per_prompt,
         "already_stored": len(prompts) * cfg.images_per_prompt - len(todo),
         "generated": made,

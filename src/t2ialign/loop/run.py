@@ -30,7 +30,7 @@ from t2ialign.core import figures
 from t2ialign.core.fsutil import atomic_write, publish_dir
 from t2ialign.evaluate.run import balanced_sample, evaluate_models, feedback_prompts
 from t2ialign.finetune.train import finetune
-from t2ialign.generate.images import generate, image_seed
+from t2ialign.generate.images import generate, image_seed, stored_images
 from t2ialign.label.simulate import simulate_labels
 from t2ialign.loop.labels import label_counts, wait_for_labels
 from t2ialign.loop.state import (
@@ -102,8 +102,10 @@ def _round_images(store: Store, made: dict, gcfg: GenerateConfig, prompts: list[
     }
     return sorted(
         r["sha256"]
-        for r in store.list_images(model_id=made["model_id"], role=gcfg.role)
-        if r["model_revision"] == made["model_revision"] and (r["prompt"], r["seed"]) in want
+        for r in stored_images(
+            store, made["model_id"], made["model_revision"], made["sampler"], role=gcfg.role
+        )
+        if (r["prompt"], r["seed"]) in want
     )
 
 

@@ -39,7 +39,7 @@ from t2ialign.core import dist
 from t2ialign.core.cliutil import add_config, add_sampler_args, config_from_args, subcommand
 from t2ialign.core.fingerprint import module_fingerprint
 from t2ialign.core.fsutil import atomic_write
-from t2ialign.generate.images import generate, image_seed, select_prompts
+from t2ialign.generate.images import generate, image_seed, select_prompts, stored_images
 from t2ialign.store import Store
 
 SELECTION_FORMAT = "t2ialign.rejection_sampling/1"
@@ -136,13 +136,12 @@ def choose_prompts(
 
 
 def _find_candidates(
-    store: Store, prompts: list[str], gen_cfg: GenerateConfig, model_id: str, revision: str
+    store: Store, prompts: list[str], gen_cfg: GenerateConfig, model_id: str, revision: str, sampler: dict
 ) -> dict[str, list[dict]]:
     """Each prompt's candidate image rows, in seed-index order; a clear error for any that is missing."""
+    # a model changed in place, or sampled with other settings, makes (and is judged on) other images
     rows = {
-        (r["prompt"], r["seed"]): r
-        for r in store.list_images(model_id=model_id, role="eval")
-        if r["model_revision"] == revision  # a model changed in place makes (and is judged on) new images
+        (r["prompt"], r["seed"]): r for r in stored_images(store, model_id, revision, sampler, role="eval")
     }
     out: dict[str, list[dict]] = {}
     for p in prompts:
@@ -213,7 +212,7 @@ def rejection_sample(
     t0 = time.time()
     gen_cfg = candidate_config(cfg)
     gen = generate(gen_cfg, store, prompts, pipe=pipe, model_info=(model_id, revision), progress=progress)
-    candidates = _find_candidates(store, prompts, gen_cfg, model_id, revision)
+    candidates = _find_candidates(store, prompts, gen_cfg, model_id, revision, gen["sampler"])
     rewards = _score(store, reward, candidates, progress)
     per_prompt = [{"prompt": p} | _select(candidates[p], rewards[p], cfg.keep) for p in prompts]
 
