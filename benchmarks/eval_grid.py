@@ -7,12 +7,14 @@ prompt's first K evaluation images of that model by seed (``evaluate`` gives eve
         [--per-prompt 6]
 
 MODEL_ID is an image's ``model_id`` in the store (the pipeline folder it was sampled from, as
-``evaluate`` stored it). The row order is printed.
+``evaluate`` stored it), with ``@G`` for its images at guidance scale G (``evaluate``'s MODEL@G); a
+model stored at several scales must be given one. The row order is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from t2ialign.store import Store
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with Store.open(args.run) as store:
         category = {p["text"]: p["category"] for p in store.list_prompts()}
-        by_model = {m: store.list_images(model_id=m, role="eval") for m in args.models}
+        by_model = {m: _images(store, m, ap) for m in args.models}
         missing = [m for m, rows in by_model.items() if not rows]
         if missing:
             ap.error(f"no evaluation images of {', '.join(missing)} in {args.run}")
@@ -45,6 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     grid(tiles, cols=args.per_prompt).save(args.out)
     print(f"-> {args.out}")
     return 0
+
+
+def _images(store: Store, spec: str, ap: argparse.ArgumentParser) -> list[dict]:
+    """MODEL_ID[@G]'s evaluation images (at guidance G; without @G, the model must have only one)."""
+    at = re.fullmatch(r"(.+)@([0-9]+(?:\.[0-9]*)?)", spec)
+    model_id, guidance = (at[1], float(at[2])) if at else (spec, None)
+    rows = store.list_images(model_id=model_id, role="eval")
+    scales = {r["sampler"].get("generate_config", {}).get("guidance_scale") for r in rows}
+    if guidance is None and len(scales) > 1:
+        ap.error(f"{model_id} has evaluation images at guidance {sorted(scales)}: name one as {model_id}@G")
+    return [
+        r for r in rows if guidance is None or r["sampler"]["generate_config"]["guidance_scale"] == guidance
+    ]
 
 
 if __name__ == "__main__":
