@@ -14,9 +14,9 @@ model stored at several scales must be given one. The row order is printed.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
+from t2ialign.evaluate.run import split_guidance
 from t2ialign.store import Store
 from t2ialign.world.render import grid
 
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _images(store: Store, spec: str, ap: argparse.ArgumentParser) -> list[dict]:
     """MODEL_ID[@G]'s evaluation images (at guidance G; without @G, the model must have only one)."""
-    at = re.fullmatch(r"(.+)@([0-9]+(?:\.[0-9]*)?)", spec)
-    model_id, guidance = (at[1], float(at[2])) if at else (spec, None)
+    model_id, guidance = split_guidance(spec)
     rows = store.list_images(model_id=model_id, role="eval")
     scales = {r["sampler"].get("generate_config", {}).get("guidance_scale") for r in rows}
     if guidance is None and len(scales) > 1:

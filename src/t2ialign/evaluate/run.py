@@ -109,6 +109,12 @@ def check_disjoint(store: Store, prompts: dict[str, list[str]]) -> None:
         )
 
 
+def split_guidance(spec: str) -> tuple[str, float | None]:
+    """'finetuned:full@3' -> ('finetuned:full', 3.0); a spec without a trailing @G -> (spec, None)."""
+    at = re.fullmatch(r"(.+)@([0-9]+(?:\.[0-9]*)?)", spec)
+    return (at[1], float(at[2])) if at else (spec, None)
+
+
 def parse_models(spec: str, run_dir: Path) -> dict[str, dict]:
     """'base,finetuned,rejection' -> {name: {"kind", "path", "guidance_scale"}}. Also finetuned:NAME
     (RUN/finetune/NAME), dpo:NAME (RUN/dpo/NAME), rl:NAME (RUN/rl/NAME), loop:NAME:K (round K of
@@ -119,8 +125,7 @@ def parse_models(spec: str, run_dir: Path) -> dict[str, dict]:
     for full in (s.strip() for s in spec.split(",")):
         if not full:
             continue
-        at = re.fullmatch(r"(.+)@([0-9]+(?:\.[0-9]*)?)", full)
-        item, guidance = (at[1], float(at[2])) if at else (full, None)
+        item, guidance = split_guidance(full)
         if guidance is not None and guidance < 1.0:
             raise ValueError(f"model {full!r}: the guidance scale after @ must be >= 1 (1 switches it off)")
         kind = "pipeline"
