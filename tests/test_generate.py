@@ -50,7 +50,8 @@ def test_images_of_other_sampler_settings_are_not_reused(store, tiny_pipeline_pa
     """The same model, prompts and seeds at another guidance scale are other images: made anew, and kept
     apart from the first ones (precision is how an image was computed, not what it is: reused)."""
     prompts = ["Two circles", "A green colored star"]
-    at5 = generate(GenerateConfig(model=str(tiny_pipeline_path), images_per_prompt=2, **FAST), store, prompts)
+    cfg5 = GenerateConfig(model=str(tiny_pipeline_path), images_per_prompt=2, **FAST)
+    at5 = generate(cfg5, store, prompts, progress=False)
     fast1 = dict(FAST, mixed_precision="bf16")
     cfg1 = GenerateConfig(model=str(tiny_pipeline_path), images_per_prompt=2, guidance_scale=1.0, **fast1)
     at1 = generate(cfg1, store, prompts, progress=False)
@@ -61,7 +62,7 @@ def test_images_of_other_sampler_settings_are_not_reused(store, tiny_pipeline_pa
     assert len(rows5) == len(rows1) == 4 and not {r["sha256"] for r in rows5} & {r["sha256"] for r in rows1}
     assert {(r["prompt"], r["seed"]) for r in rows5} == {(r["prompt"], r["seed"]) for r in rows1}
     assert stored_images(store, at5["model_id"], "another revision", at5["sampler"]) == []
-    # guidance 5 again, now in fp32 where the first ones were too; and in bf16: still the same images
+    # guidance 5 again, in fp32 as the first time and in bf16: precision is not what an image is
     for precision in ("no", "bf16"):
         cfg5 = GenerateConfig(
             model=str(tiny_pipeline_path), images_per_prompt=2, **(FAST | {"mixed_precision": precision})
