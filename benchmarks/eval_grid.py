@@ -53,12 +53,14 @@ def _images(store: Store, spec: str, ap: argparse.ArgumentParser) -> list[dict]:
     """MODEL_ID[@G]'s evaluation images (at guidance G; without @G, the model must have only one)."""
     model_id, guidance = split_guidance(spec)
     rows = store.list_images(model_id=model_id, role="eval")
-    scales = {r["sampler"].get("generate_config", {}).get("guidance_scale") for r in rows}
+
+    def scale(row: dict) -> float | None:
+        return row["sampler"].get("generate_config", {}).get("guidance_scale")
+
+    scales = {scale(r) for r in rows}
     if guidance is None and len(scales) > 1:
         ap.error(f"{model_id} has evaluation images at guidance {sorted(scales)}: name one as {model_id}@G")
-    return [
-        r for r in rows if guidance is None or r["sampler"]["generate_config"]["guidance_scale"] == guidance
-    ]
+    return [r for r in rows if guidance is None or scale(r) == guidance]
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--eval-guidance must be >= 1 (1 switches guidance off)")
     at = "" if args.eval_guidance is None else f"@{args.eval_guidance:g}"  # parse_models' MODEL@G
 
+    def evaluated(name: str) -> str:  # a fine-tune's name in the evaluation report
+        return f"finetuned:{name}{at}"
+
     judge = Judge.load()
     with Store.open(args.run) as store:
         if not store.list_prompts():
@@ -139,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             if not _reusable(args.run / "finetune" / name / "pipeline", cfg, name):
                 finetune(cfg, store, name=name)
         spec = ("base" if args.model is None else f"base={args.model}") + "".join(
-            f",finetuned:{n}{at}" for n in runs
+            f",{evaluated(n)}" for n in runs
         )
         models = parse_models(spec, args.run)
         ecfg = EvaluateConfig(
             images_per_prompt=args.eval_images, generate=GenerateConfig(role="eval", compile=args.compile)
         )
         # the feedback's own share: the same judged images, paired against the control as well
-        against = (f"finetuned:{args.control_name}{at}",) if args.control and not args.control_only else ()
+        against = (evaluated(args.control_name),) if args.control and not args.control_only else ()
         report = evaluate_models(store, models, ecfg, judge=judge, also_against=against)
         print(format_report(report))
         share = report["paired_vs"][against[0]] if against else None
@@ -160,16 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     if share is not None:
         summary["minus_control"] = {
             "control": args.control_name,
-            "paired": share["paired"][f"finetuned:{args.name}{at}"],
-            "paired_attribute": share["paired_attribute"][f"finetuned:{args.name}{at}"],
+            "paired": share["paired"][evaluated(args.name)],
+            "paired_attribute": share["paired_attribute"][evaluated(args.name)],
         }
     out_name = (args.control_name if args.control_only else args.name) + at.replace("@", "_g")
     (args.run / f"perfect_feedback_{out_name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name in runs:
         cells = []
         for g in GROUPS:
-            c = report["paired"][f"finetuned:{name}{at}"][g]["count"]
-            a = report["paired_attribute"][f"finetuned:{name}{at}"][g]["count"]
+            c = report["paired"][evaluated(name)][g]["count"]
+            a = report["paired_attribute"][evaluated(name)][g]["count"]
             cells.append(f"{g}: count {_pts(c)}, count read {_pts(a)}")
         print(f"{name}{at}: " + "; ".join(cells))
     if share is not None:

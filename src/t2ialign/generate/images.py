@@ -200,12 +200,15 @@ def stored_images(
     """The stored images of this model revision made with ``sampler``'s settings (``generate``'s returned
     ``sampler``): another revision's images, or the same model's at another guidance scale, step count,
     scheduler or size, are other images, never reused or mixed in as these."""
-    want = sampler_identity(sampler)
     kwargs = {"model_id": model_id} | ({} if role is None else {"role": role})
+    return _made_with(store.list_images(**kwargs), model_revision, sampler)
+
+
+def _made_with(rows: list[dict], model_revision: str, sampler: dict) -> list[dict]:
+    """The image rows of this model revision made with ``sampler``'s settings."""
+    want = sampler_identity(sampler)
     return [
-        r
-        for r in store.list_images(**kwargs)
-        if r["model_revision"] == model_revision and sampler_identity(r["sampler"]) == want
+        r for r in rows if r["model_revision"] == model_revision and sampler_identity(r["sampler"]) == want
     ]
 
 
@@ -214,14 +217,15 @@ def _todo(
 ) -> tuple[list[tuple[str, int]], set[str]]:
     """The (prompt, seed) pairs not yet stored for this model revision and sampler, in prompt then
     seed-index order, and the sha256 of every image of the model already stored."""
-    have = {(r["prompt"], r["seed"]) for r in stored_images(store, model_id, model_revision, sampler)}
+    stored = store.list_images(model_id=model_id)  # read once: this sampler's images and every sha256
+    have = {(r["prompt"], r["seed"]) for r in _made_with(stored, model_revision, sampler)}
     todo = [
         (p, s)
         for p in prompts
         for s in (image_seed(cfg.seed, cfg.role, p, k) for k in range(cfg.images_per_prompt))
         if (p, s) not in have
     ]
-    return todo, {r["sha256"] for r in store.list_images(model_id=model_id)}
+    return todo, {r["sha256"] for r in stored}
 
 
 def _sampler_record(pipe, cfg: GenerateConfig) -> dict:
