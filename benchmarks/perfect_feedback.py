@@ -13,10 +13,15 @@ unseen objects) while D_pre alone gains little.
         [--steps 1000] [--learning-rate 1e-4] [--no-use-ema] [--eval-images 20] [--min-weight 0.5]
         [--beta 1.0] [--name perfect] [--no-control] [--control-name dpre_only] [--control-only]
         [--compile inductor] [--pretrain-data FOLDER] [--eval-guidance 3]
+        [--categories count combination] [--continue-from NAME]
 
 Every stage reuses what RUN already holds (images, labels, and a fine-tune of the same name and settings;
 one of the same name and other settings is refused rather than overwritten or reused: pass another RUN
-or another --name / --control-name). With the control, the
+or another --name / --control-name; an interrupted fine-tune continues from its last checkpoint, and
+``--continue-from NAME`` starts the perfect-feedback fine-tune from NAME's last checkpoint, a run of the
+same settings but fewer --steps: with the constant learning rate after warm-up and every step's batch
+drawn from (seed, step) alone, that is the longer run itself, without training its first steps again).
+With the control, the
 feedback's own share is measured too: the perfect-feedback model paired against the control (the same
 evaluation images, judged again with the control as the reference). Results:
 RUN/perfect_feedback_NAME.json (NAME_gG with --eval-guidance G) and the printed tables.
@@ -29,6 +34,7 @@ import json
 from pathlib import Path
 
 from t2ialign.config import EvaluateConfig, FinetuneConfig, GenerateConfig, RewardConfig, to_dict
+from t2ialign.core.checkpoint import latest_checkpoint
 from t2ialign.evaluate.run import (
     balanced_sample,
     evaluate_models,
@@ -75,6 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--min-weight", type=float, default=0.0, help="0.5: train on the good images only")
     ap.add_argument("--beta", type=float, default=1.0, help="weight of the pre-training loss")
+    ap.add_argument(
+        "--categories",
+        nargs="+",
+        default=(),
+        metavar="CATEGORY",
+        help="train on the feedback images of prompts of these categories only (count combination: the "
+        "count-bearing ones); the control is unchanged",
+    )
+    ap.add_argument(
+        "--continue-from",
+        metavar="NAME",
+        default=None,
+        help="start from the last checkpoint of the fine-tune NAME in RUN (the same settings, fewer steps)",
+    )
     ap.add_argument("--name", default="perfect", help="the perfect-feedback fine-tune's name in RUN")
     ap.add_argument(
         "--compile", default="no", help="generate.compile for every sampling: inductor, 1.2-1.9x in bf16"
@@ -135,12 +155,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs = {}
         if not args.control_only:
-            runs[args.name] = FinetuneConfig(weights="labels", min_weight=args.min_weight, **common)
+            runs[args.name] = FinetuneConfig(
+                weights="labels",
+                min_weight=args.min_weight,
+                prompt_categories=tuple(args.categories),
+                **common,
+            )
         if args.control:
             runs[args.control_name] = FinetuneConfig(weights="none", **common)
         for name, cfg in runs.items():
             if not _reusable(args.run / "finetune" / name / "pipeline", cfg, name):
-                finetune(cfg, store, name=name)
+                start = args.continue_from if name == args.name else None
+                finetune(cfg, store, name=name, resume_from_checkpoint=_resume(args.run, name, start))
         spec = ("base" if args.model is None else f"base={args.model}") + "".join(
             f",{evaluated(n)}" for n in runs
         )
@@ -193,6 +219,18 @@ def _reusable(pipeline: Path, cfg: FinetuneConfig, name: str) -> bool:
             "pass another --name / --control-name or another RUN"
         )
     return True
+
+
+def _resume(run: Path, name: str, start: str | None) -> str:
+    """What ``finetune`` continues: the run's own last checkpoint (an interrupted run), else ``start``'s
+    last one; "latest" with no checkpoint at all starts at step 0."""
+    own = latest_checkpoint(run / "finetune" / name / "checkpoints")
+    if own is not None or start is None:
+        return "latest"
+    found = latest_checkpoint(run / "finetune" / start / "checkpoints")
+    if found is None:
+        raise SystemExit(f"error: --continue-from {start}: no checkpoint under {run / 'finetune' / start}")
+    return str(found)
 
 
 def _pts(s: dict) -> str:

@@ -283,6 +283,22 @@ def test_min_weight_keeps_only_the_images_labeled_good(ft_run, tiny_pipeline_pat
     assert good == [r for r in every if r["weight"] >= 0.5] and good
 
 
+def test_prompt_categories_keep_only_those_prompts_images(ft_run, tiny_pipeline_path):
+    with Store.open(ft_run) as store:
+        category = {p["text"]: p["category"] for p in store.list_prompts()}
+        every = ft_data.model_examples(store, small(tiny_pipeline_path), RewardModel.load(ft_run / "reward"))
+        held = sorted({category[r["prompt"]] for r in every})
+        assert len(held) >= 2, f"the run's feedback prompts span one category only: {held}"
+        some = ft_data.model_examples(
+            store,
+            small(tiny_pipeline_path, prompt_categories=held[:1]),
+            RewardModel.load(ft_run / "reward"),
+        )
+    assert some == [r for r in every if category[r["prompt"]] == held[0]] and some
+    with pytest.raises(ConfigError, match="prompt_categories: unknown 'counts'"):
+        FinetuneConfig(prompt_categories=["counts"])
+
+
 def test_resume_refuses_what_it_cannot_continue(ft_run, tiny_pipeline_path):
     cfg = small(tiny_pipeline_path, max_train_steps=2)
     with Store.open(ft_run) as store:

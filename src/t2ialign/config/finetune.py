@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from t2ialign.config._common import _check_precision
 from t2ialign.core.config import ConfigError, at_least_one
+from t2ialign.world.prompts import CATEGORIES
 
 FINETUNE_WEIGHTS = ("reward", "labels", "uniform", "none")
 
@@ -35,6 +36,9 @@ class FinetuneConfig:
     # images most labelers called good). With AdamW the objective is the same up to the pre-training term's
     # share, but every D_model slot of a batch then carries signal (0 keeps all)
     min_weight: float = 0.0
+    # beyond the paper: keep only D_model images of prompts in these categories (count, color, background,
+    # combination), e.g. ["count", "combination"] for the count-bearing prompts; empty keeps every category
+    prompt_categories: tuple[str, ...] = ()
     # rewards are clamped into this range: a negative weight would turn likelihood maximisation into an
     # unbounded loss ascent (the paper's r_phi is trained towards labels in {0, 1})
     reward_range: tuple[float, ...] = (0.0, 1.0)
@@ -67,6 +71,13 @@ class FinetuneConfig:
 
     def __post_init__(self):
         self.reward_range = tuple(float(x) for x in self.reward_range)
+        self.prompt_categories = tuple(self.prompt_categories)
+        bad = sorted(set(self.prompt_categories) - set(CATEGORIES))
+        if bad:
+            raise ConfigError(
+                f"finetune.prompt_categories: unknown {', '.join(map(repr, bad))} "
+                f"(categories: {', '.join(CATEGORIES)})"
+            )
         if self.weights not in FINETUNE_WEIGHTS:
             raise ConfigError(
                 f"finetune.weights must be one of {', '.join(FINETUNE_WEIGHTS)}, got {self.weights!r}"

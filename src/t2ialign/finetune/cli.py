@@ -52,6 +52,12 @@ def add_command(sub) -> None:
     sp.add_argument(
         "--top_k_per_prompt", type=int, help="keep each prompt's k images of highest weight (0: all)"
     )
+    sp.add_argument(
+        "--prompt_categories",
+        nargs="+",
+        metavar="CATEGORY",
+        help="keep only D_model images of prompts of these categories (e.g. count combination)",
+    )
     sp.add_argument("--beta", type=float, help="weight of the pre-training loss (0: off)")
     sp.add_argument(
         "--pretrain_data", help="D_pre: 'world' (renders), a folder with captions.jsonl, or a .parquet file"

@@ -122,12 +122,16 @@ def model_examples(
     weights = "uniform": 1 for every image (a control: fine-tuning on the model's own samples, no reward);
     weights = "none": 0 for every image (a control: only the D_pre term trains, at the same compute).
     top_k_per_prompt = k > 0 then keeps each prompt's k images of highest weight, min_weight those of at
-    least that weight. ``images`` (a collection of sha256s, or None for all) keeps only those images: one
+    least that weight; prompt_categories keeps only prompts of those categories. ``images`` (a collection of sha256s, or None for all) keeps only those images: one
     round of ``t2ialign loop``.
     """
     from t2ialign.reward.data import labeled_images
 
-    seen = {p["text"] for p in store.list_prompts(split="seen")}
+    seen = {
+        p["text"]
+        for p in store.list_prompts(split="seen")
+        if not cfg.prompt_categories or p["category"] in cfg.prompt_categories
+    }
     keep = None if images is None else set(images)
 
     def kept(r) -> bool:
