@@ -14,6 +14,7 @@ unseen objects) while D_pre alone gains little.
         [--beta 1.0] [--name perfect] [--no-control] [--control-name dpre_only] [--control-only]
         [--compile inductor] [--pretrain-data FOLDER] [--eval-guidance 3]
         [--categories count combination] [--continue-from NAME]
+        [--timestep-bias later --timestep-bias-multiplier 3 --timestep-bias-portion 0.5]
 
 Every stage reuses what RUN already holds (images, labels, and a fine-tune of the same name and settings;
 one of the same name and other settings is refused rather than overwritten or reused: pass another RUN
@@ -33,7 +34,14 @@ import argparse
 import json
 from pathlib import Path
 
-from t2ialign.config import EvaluateConfig, FinetuneConfig, GenerateConfig, RewardConfig, to_dict
+from t2ialign.config import (
+    TIMESTEP_BIAS,
+    EvaluateConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    RewardConfig,
+    to_dict,
+)
 from t2ialign.core.checkpoint import latest_checkpoint
 from t2ialign.evaluate.run import (
     balanced_sample,
@@ -89,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         help="train on the feedback images of prompts of these categories only (count combination: the "
         "count-bearing ones); the control is unchanged",
     )
+    ap.add_argument(
+        "--timestep-bias",
+        choices=TIMESTEP_BIAS,
+        default="none",
+        help="favour some timesteps of the feedback term (later: the noisiest, where the count is settled)",
+    )
+    ap.add_argument("--timestep-bias-multiplier", type=float, default=1.0)
+    ap.add_argument("--timestep-bias-portion", type=float, default=0.25)
     ap.add_argument(
         "--continue-from",
         metavar="NAME",
@@ -159,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                 weights="labels",
                 min_weight=args.min_weight,
                 prompt_categories=tuple(args.categories),
+                timestep_bias_strategy=args.timestep_bias,
+                timestep_bias_multiplier=args.timestep_bias_multiplier,
+                timestep_bias_portion=args.timestep_bias_portion,
                 **common,
             )
         if args.control:

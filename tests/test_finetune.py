@@ -27,6 +27,7 @@ from t2ialign.finetune.losses import (
     lr_at,
     per_sample_mse,
     reward_weighted_loss,
+    timestep_weights,
 )
 from t2ialign.finetune.train import batch_indices, finetune
 from t2ialign.generate.images import generate
@@ -77,6 +78,31 @@ def test_targets_rewards_and_learning_rate():
         clamp_rewards(torch.tensor([0.1, float("nan")]), 0.0, 1.0)
     assert [lr_at(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert lr_at(0, 0.1, 0) == 0.1
+
+
+def test_timestep_bias_by_hand():
+    assert timestep_weights(10, "none", 5.0, 0.3, 0, 10) is None  # uniform: the paper's draws
+    later = timestep_weights(10, "later", 3.0, 0.2, 0, 10)  # the last 2 of 10 count 3 times
+    assert later.tolist() == pytest.approx([1 / 14] * 8 + [3 / 14] * 2)
+    earlier = timestep_weights(10, "earlier", 0.5, 0.5, 0, 10)
+    assert earlier.tolist() == pytest.approx([0.5 / 7.5] * 5 + [1 / 7.5] * 5)
+    ranged = timestep_weights(10, "range", 4.0, 0.25, 3, 5)
+    assert ranged.tolist() == pytest.approx([1 / 16] * 3 + [4 / 16] * 2 + [1 / 16] * 5)
+    with pytest.raises(ValueError, match="outside"):
+        timestep_weights(10, "range", 2.0, 0.25, 10, 20)
+    # drawn with those odds: a range favoured a million times holds (nearly) every draw
+    data = ft_data.LatentSet(["a"], torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2), None, None, [], None)
+    odds = timestep_weights(1000, "range", 1e6, 0.25, 900, 1000)
+    _, _, t = ft_train.draw_noise(data, 4096, 1000, torch.Generator().manual_seed(0), odds)
+    assert (t >= 900).float().mean() > 0.99 and t.max() < 1000
+    _, _, uniform = ft_train.draw_noise(data, 4096, 1000, torch.Generator().manual_seed(0))
+    assert 0.05 < (uniform >= 900).float().mean() < 0.15
+    with pytest.raises(ConfigError, match="timestep_bias_strategy"):
+        FinetuneConfig(timestep_bias_strategy="late")
+    with pytest.raises(ConfigError, match="timestep_bias_multiplier"):
+        FinetuneConfig(timestep_bias_strategy="later", timestep_bias_multiplier=0)
+    with pytest.raises(ConfigError, match="begin < end"):
+        FinetuneConfig(timestep_bias_begin=500, timestep_bias_end=500)
 
 
 def test_batches_cover_every_example_once_per_epoch():

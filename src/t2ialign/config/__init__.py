@@ -22,6 +22,7 @@ from t2ialign.config.evaluate import (
 )
 from t2ialign.config.finetune import (
     FINETUNE_WEIGHTS,
+    TIMESTEP_BIAS,
     FinetuneConfig,
 )
 from t2ialign.config.generate import (
@@ -70,6 +71,7 @@ __all__ = [
     "DPO_UNUSED_TRAIN_FIELDS",
     "EvaluateConfig",
     "FINETUNE_WEIGHTS",
+    "TIMESTEP_BIAS",
     "FinetuneConfig",
     "GUARD_ACTIONS",
     "GUARD_ALIGNMENT",

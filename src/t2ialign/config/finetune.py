@@ -9,6 +9,7 @@ from t2ialign.core.config import ConfigError, at_least_one
 from t2ialign.world.prompts import CATEGORIES
 
 FINETUNE_WEIGHTS = ("reward", "labels", "uniform", "none")
+TIMESTEP_BIAS = ("none", "later", "earlier", "range")
 
 
 @dataclass
@@ -43,6 +44,16 @@ class FinetuneConfig:
     # unbounded loss ascent (the paper's r_phi is trained towards labels in {0, 1})
     reward_range: tuple[float, ...] = (0.0, 1.0)
     beta: float = 1.0  # weight of the pre-training loss on D_pre (Eq. 4); 0 switches D_pre off
+    # beyond the paper: diffusers' timestep bias (train_text_to_image_sdxl.py, --timestep_bias_*) on the
+    # D_model term. "later" multiplies the odds of the last timestep_bias_portion of the timesteps (the
+    # noisiest, where the layout and so the count is settled) by timestep_bias_multiplier, "earlier" of the
+    # first, "range" of [timestep_bias_begin, timestep_bias_end); "none" draws them uniformly (the paper).
+    # D_pre's timesteps stay uniform, so the pre-training term keeps every noise level in place
+    timestep_bias_strategy: str = "none"
+    timestep_bias_multiplier: float = 1.0
+    timestep_bias_portion: float = 0.25
+    timestep_bias_begin: int = 0
+    timestep_bias_end: int = 1000
     # D_pre: "world" = renders of the shapes world's pre-training captions; else a local folder with
     # images and captions.jsonl ({"file": ..., "text": ...} per line) or a Parquet file (image, text)
     pretrain_data: str = "world"
@@ -108,6 +119,21 @@ class FinetuneConfig:
         if not 0.0 <= self.pretrain_cfg_dropout < 1.0:
             raise ConfigError(
                 f"finetune.pretrain_cfg_dropout must be in [0, 1), got {self.pretrain_cfg_dropout}"
+            )
+        if self.timestep_bias_strategy not in TIMESTEP_BIAS:
+            raise ConfigError(
+                f"finetune.timestep_bias_strategy must be one of {', '.join(TIMESTEP_BIAS)}, "
+                f"got {self.timestep_bias_strategy!r}"
+            )
+        if self.timestep_bias_multiplier <= 0 or not 0.0 < self.timestep_bias_portion <= 1.0:
+            raise ConfigError(
+                "finetune.timestep_bias_multiplier must be > 0 and timestep_bias_portion in (0, 1], got "
+                f"{self.timestep_bias_multiplier} and {self.timestep_bias_portion}"
+            )
+        if not 0 <= self.timestep_bias_begin < self.timestep_bias_end:
+            raise ConfigError(
+                "finetune.timestep_bias_begin and timestep_bias_end must satisfy 0 <= begin < end, got "
+                f"{self.timestep_bias_begin} and {self.timestep_bias_end}"
             )
         _check_precision("finetune", self.mixed_precision)
         at_least_one(

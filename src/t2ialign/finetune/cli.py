@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from t2ialign.config import FINETUNE_WEIGHTS
+from t2ialign.config import FINETUNE_WEIGHTS, TIMESTEP_BIAS
 from t2ialign.core.cliutil import add_config, add_seed, config_from_args, subcommand
 from t2ialign.store import open_existing
 
@@ -59,6 +59,17 @@ def add_command(sub) -> None:
         help="keep only D_model images of prompts of these categories (e.g. count combination)",
     )
     sp.add_argument("--beta", type=float, help="weight of the pre-training loss (0: off)")
+    sp.add_argument(
+        "--timestep_bias_strategy",
+        choices=TIMESTEP_BIAS,
+        help="favour some timesteps of the D_model term, as diffusers' SDXL script (later: the noisiest)",
+    )
+    sp.add_argument("--timestep_bias_multiplier", type=float, help="odds of the favoured timesteps")
+    sp.add_argument(
+        "--timestep_bias_portion", type=float, help="share of timesteps favoured (later, earlier)"
+    )
+    sp.add_argument("--timestep_bias_begin", type=int, help="first favoured timestep (range)")
+    sp.add_argument("--timestep_bias_end", type=int, help="end of the favoured timesteps, excluded (range)")
     sp.add_argument(
         "--pretrain_data", help="D_pre: 'world' (renders), a folder with captions.jsonl, or a .parquet file"
     )

@@ -67,3 +67,28 @@ def lr_at(step: int, learning_rate: float, warmup_steps: int) -> float:
     ``core.training.lr_factor``'s "constant" schedule. A pure function of the step: resuming needs no
     scheduler state, and every process agrees."""
     return learning_rate * lr_factor(step, warmup_steps, 0, "constant")
+
+
+def timestep_weights(
+    num_timesteps: int, strategy: str, multiplier: float, portion: float, begin: int, end: int
+) -> torch.Tensor | None:
+    """The odds of each training timestep under diffusers' timestep bias (train_text_to_image_sdxl.py):
+    "later" / "earlier" multiply the last / first ``portion`` of the timesteps by ``multiplier``, "range"
+    the timesteps in [begin, end); normalised to sum to 1. "none" is None: uniform draws."""
+    if strategy == "none":
+        return None
+    if multiplier <= 0:
+        raise ValueError(f"the timestep bias multiplier must be > 0, got {multiplier}")
+    n = max(1, int(portion * num_timesteps))
+    chosen = {
+        "later": slice(num_timesteps - n, num_timesteps),
+        "earlier": slice(0, n),
+        "range": slice(begin, min(end, num_timesteps)),
+    }.get(strategy)
+    if chosen is None:
+        raise ValueError(f"unknown timestep bias strategy {strategy!r}")
+    if begin >= num_timesteps and strategy == "range":
+        raise ValueError(f"timestep bias range [{begin}, {end}) lies outside the {num_timesteps} timesteps")
+    w = torch.ones(num_timesteps, dtype=torch.float64)
+    w[chosen] *= multiplier
+    return w / w.sum()

@@ -46,7 +46,7 @@ from t2ialign.finetune.data import (
     encode_texts,
     model_examples,
 )
-from t2ialign.finetune.losses import denoising_target, eq4_loss, lr_at, per_sample_mse
+from t2ialign.finetune.losses import denoising_target, eq4_loss, lr_at, per_sample_mse, timestep_weights
 from t2ialign.store import Store
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the attention projections, as diffusers' LoRA scripts
@@ -67,12 +67,22 @@ def batch_indices(n: int, global_batch: int, step: int, seed: int, stream: str) 
     return out
 
 
-def draw_noise(data: LatentSet, global_batch: int, num_train_timesteps: int, gen: torch.Generator):
-    """The global batch's posterior noise, diffusion noise (each (G, C, h, w)) and timesteps (G,)."""
+def draw_noise(
+    data: LatentSet,
+    global_batch: int,
+    num_train_timesteps: int,
+    gen: torch.Generator,
+    t_weights: torch.Tensor | None = None,
+):
+    """The global batch's posterior noise, diffusion noise (each (G, C, h, w)) and timesteps (G,): uniform,
+    or drawn with the odds ``t_weights`` (``losses.timestep_weights``)."""
     shape = (global_batch, *data.mean.shape[1:])
     eps = torch.randn(shape, generator=gen)
     noise = torch.randn(shape, generator=gen)
-    t = torch.randint(0, num_train_timesteps, (global_batch,), generator=gen)
+    if t_weights is None:
+        t = torch.randint(0, num_train_timesteps, (global_batch,), generator=gen)
+    else:
+        t = torch.multinomial(t_weights, global_batch, replacement=True, generator=gen)
     return eps, noise, t
 
 
@@ -253,6 +263,14 @@ class _Data:
             self.pre = build_pretrain_set(store, pipe, cfg, progress) if cfg.beta > 0 else None
         self.scaling = float(pipe.vae.config.scaling_factor)
         self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.t_weights = timestep_weights(  # D_model's timestep odds; None: uniform
+            int(self.scheduler.config.num_train_timesteps),
+            cfg.timestep_bias_strategy,
+            cfg.timestep_bias_multiplier,
+            cfg.timestep_bias_portion,
+            cfg.timestep_bias_begin,
+            cfg.timestep_bias_end,
+        )
         world, accum = accelerator.num_processes, cfg.gradient_accumulation_steps
         self.g_model = cfg.train_batch_size * accum * world
         self.g_pre = cfg.pretrain_batch_size * accum * world
@@ -303,7 +321,7 @@ def _step_batches(cfg: FinetuneConfig, data: _Data, step: int) -> dict:
     gen = torch.Generator().manual_seed(stable_seed("finetune-noise", cfg.seed, step))
     out = {
         "model": batch_indices(len(data.model), data.g_model, step, cfg.seed, "model"),
-        "model_noise": draw_noise(data.model, data.g_model, T, gen),
+        "model_noise": draw_noise(data.model, data.g_model, T, gen, data.t_weights),
     }
     if data.pre is not None:
         out["pre"] = batch_indices(len(data.pre), data.g_pre, step, cfg.seed, "pre")
