@@ -182,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.control:
             runs[args.control_name] = FinetuneConfig(weights="none", **common)
-        for name, cfg in runs.items():
-            if not _reusable(args.run / "finetune" / name / "pipeline", cfg, name):
-                start = args.continue_from if name == args.name else None
-                finetune(cfg, store, name=name, resume_from_checkpoint=_resume(args.run, name, start))
+        # every run checked before any is trained: a mismatch is refused before the hours of the first
+        todo = [n for n, cfg in runs.items() if not _reusable(args.run / "finetune" / n / "pipeline", cfg, n)]
+        for name in todo:
+            start = args.continue_from if name == args.name else None
+            finetune(runs[name], store, name=name, resume_from_checkpoint=_resume(args.run, name, start))
         spec = ("base" if args.model is None else f"base={args.model}") + "".join(
             f",{evaluated(n)}" for n in runs
         )
