@@ -14,7 +14,7 @@ unseen objects) while D_pre alone gains little.
         [--beta 1.0] [--name perfect] [--no-control] [--control-name dpre_only] [--control-only]
         [--compile inductor] [--pretrain-data FOLDER] [--eval-guidance 3]
         [--categories count combination] [--continue-from NAME]
-        [--timestep-bias later --timestep-bias-multiplier 3 --timestep-bias-portion 0.5]
+        [--timestep-bias range --timestep-bias-multiplier 4 --timestep-bias-begin 400 --timestep-bias-end 800]
 
 Every stage reuses what RUN already holds (images, labels, and a fine-tune of the same name and settings;
 one of the same name and other settings is refused rather than overwritten or reused: pass another RUN
@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         help="favour some timesteps of the feedback term (later: the noisiest, where the count is settled)",
     )
     ap.add_argument("--timestep-bias-multiplier", type=float, default=1.0)
-    ap.add_argument("--timestep-bias-portion", type=float, default=0.25)
+    ap.add_argument("--timestep-bias-portion", type=float, default=0.25, help="later, earlier")
+    ap.add_argument("--timestep-bias-begin", type=int, default=0, help="range: first favoured timestep")
+    ap.add_argument("--timestep-bias-end", type=int, default=1000, help="range: end, excluded")
     ap.add_argument(
         "--continue-from",
         metavar="NAME",
@@ -178,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 timestep_bias_strategy=args.timestep_bias,
                 timestep_bias_multiplier=args.timestep_bias_multiplier,
                 timestep_bias_portion=args.timestep_bias_portion,
+                timestep_bias_begin=args.timestep_bias_begin,
+                timestep_bias_end=args.timestep_bias_end,
                 **common,
             )
         if args.control:
