@@ -216,6 +216,9 @@ def test_evaluate_end_to_end_on_tiny_models(store, tiny_pipeline_path, tiny_clip
     assert rewards == grids["sets"]["best"]
     text = format_report(report)
     assert "base:" in text and "paired - base" in text and "no paired differences" not in text
+    # the pairing against "same" is printed too, for every model but "same" itself
+    assert "best paired - same" in text and "unguided paired - same" in text
+    assert "same paired - same" not in text
     alone = dict(report, paired={}, paired_reference=None)
     assert "no paired differences" in format_report(alone) and "add base to --models" in format_report(alone)
 

@@ -246,7 +246,11 @@ def cmd_evaluate(args) -> int:
     with open_existing(args.run, args.db_url) as store:
         # under torchrun every process generates its share; rank 0 judges, writes and reports
         report = evaluate_models(
-            store, parse_models(args.models, store.run_dir), cfg, progress=dist.is_main()
+            store,
+            parse_models(args.models, store.run_dir),
+            cfg,
+            progress=dist.is_main(),
+            also_against=tuple(args.against or ()),
         )
     if dist.is_main():
         print(format_report(report))
@@ -349,6 +353,13 @@ def _add_evaluate_commands(sub) -> None:
         default="base,finetuned,rejection",
         help="comma-separated: base, finetuned[:NAME], rejection[:MODEL], LABEL=PATH; MODEL@G samples it at "
         "guidance scale G (default: %(default)s)",
+    )
+    sp.add_argument(
+        "--against",
+        nargs="+",
+        metavar="MODEL",
+        help="also pair every model against these models of --models, as written there (a fine-tune "
+        "against its control, or one fine-tune against another), on the same judged images",
     )
     sp.add_argument("--n-seen", dest="n_seen", type=int, help="seen evaluation prompts (default 60)")
     sp.add_argument("--n-unseen", dest="n_unseen", type=int, help="unseen evaluation prompts (default 60)")

@@ -449,6 +449,20 @@ def format_report(report: dict) -> str:
                     if paired[g][c]["n_prompts"]
                 ]
                 lines.append(f"  {g:14s} " + "  ".join(cells))
+    for ref, vs in report.get("paired_vs", {}).items():
+        if ref == PAIRED_REFERENCE:
+            continue
+        for name, paired in vs["paired"].items():
+            if name == ref:
+                continue
+            lines.append(f"{name} paired - {ref}, points [95% interval by a bootstrap over prompts]:")
+            for g in [*GROUPS, "all"]:
+                cells = [
+                    f"{c} {_delta_text(paired[g][c])}"
+                    for c in [*CATEGORIES, "all"]
+                    if paired[g][c]["n_prompts"]
+                ]
+                lines.append(f"  {g:14s} " + "  ".join(cells))
     if report.get("models") and not report.get("paired_reference"):
         lines.append(
             f"no paired differences: they compare every model with the model named {PAIRED_REFERENCE!r}, "
