@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "--continue-from",
         metavar="NAME",
         default=None,
-        help="start from the last checkpoint of the fine-tune NAME in RUN (the same settings, fewer steps)",
+        help="start from the last checkpoint of the fine-tune NAME in RUN (the same settings, fewer steps); "
+        "with --control-only, the control starts there",
     )
     ap.add_argument("--name", default="perfect", help="the perfect-feedback fine-tune's name in RUN")
     ap.add_argument(
@@ -186,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.control:
             runs[args.control_name] = FinetuneConfig(weights="none", **common)
+        trained = args.control_name if args.control_only else args.name  # the one --continue-from continues
         # every run checked before any is trained: a mismatch is refused before the hours of the first
         todo = [n for n, cfg in runs.items() if not _reusable(args.run / "finetune" / n / "pipeline", cfg, n)]
         for name in todo:
-            start = args.continue_from if name == args.name else None
+            start = args.continue_from if name == trained else None
             finetune(runs[name], store, name=name, resume_from_checkpoint=_resume(args.run, name, start))
         spec = ("base" if args.model is None else f"base={args.model}") + "".join(
             f",{evaluated(n)}" for n in runs

@@ -15,6 +15,7 @@ from t2ialign.core.checkpoint import (
     optimizer_to_tensors,
     resolve_resume,
     save_checkpoint,
+    with_defaults,
 )
 
 
@@ -111,3 +112,17 @@ def test_manifest_is_written_last(tmp_path, monkeypatch):
     assert json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())["step"] == 1
     assert not (tmp_path / "checkpoint-00000002").exists()
     assert os.listdir(tmp_path)  # the previous checkpoint is intact
+
+
+def test_a_checkpoint_from_before_a_setting_existed_continues_at_its_default(tmp_path):
+    old = {"lr": 1e-4, "nested": {"a": 1}}  # made before "bias" and "nested.b" existed
+    path = save_checkpoint(tmp_path, 10, {"w": torch.zeros(2)}, {"config": old})
+    defaults = {"lr": 1e-5, "bias": "none", "nested": {"a": 0, "b": 2}}
+    now = {"lr": 1e-4, "bias": "none", "nested": {"a": 1, "b": 2}}
+    assert with_defaults(old, defaults) == now
+    _, state = load_checkpoint(path, expect_config=now, defaults=defaults)
+    assert state["step"] == 10
+    with pytest.raises(CheckpointError, match=r"differs in: bias\)"):  # not its default: another run
+        load_checkpoint(path, expect_config=now | {"bias": "later"}, defaults=defaults)
+    with pytest.raises(CheckpointError, match="differs in: bias, nested"):  # no defaults: strict, as before
+        load_checkpoint(path, expect_config=now)

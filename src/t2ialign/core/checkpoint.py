@@ -127,11 +127,25 @@ def resolve_resume(root: str | Path, resume_from_checkpoint: str | None) -> Path
     return path
 
 
+def with_defaults(saved: dict, defaults: dict) -> dict:
+    """``saved`` with each setting it lacks taken from ``defaults`` (nested dicts merged alike): a
+    checkpoint made before a setting existed ran as that setting's default does."""
+    out = dict(saved)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = with_defaults(out[k], v)
+    return out
+
+
 def load_checkpoint(
-    path: str | Path, expect_config: dict | None = None, verify: bool = True
+    path: str | Path, expect_config: dict | None = None, verify: bool = True, defaults: dict | None = None
 ) -> tuple[dict, dict]:
     """(tensors, state) of a checkpoint. With ``expect_config``, refuses a checkpoint whose saved
-    ``state["config"]`` differs (resuming with other settings would not equal an uninterrupted run)."""
+    ``state["config"]`` differs (resuming with other settings would not equal an uninterrupted run).
+    ``defaults``: every setting's default, for the settings added since the checkpoint was made (it lacks
+    them): those match where ``expect_config`` holds their default, the value that run had."""
     path = Path(path)
     if not is_complete(path):
         raise CheckpointError(f"checkpoint {path} is missing or incomplete")
@@ -141,12 +155,11 @@ def load_checkpoint(
             if file_sha256(path / name) != f["sha256"]:
                 raise CheckpointError(f"checkpoint {path}: {name} does not match its manifest (corrupt)")
     state = json.loads((path / "state.json").read_text())
-    if expect_config is not None and state.get("config") != expect_config:
-        diff = sorted(
-            k
-            for k in set(expect_config) | set(state.get("config") or {})
-            if expect_config.get(k) != (state.get("config") or {}).get(k)
-        )
+    saved = state.get("config") or {}
+    if defaults is not None:
+        saved = with_defaults(saved, defaults)
+    if expect_config is not None and saved != expect_config:
+        diff = sorted(k for k in set(expect_config) | set(saved) if expect_config.get(k) != saved.get(k))
         raise CheckpointError(
             f"checkpoint {path} was made with another config (differs in: {', '.join(diff)})"
         )

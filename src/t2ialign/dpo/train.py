@@ -57,7 +57,9 @@ def dpo(
     pairs = _pairs(cfg, store)  # every process, before any expensive work: a clear error on all of them
     # the pairs are part of what a checkpoint continues: new labels mean another run, not a resume
     ident = config | {"pairs_sha256": _digest(pairs)}
-    session = open_session(tc, store.run_dir / "dpo" / name, ident, resume_from_checkpoint)
+    session = open_session(
+        tc, store.run_dir / "dpo" / name, ident, resume_from_checkpoint, defaults=to_dict(DPOConfig())
+    )
     data = _Data(cfg, store, session, pairs, progress and session.is_main)
     # the frozen reference is taken before training (or a checkpoint) changes the UNet
     frozen = None if tc.lora_rank > 0 else _frozen_copy(session.pipe.unet, session.accelerator.device)

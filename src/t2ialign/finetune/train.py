@@ -127,9 +127,17 @@ class Session:
         return self.accelerator.is_main_process
 
 
-def open_session(cfg: FinetuneConfig, out: Path, config: dict, resume_from_checkpoint: str | None) -> Session:
+def open_session(
+    cfg: FinetuneConfig,
+    out: Path,
+    config: dict,
+    resume_from_checkpoint: str | None,
+    defaults: dict | None = None,
+) -> Session:
     """Accelerate (mixed precision, gradient accumulation of ``cfg``), the base pipeline, and the checkpoint
-    of ``out`` to continue. ``config`` is the stage's whole config as a dict: its identity."""
+    of ``out`` to continue. ``config`` is the stage's whole config as a dict: its identity; ``defaults`` the
+    stage's default config as a dict, so a checkpoint made before a setting existed continues where that
+    setting is left at its default."""
     from accelerate import Accelerator
 
     from t2ialign.models.load import load_pipeline
@@ -143,7 +151,8 @@ def open_session(cfg: FinetuneConfig, out: Path, config: dict, resume_from_check
     pipe, model_id, revision = load_pipeline(cfg.pretrained_model_name_or_path)
     ident = identity(config, accelerator.num_processes, revision)
     # refuse a mismatched checkpoint before any expensive work
-    checkpoint = load_checkpoint(resume, expect_config=ident) if resume is not None else None
+    known = None if defaults is None else identity(defaults, accelerator.num_processes, revision)
+    checkpoint = load_checkpoint(resume, expect_config=ident, defaults=known) if resume is not None else None
     return Session(accelerator, out, pipe, model_id, revision, ident, checkpoint, resume)
 
 
@@ -199,7 +208,7 @@ def finetune(
     """
     config = to_dict(cfg)
     out = store.run_dir / "finetune" / name if out is None else out
-    session = open_session(cfg, out, config, resume_from_checkpoint)
+    session = open_session(cfg, out, config, resume_from_checkpoint, defaults=to_dict(FinetuneConfig()))
     accelerator = session.accelerator
     data = _Data(cfg, store, session.pipe, accelerator, progress and session.is_main, images)
     state, unet, optimizer, start = start_training(session, cfg, config, "finetune_config.json")
