@@ -660,7 +660,8 @@ def test_world_d_pre_is_drawn_as_the_bases_own_pre_training_data(tmp_path, tiny_
     cfg = FinetuneConfig(pretrained_model_name_or_path=str(base), pretrain_images=40)
     with Store.open(tmp_path / "run") as store:
         d_pre = ft_data.build_pretrain_set(store, pipe, cfg)
-        default = ft_data.build_pretrain_set(store, pipe, FinetuneConfig(pretrain_images=40))
+        plain = FinetuneConfig(pretrained_model_name_or_path=str(tiny_pipeline_path), pretrain_images=40)
+        default = ft_data.build_pretrain_set(store, pipe, plain)  # no t2ialign.json: the default rates
     assert all(k.startswith("world:dice:") for k in d_pre.keys)
     counts, colors = set(vocab.COUNT_WORDS.values()), set(vocab.COLORS)
 
@@ -671,3 +672,29 @@ def test_world_d_pre_is_drawn_as_the_bases_own_pre_training_data(tmp_path, tiny_
     assert all(says(t) == (False, True, False) for t in d_pre.texts), d_pre.texts
     # the same 40 scenes with the default web-like rates name a count and a background now and then
     assert any(says(t)[0] for t in default.texts) and any(says(t)[2] for t in default.texts)
+
+
+def test_the_learning_rate_left_unset_follows_the_model(tmp_path, tiny_pipeline_path):
+    """``learning_rate = None``: the bound's rate on a shapes-world pipeline (its own ``t2ialign.json``, or
+    the stamp of the world pipeline it was fine-tuned from), diffusers' example's on any other model; a rate
+    that is set stays."""
+    import shutil
+
+    from t2ialign.config import SD_LEARNING_RATE, WORLD_LEARNING_RATE
+    from t2ialign.finetune.train import resolve_defaults
+
+    assert (WORLD_LEARNING_RATE, SD_LEARNING_RATE) == (1e-4, 1e-5)
+    world = tmp_path / "world"
+    shutil.copytree(tiny_pipeline_path, world)
+    (world / "t2ialign.json").write_text(json.dumps({"pretrain_config": {"data": {"layout": "dice"}}}))
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_pipeline_path, tuned)
+    (tuned / "t2ialign_finetune.json").write_text(json.dumps({"source_folder": str(world)}))
+
+    def lr(model, **kw):
+        return resolve_defaults(FinetuneConfig(pretrained_model_name_or_path=model, **kw)).learning_rate
+
+    assert FinetuneConfig().learning_rate is None
+    assert lr(None) == lr(str(world)) == lr(str(tuned)) == WORLD_LEARNING_RATE  # None: the shipped world
+    assert lr(str(tiny_pipeline_path)) == SD_LEARNING_RATE
+    assert lr(str(tiny_pipeline_path), learning_rate=3e-4) == lr(str(world), learning_rate=3e-4) == 3e-4

@@ -259,7 +259,7 @@ def test_a_world_of_another_layout_renders_its_pool_so_and_its_fine_tunes_follow
         seed = stable_seed("pool-image", 0, i)
         assert np.array_equal(images[i], render(PromptSpec(*scenes[i]), seed=seed, layout="dice").image)
     assert world_layout(str(out / "pipeline")) == "dice"
-    assert world_layout(None) == "random"  # the shipped world, made before layouts existed
+    assert world_layout(None) == "dice"  # the shipped world, v7
     # a pipeline fine-tuned from it carries no t2ialign.json, only its stamp naming its source
     tuned = tmp_path / "tuned"
     shutil.copytree(out / "pipeline", tuned, ignore=shutil.ignore_patterns("t2ialign.json"))

@@ -22,7 +22,9 @@ from t2ialign.config.evaluate import (
 )
 from t2ialign.config.finetune import (
     FINETUNE_WEIGHTS,
+    SD_LEARNING_RATE,
     TIMESTEP_BIAS,
+    WORLD_LEARNING_RATE,
     FinetuneConfig,
 )
 from t2ialign.config.generate import (
@@ -72,6 +74,8 @@ __all__ = [
     "EvaluateConfig",
     "FINETUNE_WEIGHTS",
     "TIMESTEP_BIAS",
+    "SD_LEARNING_RATE",
+    "WORLD_LEARNING_RATE",
     "FinetuneConfig",
     "GUARD_ACTIONS",
     "GUARD_ALIGNMENT",

@@ -10,6 +10,12 @@ from t2ialign.world.prompts import CATEGORIES
 
 FINETUNE_WEIGHTS = ("reward", "labels", "uniform", "none")
 TIMESTEP_BIAS = ("none", "later", "earlier", "range")
+# The learning rate that ``learning_rate = None`` stands for: on a shapes-world pipeline, the perfect-feedback
+# bound's (at 1e-5 the world's UNet barely moves in a fine-tuning budget; 3e-4 costs three times the
+# fidelity for no more count alignment, docs/world.md "Guidance 3 and 4, paired"); on any other model,
+# diffusers' example's
+WORLD_LEARNING_RATE = 1e-4
+SD_LEARNING_RATE = 1e-5
 
 
 @dataclass
@@ -65,9 +71,10 @@ class FinetuneConfig:
     pretrain_batch_size: int = 32  # D_pre images per process per micro-step (only when beta > 0)
     gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
     max_train_steps: int = 400  # optimizer steps
-    # AdamW; linear warm-up, then constant. 1e-5 with EMA is diffusers' full-UNet fine-tuning example
-    # (train_text_to_image.py); at paper scale it beat 1e-4 without EMA on alignment, reward and FD (README)
-    learning_rate: float = 1e-5
+    # AdamW; linear warm-up, then constant. None: WORLD_LEARNING_RATE for a shapes-world pipeline (chosen by
+    # the perfect-feedback bound on world v7, docs/world.md), SD_LEARNING_RATE for any other model: 1e-5
+    # with EMA is diffusers' full-UNet fine-tuning example (train_text_to_image.py, its README)
+    learning_rate: float | None = None
     lr_warmup_steps: int = 20
     adam_weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
@@ -147,7 +154,11 @@ class FinetuneConfig:
             "checkpointing_steps",
             "checkpoints_total_limit",
         )
-        if self.learning_rate <= 0 or self.lr_warmup_steps < 0 or self.lora_rank < 0:
+        if (
+            (self.learning_rate is not None and self.learning_rate <= 0)
+            or self.lr_warmup_steps < 0
+            or self.lora_rank < 0
+        ):
             raise ConfigError("finetune.learning_rate must be > 0, lr_warmup_steps and lora_rank >= 0")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"finetune.ema_decay must be in (0, 1), got {self.ema_decay}")

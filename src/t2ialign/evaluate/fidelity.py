@@ -122,15 +122,16 @@ def images_digest(images: Sequence[np.ndarray]) -> str:
     return hashlib.sha256("\n".join(per_image).encode()).hexdigest()
 
 
-def render_reference(prompts: Sequence[str], reference_seed: int = 0, size: int = 64):
+def render_reference(prompts: Sequence[str], reference_seed: int = 0, size: int = 64, layout: str = "random"):
     """(images, pairs): one world render per prompt occurrence; the k-th occurrence of a prompt is rendered
-    with seed ``reference_seed + k``, so n generated images of a prompt get n different renders."""
+    with seed ``reference_seed + k``, so n generated images of a prompt get n different renders. ``layout``
+    places the shapes as the base model's pre-training data did (``finetune.data.world_layout``)."""
     seen: Counter = Counter()
     images, pairs = [], []
     for p in prompts:
         seed = reference_seed + seen[p]
         seen[p] += 1
-        images.append(render(p, seed=seed, size=size).image)
+        images.append(render(p, seed=seed, size=size, layout=layout).image)
         pairs.append([p, seed])
     return images, pairs
 
@@ -460,8 +461,10 @@ def fidelity_report(
     cache_dir: str | Path,
     reference_seed: int = 0,
     inception_path: str | Path | None = None,
+    layout: str = "random",
 ) -> dict:
-    """Fidelity of generated images against world renders of the same prompts (paper Table 2's FID).
+    """Fidelity of generated images against world renders of the same prompts (paper Table 2's FID), placed
+    by ``layout``: the base model's pre-training distribution (world v7 draws dice faces).
 
     generated: (prompt, image) pairs, images PIL or (H, W, 3) uint8, all of one square size; the reference
     set has one render per pair at that size (see ``render_reference``). Returns
@@ -475,8 +478,10 @@ def fidelity_report(
     sizes = {im.shape[:2] for im in images}
     if len(sizes) != 1 or (side := images[0].shape[0]) != images[0].shape[1]:
         raise ValueError(f"generated images must share one square size, got sizes {sorted(sizes)}")
-    ref_images, pairs = render_reference(prompts, reference_seed, size=side)
+    ref_images, pairs = render_reference(prompts, reference_seed, size=side, layout=layout)
     source = {"renderer": "t2ialign.world.render", "reference_seed": reference_seed, "size": side}
+    if layout != "random":  # absent: random, so the caches and reports made before layouts stay as they were
+        source["layout"] = layout
     source["pairs"] = pairs
 
     clip_fp = clip_feature_fingerprint(clip)
@@ -491,6 +496,7 @@ def fidelity_report(
             "renderer": source["renderer"],
             "reference_seed": reference_seed,
             "size": side,
+            "layout": layout,
             "n": meta["n"],
             "images_sha256": meta["images_sha256"],
             "cache": {"clip": {"key": meta["key"], "hit": meta["cache_hit"]}},

@@ -295,6 +295,7 @@ def _score(
     """The judge's verdicts (with each image's group), r_phi's rewards, and the per-model figures: CLIP
     score, FD_CLIP (and FID with Inception weights), mean reward per group."""
     from t2ialign.evaluate.fidelity import fidelity_report
+    from t2ialign.finetune.data import world_layout
 
     judged = judge_stored(store, rows, judge)
     for j in judged:
@@ -306,7 +307,12 @@ def _score(
     clip_scores = (x.double() * z.double()).sum(-1)
     pixels = [(r["prompt"], store.image_array(r["sha256"])) for r in rows]
     fidelity = fidelity_report(
-        pixels, reward.clip, reward.processor, store.run_dir / "fidelity", inception_path=cfg.inception
+        pixels,
+        reward.clip,
+        reward.processor,
+        store.run_dir / "fidelity",
+        inception_path=cfg.inception,
+        layout=world_layout(cfg.generate.model),  # renders placed as the base's pre-training data were
     )
     by_group = {g: round(float(rewards[[group_of[t] == g for t in texts]].mean()), 4) for g in GROUPS}
     return judged, rewards, {"clip_score": clip_scores, "fidelity": fidelity, "by_group": by_group}

@@ -87,7 +87,11 @@ def add_command(sub) -> None:
     sp.add_argument("--max_train_steps", type=int)
     sp.add_argument("--train_batch_size", type=int)
     sp.add_argument("--gradient_accumulation_steps", type=int)
-    sp.add_argument("--learning_rate", type=float)
+    sp.add_argument(
+        "--learning_rate",
+        type=float,
+        help="default: 1e-4 on a shapes-world pipeline (its perfect-feedback bound), 1e-5 on any other model",
+    )
     sp.add_argument("--mixed_precision", choices=("no", "bf16", "fp16"))
     sp.add_argument("--lora_rank", type=int, help="0: train the whole UNet; r > 0: LoRA adapters of rank r")
     sp.add_argument(

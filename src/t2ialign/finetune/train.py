@@ -16,6 +16,7 @@ The session pieces (``open_session``, ``start_training``, ``train_loop`` with a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -29,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from t2ialign import __version__
-from t2ialign.config import FinetuneConfig, to_dict
+from t2ialign.config import SD_LEARNING_RATE, WORLD_LEARNING_RATE, FinetuneConfig, to_dict
 from t2ialign.core.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -45,6 +46,7 @@ from t2ialign.finetune.data import (
     build_pretrain_set,
     encode_texts,
     model_examples,
+    world_data,
 )
 from t2ialign.finetune.losses import denoising_target, eq4_loss, lr_at, per_sample_mse, timestep_weights
 from t2ialign.store import Store
@@ -190,6 +192,16 @@ def finish_training(
     session.accelerator.end_training()
 
 
+def resolve_defaults(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``cfg`` with the settings left to the model filled in: ``learning_rate = None`` is
+    WORLD_LEARNING_RATE on a shapes-world pipeline (one whose pre-training data t2ialign knows,
+    ``world_data``; the shipped world or one fine-tuned from it) and SD_LEARNING_RATE on any other."""
+    if cfg.learning_rate is not None:
+        return cfg
+    world = bool(world_data(cfg.pretrained_model_name_or_path))
+    return dataclasses.replace(cfg, learning_rate=WORLD_LEARNING_RATE if world else SD_LEARNING_RATE)
+
+
 def finetune(
     cfg: FinetuneConfig,
     store: Store,
@@ -206,6 +218,7 @@ def finetune(
     LoRA, and report.json. A folder with checkpoints is only continued with ``resume_from_checkpoint``.
     ``images`` (sha256s) keeps only those images in D_model: one round of ``t2ialign loop``.
     """
+    cfg = resolve_defaults(cfg)
     config = to_dict(cfg)
     out = store.run_dir / "finetune" / name if out is None else out
     session = open_session(cfg, out, config, resume_from_checkpoint, defaults=to_dict(FinetuneConfig()))
