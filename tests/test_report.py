@@ -134,7 +134,8 @@ def make_metrics(run_dir) -> dict:
                 "finetuned:no_pretrain": model_entry(
                     "pipeline", ft.format("no_pretrain"), tuned_cats, 0.70, 0.75
                 ),
-                "finetuned:full": model_entry("pipeline", ft.format("full"), tuned_cats, 0.55, 0.76),
+                "finetuned:full": model_entry("pipeline", ft.format("full"), tuned_cats, 0.55, 0.76)
+                | {"guidance_scale": 3.5},
                 "rejection": model_entry("rejection", None, rej_cats, 0.50, 0.60)
                 | {"selection": "best 20 of 80 by reward"},
             },
@@ -322,6 +323,8 @@ def test_report_is_self_contained_escaped_and_complete(run):
     assert "<b>−1.0" not in ev.replace("-", "−")
     assert "Per attribute" in ev and "<b>+30.0 [+20.0, +40.0] 30/600</b>" in ev
     assert "lies above zero" in section(page, "claims")
+    # the guidance scale each model was sampled at: finetuned:full at its own, the others at the default
+    assert "<th>guidance</th>" in ev and "<td>3.5</td>" in ev
 
 
 def attributes(page, names):

@@ -179,6 +179,7 @@ def _models_table(models: dict) -> tuple[list[str], list[list[str]]]:
                 name,
                 m.get("kind", "—"),
                 f"{m.get('model_id', '—')} @ {m.get('model_revision', '—')}",
+                _num(m.get("guidance_scale"), "g"),
                 _num(m.get("n_images"), "d"),
                 _num(m.get("mean_reward"), ".3f"),
                 ", ".join(f"{g} {_num(v, '.3f')}" for g, v in by_group.items()) or "—",
@@ -188,7 +189,7 @@ def _models_table(models: dict) -> tuple[list[str], list[list[str]]]:
                 _num(m.get("seconds"), ".0f"),
             ]
         )
-    header = ["model", "kind", "model id @ revision", "images", "mean reward", "by group"]
+    header = ["model", "kind", "model id @ revision", "guidance", "images", "mean reward", "by group"]
     return [*header, "CLIP score", "FD_CLIP ↓", "FID ↓", "s"], rows
 
 
