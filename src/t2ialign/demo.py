@@ -53,12 +53,14 @@ SCALES = {
 # v7 the same fine-tuned UNet costs +87% FD_CLIP at guidance 5 and +8% at 3, with its shapes and colors
 # back (docs/world.md, "Guidance 3 and 4, paired"). Base and rejection sampling keep the pipeline's own.
 FINETUNED_GUIDANCE = 3.0
-# Throughputs of the demo's stages as measured by `make demo` on the 2-core machine, to state the expected
-# time of a run before it starts.
+# Throughputs of the demo's stages as measured by `make demo` on the 2-core machines, to state the expected
+# time of a run before it starts: on a CPU that computes bf16 natively (AVX512_BF16 or AMX), where sampling
+# runs in bf16, and on one that does not (AVX2 only: fp32; sitting 20, world v7, 2,057 s in all).
 RATES = {"generate_img_s": 16.5, "finetune_img_s": 190.0, "judge_img_s": 900.0}
+RATES_FP32 = {"generate_img_s": 6.0, "finetune_img_s": 100.0, "judge_img_s": 900.0}
 
 
-def expected_minutes(scale: Scale, n_feedback: int) -> float:
+def expected_minutes(scale: Scale, n_feedback: int, bf16: bool = True) -> float:
     gen = n_feedback * (scale.human_per_prompt + scale.unlabeled_per_prompt)
     gen += 2 * scale.unseen_labeled_prompts * scale.human_per_prompt  # Fig. 4's unseen sets
     # base + 3 fine-tuned models x m images per prompt, and rejection sampling's 4m candidates of which the
@@ -66,8 +68,9 @@ def expected_minutes(scale: Scale, n_feedback: int) -> float:
     gen += 2 * scale.n_eval * (4 + 3) * scale.eval_images_per_prompt
     ft = 3 * scale.finetune_steps * 64  # three Table 2 runs, 32 + 32 images per step
     judge = 3 * gen
+    rates = RATES if bf16 else RATES_FP32
     return (
-        gen / RATES["generate_img_s"] + ft / RATES["finetune_img_s"] + judge / RATES["judge_img_s"]
+        gen / rates["generate_img_s"] + ft / rates["finetune_img_s"] + judge / rates["judge_img_s"]
     ) / 60 + 2
 
 
@@ -83,9 +86,13 @@ def get_scale(scale_name: str, finetune_steps: int | None = None) -> Scale:
 
 def plan(scale_name: str, finetune_steps: int | None = None) -> str:
     """What a run of this scale does and about how long it takes, before anything runs."""
+    import torch
+
+    from t2ialign.generate.images import native_bf16
     from t2ialign.world.prompts import build_prompt_set
 
     scale = get_scale(scale_name, finetune_steps)
+    bf16 = native_bf16(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     seen = sum(p.split == "seen" for p in build_prompt_set())
     n_fb = (seen - scale.n_eval) if scale.feedback_prompts is None else scale.feedback_prompts
     return (
@@ -95,7 +102,13 @@ def plan(scale_name: str, finetune_steps: int | None = None) -> str:
         f"Fig. 4; 3 fine-tuning runs of {scale.finetune_steps} steps; {2 * scale.n_eval} evaluation prompts "
         f"x {scale.eval_images_per_prompt} images = {2 * scale.n_eval * scale.eval_images_per_prompt:,} judged "
         "images per model. "
-        f"Expected time on a 2-core CPU: about {expected_minutes(scale, n_fb):.0f} minutes."
+        f"Expected time on a 2-core CPU: about {expected_minutes(scale, n_fb, bf16):.0f} minutes"
+        + (
+            "."
+            if bf16
+            else " (this CPU has no native bf16, so sampling runs in fp32; "
+            f"about {expected_minutes(scale, n_fb):.0f} on one that has)."
+        )
     )
 
 
