@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from t2ialign.config.finetune import FinetuneConfig
+from t2ialign.config.finetune import SD_LEARNING_RATE, FinetuneConfig
 from t2ialign.core.config import ConfigError
 
 DPO_PAIR_SOURCES = ("labels", "preferences")  # binary labels (good x bad) or pairwise feedback
@@ -32,7 +32,9 @@ class DPOTrainConfig(FinetuneConfig):
     use_unlabeled: bool = False
     beta: float = 0.0  # Eq. 4's D_pre weight: off (DPO's KL strength is dpo.beta)
     train_batch_size: int = 16  # pairs (2 images each) per process per micro-step
-    learning_rate: float = 1e-5  # finetune's former default, on any model (finetune's now follows the model)
+    learning_rate: float = (
+        SD_LEARNING_RATE  # finetune's former default, on any model (finetune's follows the model)
+    )
 
 
 @dataclass
