@@ -15,6 +15,7 @@ unseen objects) while D_pre alone gains little.
         [--compile inductor] [--pretrain-data FOLDER] [--eval-guidance 3]
         [--categories count combination] [--continue-from NAME]
         [--timestep-bias range --timestep-bias-multiplier 4 --timestep-bias-begin 400 --timestep-bias-end 800]
+        [--rounds 3]
 
 Every stage reuses what RUN already holds (images, labels, and a fine-tune of the same name and settings;
 one of the same name and other settings is refused rather than overwritten or reused: pass another RUN
@@ -26,12 +27,19 @@ With the control, the
 feedback's own share is measured too: the perfect-feedback model paired against the control (the same
 evaluation images, judged again with the control as the reference). Results:
 RUN/perfect_feedback_NAME.json (NAME_gG with --eval-guidance G) and the printed tables.
+
+``--rounds K`` iterates the bound, as ``t2ialign loop`` iterates the paper's method but with perfect labels:
+round k >= 2 (fine-tune NAME_rK) samples round k-1's model on the same feedback prompts (of --categories
+only, when given) and seeds, at --eval-guidance, has the judge label those images, and fine-tunes round
+k-1's pipeline on them (D_model = this round's images only, on-policy as DDPO's RWR rounds) with the same
+settings and D_pre. Every round's model is evaluated beside the base (RUN/perfect_feedback_NAME_rK...).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from t2ialign.config import (
@@ -51,7 +59,7 @@ from t2ialign.evaluate.run import (
     parse_models,
 )
 from t2ialign.finetune.train import finetune
-from t2ialign.generate.images import generate
+from t2ialign.generate.images import generate, images_made
 from t2ialign.label.simulate import simulate_labels
 from t2ialign.models.load import load_clip, resolve_clip_path
 from t2ialign.reward.train import train_reward
@@ -116,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--name", default="perfect", help="the perfect-feedback fine-tune's name in RUN")
     ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of perfect feedback: round k >= 2 samples round k-1's model at --eval-guidance and "
+        "fine-tunes it on those images (fine-tune NAME_rK)",
+    )
+    ap.add_argument(
         "--compile", default="no", help="generate.compile for every sampling: inductor, 1.2-1.9x in bf16"
     )
     ap.add_argument(
@@ -128,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.control_only and not args.control:
         ap.error("--control-only and --no-control exclude each other")
-    for name in ("prompts", "per_prompt", "steps", "pretrain_images", "eval_images"):
+    for name in ("prompts", "per_prompt", "steps", "pretrain_images", "eval_images", "rounds"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.eval_guidance is not None and args.eval_guidance < 1:
         ap.error("--eval-guidance must be >= 1 (1 switches guidance off)")
+    if args.rounds > 1 and (args.control_only or args.continue_from):
+        ap.error(
+            "--rounds > 1 iterates the perfect-feedback fine-tune: not with --control-only or --continue-from"
+        )
     at = "" if args.eval_guidance is None else f"@{args.eval_guidance:g}"  # parse_models' MODEL@G
 
     def evaluated(name: str) -> str:  # a fine-tune's name in the evaluation report
@@ -145,14 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = feedback_prompts(store)
         feedback = balanced_sample(rows, args.prompts, "perfect-feedback")
         print(f"{len(feedback)} feedback prompts x {args.per_prompt} samples of the base", flush=True)
-        generate(
-            GenerateConfig(
-                model=args.model, images_per_prompt=args.per_prompt, role="human", compile=args.compile
-            ),
-            store,
-            feedback,
+        gcfg = GenerateConfig(
+            model=args.model, images_per_prompt=args.per_prompt, role="human", compile=args.compile
         )
-        labels = simulate_labels(store, n_labelers=1, noise=0.0, skip=0.0, judge=judge, progress=False)
+        base_images = images_made(store, generate(gcfg, store, feedback), gcfg, feedback)
+        labels = _perfect_labels(store, judge, base_images)
         print(f"perfect labels (the judge's verdicts): {labels['judge_verdicts']}", flush=True)
         # evaluate needs a reward model (mean reward, rejection sampling): fit one on the same labels
         clip, processor, clip_id = load_clip(None)
@@ -174,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs = {}
         if not args.control_only:
-            runs[args.name] = FinetuneConfig(
+            runs[args.name] = feedback_cfg = FinetuneConfig(
                 weights="labels",
                 min_weight=args.min_weight,
                 prompt_categories=tuple(args.categories),
@@ -192,7 +208,25 @@ def main(argv: list[str] | None = None) -> int:
         todo = [n for n, cfg in runs.items() if not _reusable(args.run / "finetune" / n / "pipeline", cfg, n)]
         for name in todo:
             start = args.continue_from if name == trained else None
-            finetune(runs[name], store, name=name, resume_from_checkpoint=_resume(args.run, name, start))
+            images = base_images if name == args.name else None  # the control has no D_model
+            resume = _resume(args.run, name, start)
+            finetune(runs[name], store, name=name, resume_from_checkpoint=resume, images=images)
+        rounds = {}  # round k >= 2: its name -> the judge's verdicts of its images
+        for k in range(2, args.rounds + 1):
+            name, previous = f"{args.name}_r{k}", args.name if k == 2 else f"{args.name}_r{k - 1}"
+            current = str(args.run / "finetune" / previous / "pipeline")
+            # sampled as the evaluation samples it: at --eval-guidance (a fine-tuned model at the base's
+            # guidance is guided twice), on the prompts it will be trained on
+            guidance = {} if args.eval_guidance is None else {"guidance_scale": args.eval_guidance}
+            gk = replace(gcfg, model=current, **guidance)
+            prompts = _of_categories(store, feedback, args.categories)
+            print(f"round {k}: {len(prompts)} prompts x {args.per_prompt} samples of {previous}", flush=True)
+            shas = images_made(store, generate(gk, store, prompts), gk, prompts)
+            rounds[name] = _perfect_labels(store, judge, shas)["judge_verdicts"]
+            print(f"round {k}: perfect labels {rounds[name]}", flush=True)
+            runs[name] = replace(feedback_cfg, pretrained_model_name_or_path=current)
+            if not _reusable(args.run / "finetune" / name / "pipeline", runs[name], name):
+                finetune(runs[name], store, name=name, resume_from_checkpoint="latest", images=shas)
         spec = ("base" if args.model is None else f"base={args.model}") + "".join(
             f",{evaluated(n)}" for n in runs
         )
@@ -208,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "judge_verdicts_of_feedback": labels["judge_verdicts"],
+        "judge_verdicts_of_rounds": rounds,
         "paired": report["paired"],
         "paired_attribute": report["paired_attribute"],
         "fd_clip": {m: r["fd_clip"] for m, r in report["models"].items()},
@@ -218,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             "paired": share["paired"][evaluated(args.name)],
             "paired_attribute": share["paired_attribute"][evaluated(args.name)],
         }
-    out_name = (args.control_name if args.control_only else args.name) + at.replace("@", "_g")
+    suffix = f"_r{args.rounds}" if args.rounds > 1 else ""
+    out_name = (args.control_name if args.control_only else args.name + suffix) + at.replace("@", "_g")
     (args.run / f"perfect_feedback_{out_name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name in runs:
         cells = []
@@ -231,6 +267,22 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{g}: count {_pts(summary['minus_control']['paired'][g]['count'])}" for g in GROUPS]
         print(f"{args.name}{at} minus {args.control_name}{at}: " + "; ".join(cells))
     return 0
+
+
+def _perfect_labels(store, judge: Judge, images: list[str]) -> dict:
+    """Perfect labels of ``images``: one simulated labeler who gives the judge's verdict (no flips, no skips
+    beyond the judge's own)."""
+    return simulate_labels(
+        store, n_labelers=1, noise=0.0, skip=0.0, judge=judge, progress=False, images=images
+    )
+
+
+def _of_categories(store, prompts: list[str], categories) -> list[str]:
+    """The prompts of these categories (all of them when none are named), in their order."""
+    if not categories:
+        return prompts
+    category = {r["text"]: r["category"] for r in store.list_prompts()}
+    return [p for p in prompts if category[p] in categories]
 
 
 def _reusable(pipeline: Path, cfg: FinetuneConfig, name: str) -> bool:

@@ -45,3 +45,52 @@ def test_a_fine_tune_continues_its_own_checkpoint_first_then_the_one_it_continue
     assert _resume(tmp_path, "long", "short") == str(found)
     checkpoint("long", 1500)  # the longer run was interrupted: it goes on from its own
     assert _resume(tmp_path, "long", "short") == "latest"
+
+
+class _Evaluated(Exception):
+    """Raised where the benchmark would evaluate: the rounds are what is tested, not the evaluation."""
+
+
+def test_round_two_samples_round_one_and_trains_on_its_own_images_only(
+    tmp_path, tiny_pipeline_path, monkeypatch
+):
+    import benchmarks.perfect_feedback as pf
+
+    from t2ialign.store import Store
+
+    def stop(*args, **kwargs):
+        raise _Evaluated
+
+    monkeypatch.setattr(pf, "evaluate_models", stop)
+    run = tmp_path / "run"
+    argv = [
+        str(run),
+        "--model",
+        str(tiny_pipeline_path),
+        "--prompts",
+        "8",
+        "--per-prompt",
+        "2",
+        "--steps",
+        "2",
+    ]
+    argv += ["--pretrain-images", "8", "--no-control", "--eval-guidance", "3", "--name", "p"]
+    argv += ["--categories", "count", "combination", "--rounds", "2"]
+    with pytest.raises(_Evaluated):
+        pf.main(argv)
+    first = run / "finetune" / "p" / "pipeline"
+    with Store.open(run) as store:
+        by_model: dict[str, list[dict]] = {}
+        for r in store.list_images(role="human"):
+            by_model.setdefault(r["model_id"], []).append(r)
+        category = {r["text"]: r["category"] for r in store.list_prompts()}
+    assert set(by_model) == {str(tiny_pipeline_path), str(first)}, "round 2 samples round 1's model"
+    base, second = by_model[str(tiny_pipeline_path)], by_model[str(first)]
+    assert len(base) == 8 * 2  # round 1: every feedback prompt
+    # round 2: only the prompts it trains on (count-bearing), at the evaluation's guidance, the same seeds
+    assert {category[r["prompt"]] for r in second} <= {"count", "combination"}
+    assert {(r["prompt"], r["seed"]) for r in second} <= {(r["prompt"], r["seed"]) for r in base}
+    assert {r["sampler"]["generate_config"]["guidance_scale"] for r in second} == {3.0}
+    report = json.loads((run / "finetune" / "p_r2" / "report.json").read_text())
+    assert report["base_model"] == str(first)
+    assert report["n_model"] == len(second)  # D_model: round 2's own images, none of the base's

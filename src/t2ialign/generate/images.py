@@ -204,6 +204,14 @@ def stored_images(
     return _made_with(store.list_images(**kwargs), model_revision, sampler)
 
 
+def images_made(store: Store, made: dict, cfg: GenerateConfig, prompts: list[str]) -> list[str]:
+    """The sha256s of the images that ``generate(cfg, store, prompts)`` made or found stored, given what it
+    returned (``made``): this model revision and sampler, these prompts and seeds, ``cfg.role``."""
+    want = {(p, image_seed(cfg.seed, cfg.role, p, i)) for p in prompts for i in range(cfg.images_per_prompt)}
+    rows = stored_images(store, made["model_id"], made["model_revision"], made["sampler"], role=cfg.role)
+    return sorted(r["sha256"] for r in rows if (r["prompt"], r["seed"]) in want)
+
+
 def _made_with(rows: list[dict], model_revision: str, sampler: dict) -> list[dict]:
     """The image rows of this model revision made with ``sampler``'s settings."""
     want = sampler_identity(sampler)

@@ -25,12 +25,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from t2ialign.config import GenerateConfig, LoopConfig, to_dict
+from t2ialign.config import LoopConfig, to_dict
 from t2ialign.core import figures
 from t2ialign.core.fsutil import atomic_write, publish_dir
 from t2ialign.evaluate.run import balanced_sample, evaluate_models, feedback_prompts
 from t2ialign.finetune.train import finetune
-from t2ialign.generate.images import generate, image_seed, stored_images
+from t2ialign.generate.images import generate, images_made
 from t2ialign.label.simulate import simulate_labels
 from t2ialign.loop.labels import label_counts, wait_for_labels
 from t2ialign.loop.state import (
@@ -95,20 +95,6 @@ def round_prompts(order: list[str], cfg: LoopConfig, k: int) -> list[str]:
     return [order[i % len(order)] for i in range((k - 1) * n, k * n)]  # cycles once every prompt is used
 
 
-def _round_images(store: Store, made: dict, gcfg: GenerateConfig, prompts: list[str]) -> list[str]:
-    """The sha256s of the images ``generate`` made (or found) for these prompts and seeds."""
-    want = {
-        (p, image_seed(gcfg.seed, gcfg.role, p, i)) for p in prompts for i in range(gcfg.images_per_prompt)
-    }
-    return sorted(
-        r["sha256"]
-        for r in stored_images(
-            store, made["model_id"], made["model_revision"], made["sampler"], role=gcfg.role
-        )
-        if (r["prompt"], r["seed"]) in want
-    )
-
-
 def stage_generate(r: Round) -> dict:
     order = prompt_order(r.store, r.cfg)
     prompts = round_prompts(order, r.cfg, r.k)
@@ -120,7 +106,7 @@ def stage_generate(r: Round) -> dict:
         if n:
             gcfg = replace(r.cfg.generate, model=model, role=role, images_per_prompt=n)
             made = generate(gcfg, r.store, prompts, pipe, (model_id, rev), r.progress)
-            shas = _round_images(r.store, made, gcfg, prompts)
+            shas = images_made(r.store, made, gcfg, prompts)
         out[role] = shas
     print(f"  {len(prompts)} prompts: {len(out['human'])} images to label, {len(out['unlabeled'])} unlabeled")
     return out
