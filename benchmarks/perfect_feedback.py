@@ -15,7 +15,7 @@ unseen objects) while D_pre alone gains little.
         [--compile inductor] [--pretrain-data FOLDER] [--eval-guidance 3]
         [--categories count combination] [--continue-from NAME]
         [--timestep-bias range --timestep-bias-multiplier 4 --timestep-bias-begin 400 --timestep-bias-end 800]
-        [--rounds 3]
+        [--rounds 3 [--round-guidance 5] [--round-data all]]
 
 Every stage reuses what RUN already holds (images, labels, and a fine-tune of the same name and settings;
 one of the same name and other settings is refused rather than overwritten or reused: pass another RUN
@@ -30,9 +30,11 @@ RUN/perfect_feedback_NAME.json (NAME_gG with --eval-guidance G) and the printed 
 
 ``--rounds K`` iterates the bound, as ``t2ialign loop`` iterates the paper's method but with perfect labels:
 round k >= 2 (fine-tune NAME_rK) samples round k-1's model on the same feedback prompts (of --categories
-only, when given) and seeds, at --eval-guidance, has the judge label those images, and fine-tunes round
-k-1's pipeline on them (D_model = this round's images only, on-policy as DDPO's RWR rounds) with the same
-settings and D_pre. Every round's model is evaluated beside the base (RUN/perfect_feedback_NAME_rK...).
+only, when given) and seeds, at --eval-guidance (or --round-guidance G: then the fine-tunes are NAME_rK_gG),
+has the judge label those images, and fine-tunes round k-1's pipeline on them (D_model = this round's
+images only, on-policy as DDPO's RWR rounds; ``--round-data all``: every round's images so far, the
+base's included, fine-tunes NAME_rK_all) with the same settings and D_pre. Every round's model is
+evaluated beside the base (RUN/perfect_feedback_NAME_rK...).
 """
 
 from __future__ import annotations
@@ -131,6 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         "fine-tunes it on those images (fine-tune NAME_rK)",
     )
     ap.add_argument(
+        "--round-guidance",
+        type=float,
+        default=None,
+        help="rounds >= 2 sample the previous round's model at this guidance scale (default: --eval-guidance; "
+        "another scale names the fine-tunes NAME_rK_gG)",
+    )
+    ap.add_argument(
+        "--round-data",
+        choices=("round", "all"),
+        default="round",
+        help="D_model of rounds >= 2: the round's own images, or every round's so far with the base's "
+        "(fine-tunes NAME_rK_all), as t2ialign loop's d_model",
+    )
+    ap.add_argument(
         "--compile", default="no", help="generate.compile for every sampling: inductor, 1.2-1.9x in bf16"
     )
     ap.add_argument(
@@ -146,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("prompts", "per_prompt", "steps", "pretrain_images", "eval_images", "rounds"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.eval_guidance is not None and args.eval_guidance < 1:
-        ap.error("--eval-guidance must be >= 1 (1 switches guidance off)")
+    for name in ("eval_guidance", "round_guidance"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1 (1 switches guidance off)")
     if args.rounds > 1 and (args.control_only or args.continue_from):
         ap.error(
             "--rounds > 1 iterates the perfect-feedback fine-tune: not with --control-only or --continue-from"
@@ -212,21 +229,29 @@ def main(argv: list[str] | None = None) -> int:
             resume = _resume(args.run, name, start)
             finetune(runs[name], store, name=name, resume_from_checkpoint=resume, images=images)
         rounds = {}  # round k >= 2: its name -> the judge's verdicts of its images
+        # rounds >= 2 sample as the evaluation samples (a fine-tuned model at the base's guidance is guided
+        # twice) unless told otherwise; another scale is another chain of fine-tunes, named by it
+        sample_at = args.eval_guidance if args.round_guidance is None else args.round_guidance
+        chain = ("" if sample_at == args.eval_guidance else f"_g{sample_at:g}") + (
+            "_all" if args.round_data == "all" else ""
+        )
+        so_far = list(base_images)  # --round-data all: D_model grows by each round's images
         for k in range(2, args.rounds + 1):
-            name, previous = f"{args.name}_r{k}", args.name if k == 2 else f"{args.name}_r{k - 1}"
+            name = f"{args.name}_r{k}{chain}"
+            previous = args.name if k == 2 else f"{args.name}_r{k - 1}{chain}"
             current = str(args.run / "finetune" / previous / "pipeline")
-            # sampled as the evaluation samples it: at --eval-guidance (a fine-tuned model at the base's
-            # guidance is guided twice), on the prompts it will be trained on
-            guidance = {} if args.eval_guidance is None else {"guidance_scale": args.eval_guidance}
+            guidance = {} if sample_at is None else {"guidance_scale": sample_at}
             gk = replace(gcfg, model=current, **guidance)
             prompts = _of_categories(store, feedback, args.categories)
             print(f"round {k}: {len(prompts)} prompts x {args.per_prompt} samples of {previous}", flush=True)
             shas = images_made(store, generate(gk, store, prompts), gk, prompts)
             rounds[name] = _perfect_labels(store, judge, shas)["judge_verdicts"]
             print(f"round {k}: perfect labels {rounds[name]}", flush=True)
+            so_far += shas
+            d_model = so_far if args.round_data == "all" else shas
             runs[name] = replace(feedback_cfg, pretrained_model_name_or_path=current)
             if not _reusable(args.run / "finetune" / name / "pipeline", runs[name], name):
-                finetune(runs[name], store, name=name, resume_from_checkpoint="latest", images=shas)
+                finetune(runs[name], store, name=name, resume_from_checkpoint="latest", images=d_model)
         spec = ("base" if args.model is None else f"base={args.model}") + "".join(
             f",{evaluated(n)}" for n in runs
         )
@@ -253,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             "paired": share["paired"][evaluated(args.name)],
             "paired_attribute": share["paired_attribute"][evaluated(args.name)],
         }
-    suffix = f"_r{args.rounds}" if args.rounds > 1 else ""
+    suffix = f"_r{args.rounds}{chain}" if args.rounds > 1 else ""
     out_name = (args.control_name if args.control_only else args.name + suffix) + at.replace("@", "_g")
     (args.run / f"perfect_feedback_{out_name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name in runs:

@@ -94,3 +94,11 @@ def test_round_two_samples_round_one_and_trains_on_its_own_images_only(
     report = json.loads((run / "finetune" / "p_r2" / "report.json").read_text())
     assert report["base_model"] == str(first)
     assert report["n_model"] == len(second)  # D_model: round 2's own images, none of the base's
+    # --round-data all: the same round-2 images (reused, none sampled again) beside the base's
+    with pytest.raises(_Evaluated):
+        pf.main([*argv, "--round-data", "all"])
+    with Store.open(run) as store:
+        assert len(store.list_images(role="human")) == len(base) + len(second)
+    report = json.loads((run / "finetune" / "p_r2_all" / "report.json").read_text())
+    assert report["base_model"] == str(first)
+    assert report["n_model"] == len(base) + len(second)
