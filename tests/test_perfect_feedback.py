@@ -101,4 +101,5 @@ def test_round_two_samples_round_one_and_trains_on_its_own_images_only(
         assert len(store.list_images(role="human")) == len(base) + len(second)
     report = json.loads((run / "finetune" / "p_r2_all" / "report.json").read_text())
     assert report["base_model"] == str(first)
-    assert report["n_model"] == len(base) + len(second)
+    bearing = [r for r in base if category[r["prompt"]] in ("count", "combination")]  # --categories
+    assert report["n_model"] == len(bearing) + len(second)
