@@ -235,14 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         chain = ("" if sample_at == args.eval_guidance else f"_g{sample_at:g}") + (
             "_all" if args.round_data == "all" else ""
         )
+        guidance = {} if sample_at is None else {"guidance_scale": sample_at}
+        prompts = _of_categories(store, feedback, args.categories)  # those the rounds train on
         so_far = list(base_images)  # --round-data all: D_model grows by each round's images
         for k in range(2, args.rounds + 1):
             name = f"{args.name}_r{k}{chain}"
             previous = args.name if k == 2 else f"{args.name}_r{k - 1}{chain}"
             current = str(args.run / "finetune" / previous / "pipeline")
-            guidance = {} if sample_at is None else {"guidance_scale": sample_at}
             gk = replace(gcfg, model=current, **guidance)
-            prompts = _of_categories(store, feedback, args.categories)
             print(f"round {k}: {len(prompts)} prompts x {args.per_prompt} samples of {previous}", flush=True)
             shas = images_made(store, generate(gk, store, prompts), gk, prompts)
             rounds[name] = _perfect_labels(store, judge, shas)["judge_verdicts"]

@@ -32,9 +32,8 @@ class DPOTrainConfig(FinetuneConfig):
     use_unlabeled: bool = False
     beta: float = 0.0  # Eq. 4's D_pre weight: off (DPO's KL strength is dpo.beta)
     train_batch_size: int = 16  # pairs (2 images each) per process per micro-step
-    learning_rate: float = (
-        SD_LEARNING_RATE  # finetune's former default, on any model (finetune's follows the model)
-    )
+    # finetune's former default, on any model (finetune's own now follows the model)
+    learning_rate: float = SD_LEARNING_RATE
 
 
 @dataclass
