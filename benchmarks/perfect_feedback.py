@@ -100,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-weight", type=float, default=0.0, help="0.5: train on the good images only")
     ap.add_argument("--beta", type=float, default=1.0, help="weight of the pre-training loss")
     ap.add_argument(
+        "--balance-prompts",
+        action="store_true",
+        help="draw every feedback prompt equally often, however many of its images are good",
+    )
+    ap.add_argument(
         "--categories",
         nargs="+",
         default=(),
@@ -211,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 weights="labels",
                 min_weight=args.min_weight,
                 prompt_categories=tuple(args.categories),
+                balance_prompts=args.balance_prompts,
                 timestep_bias_strategy=args.timestep_bias,
                 timestep_bias_multiplier=args.timestep_bias_multiplier,
                 timestep_bias_portion=args.timestep_bias_portion,

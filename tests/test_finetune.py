@@ -113,6 +113,32 @@ def test_batches_cover_every_example_once_per_epoch():
     assert np.array_equal(batch_indices(n, g, 3, 0, "model"), ids[12:16])  # any step alone, same ids
 
 
+def test_balanced_batches_draw_every_prompt_equally_often():
+    from types import SimpleNamespace
+
+    text_ids = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2, 2])  # prompt 0 kept 6 images, 1 kept 1, 2 kept 2
+    odds = ft_train.prompt_balanced_odds(text_ids)
+    assert odds.tolist() == pytest.approx([1 / 18] * 6 + [1 / 3] + [1 / 6] * 2)
+    mean, std = torch.zeros(9, 4, 2, 2), torch.ones(9, 4, 2, 2)
+    model = ft_data.LatentSet([str(i) for i in range(9)], mean, std, text_ids, None, ["a", "b", "c"], None)
+    data = SimpleNamespace(
+        model=model,
+        model_odds=odds,
+        g_model=64,
+        t_weights=None,
+        pre=None,
+        scheduler=SimpleNamespace(config=SimpleNamespace(num_train_timesteps=1000)),
+    )
+    cfg = FinetuneConfig(balance_prompts=True)
+    drawn = np.concatenate([ft_train._step_batches(cfg, data, s)["model"] for s in range(200)])
+    share = np.bincount(text_ids.numpy()[drawn], minlength=3) / len(drawn)
+    assert share == pytest.approx([1 / 3] * 3, abs=0.02)  # per image: 6 to 1 against prompt 1's one image
+    assert np.array_equal(ft_train._step_batches(cfg, data, 7)["model"], drawn[7 * 64 : 8 * 64])  # by step
+    data.model_odds = None  # off: every image once per epoch, so prompt 0 takes two thirds
+    unbalanced = np.concatenate([ft_train._step_batches(cfg, data, s)["model"] for s in range(9)])
+    assert np.bincount(unbalanced).tolist() == [64] * 9
+
+
 def test_config_is_validated():
     with pytest.raises(ConfigError, match="use_unlabeled"):
         FinetuneConfig(weights="labels")
@@ -325,6 +351,21 @@ def test_prompt_categories_keep_only_those_prompts_images(ft_run, tiny_pipeline_
         FinetuneConfig(prompt_categories=["counts"])
 
 
+def test_balance_prompts_draws_a_prompts_lone_image_as_often_as_anothers_six(ft_run, tiny_pipeline_path):
+    with Store.open(ft_run) as store:
+        rows = store.list_images(role="human") + store.list_images(role="unlabeled")
+        many, lone = sorted({r["prompt"] for r in rows})[:2]
+        kept = sorted(r["sha256"] for r in rows if r["prompt"] == many)
+        one = next(r["sha256"] for r in rows if r["prompt"] == lone)
+        cfg = small(tiny_pipeline_path, balance_prompts=True, max_train_steps=8, beta=0.0)
+        report = finetune(cfg, store, name="balanced", progress=False, images=[*kept, one])
+    assert (report["n_model"], report["n_model_prompts"], report["balance_prompts"]) == (7, 2, True)
+    at = sorted([*kept, one]).index(one)  # D_model is ordered by sha256
+    lines = (ft_run / "finetune" / "balanced" / "batches.jsonl").read_text().splitlines()
+    drawn = [i for line in lines for i in json.loads(line)["model"]]
+    assert len(drawn) == 32 and 10 <= drawn.count(at) <= 22  # half the draws, where 1 in 7 is unbalanced
+
+
 def test_resume_refuses_what_it_cannot_continue(ft_run, tiny_pipeline_path):
     cfg = small(tiny_pipeline_path, max_train_steps=2)
     with Store.open(ft_run) as store:
@@ -445,8 +486,10 @@ def test_cli_flags_override_the_config():
     parser = argparse.ArgumentParser()
     add_command(parser.add_subparsers())
     flags = ["--pretrain_data", "renders", "--pretrain_images", "7", "--top_k_per_prompt", "3"]
+    flags += ["--balance_prompts"]
     cfg = _config(parser.parse_args(["finetune", "RUN", *flags, "--no-use_ema", "--no-unlabeled"]))
     assert (cfg.pretrain_data, cfg.pretrain_images, cfg.top_k_per_prompt) == ("renders", 7, 3)
+    assert cfg.balance_prompts is True
     assert cfg.use_ema is False and cfg.use_unlabeled is False
     default = _config(parser.parse_args(["finetune", "RUN"]))
     assert default == FinetuneConfig()

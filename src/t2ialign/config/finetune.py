@@ -46,6 +46,11 @@ class FinetuneConfig:
     # beyond the paper: keep only D_model images of prompts in these categories (count, color, background,
     # combination), e.g. ["count", "combination"] for the count-bearing prompts; empty keeps every category
     prompt_categories: tuple[str, ...] = ()
+    # beyond the paper: draw D_model's batches so that every prompt comes up equally often, however many of
+    # its images D_model keeps (each image with odds 1 / its prompt's kept images, drawn with replacement
+    # from a generator seeded by (seed, step)). With good images only, the prompts the model draws worst
+    # keep fewest images and would otherwise be trained on least. False: every image once per epoch
+    balance_prompts: bool = False
     # rewards are clamped into this range: a negative weight would turn likelihood maximisation into an
     # unbounded loss ascent (the paper's r_phi is trained towards labels in {0, 1})
     reward_range: tuple[float, ...] = (0.0, 1.0)

@@ -58,6 +58,11 @@ def add_command(sub) -> None:
         metavar="CATEGORY",
         help="keep only D_model images of prompts of these categories (e.g. count combination)",
     )
+    sp.add_argument(
+        "--balance_prompts",
+        action=argparse.BooleanOptionalAction,
+        help="draw every prompt of D_model equally often, however many of its images are kept",
+    )
     sp.add_argument("--beta", type=float, help="weight of the pre-training loss (0: off)")
     sp.add_argument(
         "--timestep_bias_strategy",

@@ -69,6 +69,22 @@ def batch_indices(n: int, global_batch: int, step: int, seed: int, stream: str) 
     return out
 
 
+def prompt_balanced_odds(text_ids: torch.Tensor) -> np.ndarray:
+    """Each example's odds of being drawn so that every prompt (a distinct ``text_ids`` value) comes up
+    equally often: 1 / (the prompt's examples), normalised to sum to 1."""
+    ids = text_ids.numpy()
+    counts = np.bincount(ids)
+    odds = 1.0 / counts[ids]
+    return odds / odds.sum()
+
+
+def balanced_indices(odds: np.ndarray, global_batch: int, step: int, seed: int, stream: str) -> np.ndarray:
+    """Indices of step ``step``'s global batch drawn with replacement with ``odds``, from a generator seeded
+    by (seed, step) alone: the same batch in any process and after any resume."""
+    rng = np.random.default_rng(stable_seed("finetune-balanced", stream, seed, step))
+    return rng.choice(len(odds), size=global_batch, replace=True, p=odds)
+
+
 def draw_noise(
     data: LatentSet,
     global_batch: int,
@@ -285,6 +301,8 @@ class _Data:
             self.pre = build_pretrain_set(store, pipe, cfg, progress) if cfg.beta > 0 else None
         self.scaling = float(pipe.vae.config.scaling_factor)
         self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        # D_model's draw odds when every prompt comes up equally often; None: each image once per epoch
+        self.model_odds = prompt_balanced_odds(self.model.text_ids) if cfg.balance_prompts else None
         self.t_weights = timestep_weights(  # D_model's timestep odds; None: uniform
             int(self.scheduler.config.num_train_timesteps),
             cfg.timestep_bias_strategy,
@@ -342,7 +360,11 @@ def _step_batches(cfg: FinetuneConfig, data: _Data, step: int) -> dict:
     T = data.scheduler.config.num_train_timesteps
     gen = torch.Generator().manual_seed(stable_seed("finetune-noise", cfg.seed, step))
     out = {
-        "model": batch_indices(len(data.model), data.g_model, step, cfg.seed, "model"),
+        "model": (
+            batch_indices(len(data.model), data.g_model, step, cfg.seed, "model")
+            if data.model_odds is None
+            else balanced_indices(data.model_odds, data.g_model, step, cfg.seed, "model")
+        ),
         "model_noise": draw_noise(data.model, data.g_model, T, gen, data.t_weights),
     }
     if data.pre is not None:
@@ -482,6 +504,8 @@ def _report(cfg: FinetuneConfig, name, session: Session, data: _Data, start, los
         "learning_rate": cfg.learning_rate,
         "use_ema": cfg.use_ema,
         "n_model": len(data.model),
+        "n_model_prompts": len(data.model.texts),
+        "balance_prompts": cfg.balance_prompts,
         "n_pretrain": n_pre,
         "mean_weight": round(float(data.model.weights.mean()), 4),
         "steps": cfg.max_train_steps,
