@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             n_good[count[r["prompt"]]] += r["sha256"] in good
     total = sum(n_good.values())
     for c in sorted(n):
-        print(f"{c}: {n_good[c]} good of {n[c]} ({n_good[c] / n[c]:.0%}); {n_good[c] / total:.0%} of the good")
+        print(
+            f"{c}: {n_good[c]} good of {n[c]} ({n_good[c] / n[c]:.0%}); {n_good[c] / total:.0%} of the good"
+        )
     return 0
 
 
