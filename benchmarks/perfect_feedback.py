@@ -60,6 +60,7 @@ from t2ialign.evaluate.run import (
     format_report,
     parse_models,
 )
+from t2ialign.finetune.data import images_digest, model_examples
 from t2ialign.finetune.train import finetune
 from t2ialign.generate.images import generate, images_made
 from t2ialign.label.simulate import simulate_labels
@@ -228,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
             runs[args.control_name] = FinetuneConfig(weights="none", **common)
         trained = args.control_name if args.control_only else args.name  # the one --continue-from continues
         # every run checked before any is trained: a mismatch is refused before the hours of the first
-        todo = [n for n, cfg in runs.items() if not _reusable(args.run / "finetune" / n / "pipeline", cfg, n)]
+        digests = {args.name: _d_model(store, runs[args.name], base_images)} if args.name in runs else {}
+        todo = [
+            n
+            for n, cfg in runs.items()
+            if not _reusable(args.run / "finetune" / n / "pipeline", cfg, n, digests.get(n))
+        ]
         for name in todo:
             start = args.continue_from if name == trained else None
             images = base_images if name == args.name else None  # the control has no D_model
@@ -256,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             so_far += shas
             d_model = so_far if args.round_data == "all" else shas
             runs[name] = replace(feedback_cfg, pretrained_model_name_or_path=current)
-            if not _reusable(args.run / "finetune" / name / "pipeline", runs[name], name):
+            digest = _d_model(store, runs[name], d_model)
+            if not _reusable(args.run / "finetune" / name / "pipeline", runs[name], name, digest):
                 finetune(runs[name], store, name=name, resume_from_checkpoint="latest", images=d_model)
         spec = ("base" if args.model is None else f"base={args.model}") + "".join(
             f",{evaluated(n)}" for n in runs
@@ -316,18 +323,29 @@ def _of_categories(store, prompts: list[str], categories) -> list[str]:
     return [p for p in prompts if category[p] in categories]
 
 
-def _reusable(pipeline: Path, cfg: FinetuneConfig, name: str) -> bool:
-    """True when ``pipeline`` is a finished fine-tune of exactly ``cfg``; refuses one of other settings."""
+def _reusable(pipeline: Path, cfg: FinetuneConfig, name: str, d_model: str | None = None) -> bool:
+    """True when ``pipeline`` is a finished fine-tune of exactly ``cfg`` (and, given ``d_model``, of the
+    D_model whose ``images_digest`` it is); refuses one of other settings or other images (another
+    --per-prompt or --prompts under the same --name)."""
     if not (pipeline / "model_index.json").is_file():
         return False
-    made = json.loads((pipeline / "t2ialign_finetune.json").read_text())["config"]
+    stamp = json.loads((pipeline / "t2ialign_finetune.json").read_text())
+    made = stamp["config"]
     differ = sorted(k for k, v in to_dict(cfg).items() if k in made and made[k] != v)  # older: fewer keys
+    held = stamp.get("report", {}).get("d_model_images")  # None: a stamp from before it was recorded
+    if d_model is not None and held is not None and held != d_model:
+        differ.append("D_model's images")
     if differ:
         raise SystemExit(
             f"error: the fine-tune {name!r} in this run was made with other settings ({', '.join(differ)}): "
             "pass another --name / --control-name or another RUN"
         )
     return True
+
+
+def _d_model(store: Store, cfg: FinetuneConfig, images) -> str:
+    """The ``images_digest`` of the D_model that ``finetune(cfg, store, images=images)`` would train on."""
+    return images_digest(r["sha256"] for r in model_examples(store, cfg, None, False, images))
 
 
 def _resume(run: Path, name: str, start: str | None) -> str:

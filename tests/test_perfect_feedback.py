@@ -24,6 +24,13 @@ def test_a_finished_fine_tune_is_reused_only_with_its_own_settings(tmp_path):
     other = FinetuneConfig(weights="labels", use_unlabeled=False, max_train_steps=10, learning_rate=3e-4)
     with pytest.raises(SystemExit, match="other settings \\(learning_rate\\)"):
         _reusable(pipeline, other, "perfect")
+    # the same settings on other images (another --per-prompt under the same --name) is another run
+    stamp = {"config": made, "report": {"d_model_images": "0123456789abcdef"}}
+    (pipeline / "t2ialign_finetune.json").write_text(json.dumps(stamp))
+    assert _reusable(pipeline, cfg, "perfect", "0123456789abcdef")
+    assert _reusable(pipeline, cfg, "perfect")  # no D_model to compare (the control): settings only
+    with pytest.raises(SystemExit, match="other settings \\(D_model's images\\)"):
+        _reusable(pipeline, cfg, "perfect", "fedcba9876543210")
 
 
 def test_a_fine_tune_continues_its_own_checkpoint_first_then_the_one_it_continues(tmp_path):
@@ -56,6 +63,7 @@ def test_round_two_samples_round_one_and_trains_on_its_own_images_only(
 ):
     import benchmarks.perfect_feedback as pf
 
+    from t2ialign.finetune.data import images_digest
     from t2ialign.store import Store
 
     def stop(*args, **kwargs):
@@ -94,6 +102,7 @@ def test_round_two_samples_round_one_and_trains_on_its_own_images_only(
     report = json.loads((run / "finetune" / "p_r2" / "report.json").read_text())
     assert report["base_model"] == str(first)
     assert report["n_model"] == len(second)  # D_model: round 2's own images, none of the base's
+    assert report["d_model_images"] == images_digest(r["sha256"] for r in second)
     # --round-data all: the same round-2 images (reused, none sampled again) beside the base's
     with pytest.raises(_Evaluated):
         pf.main([*argv, "--round-data", "all"])
@@ -103,3 +112,10 @@ def test_round_two_samples_round_one_and_trains_on_its_own_images_only(
     assert report["base_model"] == str(first)
     bearing = [r for r in base if category[r["prompt"]] in ("count", "combination")]  # --categories
     assert report["n_model"] == len(bearing) + len(second)
+    # the same --name with more samples a prompt trains on other images: refused, not silently reused
+    more = argv[: argv.index("--rounds")]  # round 1 alone
+    more[more.index("--per-prompt") + 1] = "3"
+    with pytest.raises(
+        SystemExit, match="'p' in this run was made with other settings \\(D_model's images\\)"
+    ):
+        pf.main(more)

@@ -194,6 +194,12 @@ def top_k_per_prompt(items: list[dict], k: int) -> list[dict]:
     ]
 
 
+def images_digest(shas) -> str:
+    """Which images a D_model held, in 16 hex digits (order-free): the fine-tune's report records it, so a
+    run reused by name can be told apart from one trained on other images."""
+    return hashlib.sha256("\n".join(sorted(shas)).encode()).hexdigest()[:16]
+
+
 def build_model_set(store: Store, pipe, items: list[dict], progress: bool = False) -> LatentSet:
     """Encode D_model once (cached by VAE, text encoder, images, prompts and weights)."""
     size = pipeline_resolution(pipe)

@@ -45,6 +45,7 @@ from t2ialign.finetune.data import (
     build_model_set,
     build_pretrain_set,
     encode_texts,
+    images_digest,
     model_examples,
     world_data,
 )
@@ -505,6 +506,7 @@ def _report(cfg: FinetuneConfig, name, session: Session, data: _Data, start, los
         "use_ema": cfg.use_ema,
         "n_model": len(data.model),
         "n_model_prompts": len(data.model.texts),
+        "d_model_images": images_digest(data.model.keys),
         "balance_prompts": cfg.balance_prompts,
         "n_pretrain": n_pre,
         "mean_weight": round(float(data.model.weights.mean()), 4),
