@@ -323,8 +323,8 @@ def _of_categories(store, prompts: list[str], categories) -> list[str]:
     return [p for p in prompts if category[p] in categories]
 
 
-def _reusable(pipeline: Path, cfg: FinetuneConfig, name: str, d_model: str | None = None) -> bool:
-    """True when ``pipeline`` is a finished fine-tune of exactly ``cfg`` (and, given ``d_model``, of the
+def _reusable(pipeline: Path, cfg: FinetuneConfig, name: str, digest: str | None = None) -> bool:
+    """True when ``pipeline`` is a finished fine-tune of exactly ``cfg`` (and, given ``digest``, of the
     D_model whose ``images_digest`` it is); refuses one of other settings or other images (another
     --per-prompt or --prompts under the same --name)."""
     if not (pipeline / "model_index.json").is_file():
@@ -333,7 +333,7 @@ def _reusable(pipeline: Path, cfg: FinetuneConfig, name: str, d_model: str | Non
     made = stamp["config"]
     differ = sorted(k for k, v in to_dict(cfg).items() if k in made and made[k] != v)  # older: fewer keys
     held = stamp.get("report", {}).get("d_model_images")  # None: a stamp from before it was recorded
-    if d_model is not None and held is not None and held != d_model:
+    if digest is not None and held is not None and held != digest:
         differ.append("D_model's images")
     if differ:
         raise SystemExit(
