@@ -346,7 +346,13 @@ def test_prompt_categories_keep_only_those_prompts_images(ft_run, tiny_pipeline_
             small(tiny_pipeline_path, prompt_categories=held[:1]),
             RewardModel.load(ft_run / "reward"),
         )
-    assert some == [r for r in every if category[r["prompt"]] == held[0]] and some
+    expected = [r for r in every if category[r["prompt"]] == held[0]]
+    assert [(r["sha256"], r["prompt"]) for r in some] == [
+        (r["sha256"], r["prompt"]) for r in expected
+    ] and some
+    # the reward scores the images in batches, and another set of images makes other batches: the weights
+    # agree to float rounding (a CPU with AVX512 kernels differs in the 8th digit), not bit for bit
+    assert [r["weight"] for r in some] == pytest.approx([r["weight"] for r in expected], rel=1e-5)
     with pytest.raises(ConfigError, match="prompt_categories: unknown 'counts'"):
         FinetuneConfig(prompt_categories=["counts"])
 
