@@ -3,7 +3,8 @@
 1. The ceiling set by the labels: on Fig. 4's evaluation pairs of RUN, the pairwise accuracy of the judge's
    own P(match) (the program the simulated labelers follow before their flips and skips), beside the reward
    saved in RUN/reward and CLIP score. A scorer cannot beat the labels' own noise; the judge shows how close
-   to 100% a perfect reader of the images gets.
+   to 100% a perfect reader of the images gets. Beside it, each scorer's AUC of good against bad images
+   of any prompt: high there and at chance in Fig. 4 means the scorer tells prompts apart, not images.
 2. What the CLIP image embedding holds: a linear probe (logistic regression, torch) per attribute on the
    world CLIP's image embeddings of fresh renders (train 3,000 / test 1,000), placed as the shipped world
    pipeline was pre-trained to place its shapes (``--layout`` to choose: dice for v7, random before). The
@@ -67,6 +68,24 @@ def label_ceiling(run: str, clip, processor) -> None:
                 f"{k:15s} {len(pairs):6d} pairs ({', '.join(f'{c} {n}' for c, n in cats.most_common())}): "
                 + "  ".join(f"{name} {pairwise_accuracy(s, pairs):.1%}" for name, s in scorers.items())
             )
+            print(
+                f"{k:15s} good against bad images of any prompt (AUC): "
+                + "  ".join(f"{name} {across_prompts_auc(s, items):.1%}" for name, s in scorers.items())
+            )
+
+
+def across_prompts_auc(scores: dict[str, float], items: list[dict]) -> float:
+    """P(a good image scores above a bad one), over every (good, bad) pair whatever their prompts (the
+    labelers' mean ``y`` above or below 1/2). Fig. 4 pairs images of one prompt only; a scorer that has
+    learned which prompts the model draws well, and not which of a prompt's images are right, is high here
+    and at chance there."""
+    good = np.array([scores[r["sha256"]] for r in items if r["y"] > 0.5])
+    bad = np.array([scores[r["sha256"]] for r in items if r["y"] < 0.5])
+    if not len(good) or not len(bad):
+        return float("nan")
+    # every (good, bad) pair compared, a tie counting half (Fig. 4's sets hold a few thousand images)
+    diff = good[:, None] - bad[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
 
 def _probe(x: torch.Tensor, y: torch.Tensor, n_train: int, steps: int = 500) -> float:

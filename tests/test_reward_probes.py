@@ -21,6 +21,19 @@ def test_the_probe_reads_a_separable_attribute_and_not_a_random_one():
     assert reward_probes._probe(x, random, 300) < 0.7
 
 
+def test_a_scorer_of_prompts_is_high_across_prompts_and_the_judge_within():
+    items = [
+        {"sha256": f"{p}{i}", "prompt": p, "y": y}
+        for p, ys in (("easy", (1, 1, 1, 0)), ("hard", (0, 0, 0, 1)))
+        for i, y in enumerate(ys)
+    ]
+    by_prompt = {r["sha256"]: 1.0 if r["prompt"] == "easy" else 0.0 for r in items}
+    by_label = {r["sha256"]: float(r["y"]) for r in items}
+    assert reward_probes.across_prompts_auc(by_label, items) == 1.0
+    # the prompt scorer: 9 of 16 (good, bad) pairs won, 6 tied, 1 lost
+    assert reward_probes.across_prompts_auc(by_prompt, items) == 0.75
+
+
 def test_the_probe_on_a_runs_own_images_reads_their_colors(tmp_path, capsys):
     prompts = build_prompt_set()
     by_color = {}
