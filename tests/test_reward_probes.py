@@ -21,7 +21,7 @@ def test_the_probe_reads_a_separable_attribute_and_not_a_random_one():
     assert reward_probes._probe(x, random, 300) < 0.7
 
 
-def test_a_scorer_of_prompts_is_high_across_prompts_and_the_judge_within():
+def test_the_auc_across_prompts_rewards_a_scorer_of_prompts_and_counts_ties_half():
     items = [
         {"sha256": f"{p}{i}", "prompt": p, "y": y}
         for p, ys in (("easy", (1, 1, 1, 0)), ("hard", (0, 0, 0, 1)))
