@@ -56,7 +56,7 @@ def label_ceiling(run: str, clip, processor) -> None:
             if not pairs:
                 print(f"{k:15s} no pairs")
                 continue
-            ims = [np.asarray(Image.open(store.image_path(r["sha256"])).convert("RGB")) for r in items]
+            ims = [store.image_array(r["sha256"]) for r in items]
             verdicts = judge.judge(ims, [r["prompt"] for r in items])
             scorers = {
                 "judge P(match)": {r["sha256"]: v.p_match for r, v in zip(items, verdicts, strict=True)},
@@ -124,9 +124,12 @@ def generated_probe(run: str, clip, processor, n: int, sure: float = 0.9) -> Non
         rng = np.random.default_rng(0)
         # a random order: the store holds each prompt's images together, and the split below is by order
         rows = [rows[i] for i in rng.permutation(len(rows))[:n]]
-        ims = [np.asarray(Image.open(store.image_path(r["sha256"])).convert("RGB")) for r in rows]
+        shas = [r["sha256"] for r in rows]
+        ims = [store.image_array(s) for s in shas]
+        emb = Embeddings(store, clip, processor)  # the run's cache: the reward stage embedded these already
+        emb.ensure(shas, [])
+        x_all = emb.images.get(shas).float()
     verdicts = Judge.load().judge(ims, [r["prompt"] for r in rows])
-    x_all = embed_images(clip, processor, ims).float()
     for attr in vocab.ATTRIBUTES:
         keep = [i for i, v in enumerate(verdicts) if v.reading[attr][1] >= sure]
         if len(keep) < 40:
