@@ -388,3 +388,13 @@ def test_the_proposed_world_v7_config_loads():
     path = Path(__file__).parents[1] / "configs" / "world" / "v7_dice.toml"
     data = load_config(path).pretrain.data
     assert data.layout == "dice" and data.caption_rates["count"] == 0.02 and data.fixed_captions
+
+
+def test_the_reward_clip_config_that_reads_counts_loads():
+    from pathlib import Path
+
+    from t2ialign.config import load_config
+
+    path = Path(__file__).parents[1] / "configs" / "world" / "v7_reward_clip_counts.toml"
+    data = load_config(path).pretrain.data
+    assert data.layout == "dice" and data.caption_rates["count"] == 0.5 and data.fixed_captions
