@@ -53,11 +53,13 @@ def test_the_centered_objective_learns_what_ranks_a_prompts_images():
 
 def test_the_benchmark_runs_on_a_labeled_run_and_reports_every_objective(labeled_run, monkeypatch, capsys):
     run = str(labeled_run.run_dir)
-    monkeypatch.setattr("sys.argv", ["reward_objectives", run, "--objectives", "mse,centered,bt_pairs"])
+    objectives = "mse,centered,bt_pairs,tower_bt_pairs"
+    argv = [run, "--objectives", objectives, "--tower-layers", "1", "--tower-epochs", "1"]
+    monkeypatch.setattr("sys.argv", ["reward_objectives", *argv])
     ro.main()
     out = capsys.readouterr().out
     assert "what the judge reads wrong in the worse image" in out
-    for name in ("mse", "centered", "bt_pairs", "CLIP score", "judge P(match)"):
+    for name in (*objectives.split(","), "CLIP score", "judge P(match)"):
         line = next((s for s in out.splitlines() if s.startswith(name + " ")), None)
         assert line and "seen_prompts" in line and "unseen_objects" in line, out
     # the labeled run's bad images show a perturbed prompt, which the judge reads: its ceiling is high
