@@ -41,7 +41,7 @@ from t2ialign.reward.data import labeled_images, preference_pairs, split_train_v
 from t2ialign.reward.model import RewardMLP
 from t2ialign.reward.pairwise import fit_bradley_terry
 from t2ialign.reward.tower import TowerEmbedder
-from t2ialign.reward.train import candidate_prompts, fit_reward, pairwise_accuracy
+from t2ialign.reward.train import fit_reward, pairwise_accuracy, training_tensors
 from t2ialign.store import Store
 from t2ialign.world import vocab
 from t2ialign.world.judge import Judge
@@ -53,13 +53,8 @@ OBJECTIVES = ("mse", "centered", "bt_pairs", "tower_bt_pairs")
 def wrong_attributes(prompt: str, reading: dict) -> str:
     """The attributes ``prompt`` asks for that a judge's ``reading`` (attribute -> (value, p)) gets
     wrong, joined by "+" in vocab order; "none" when it reads every asked attribute as asked."""
-    spec = parse_prompt(prompt)
-    wrong = [
-        a
-        for a in vocab.ATTRIBUTES
-        if getattr(spec, a) is not None and str(reading[a][0]) != str(getattr(spec, a))
-    ]
-    return "+".join(wrong) or "none"
+    asked = parse_prompt(prompt).constrained()
+    return "+".join(a for a in vocab.ATTRIBUTES if a in asked and reading[a][0] != asked[a]) or "none"
 
 
 def within_prompt_pairs(prompts: list[str], y: torch.Tensor) -> torch.Tensor:
@@ -152,17 +147,9 @@ def main() -> None:
         items = labeled_images(store)
         train, _ = split_train_val(items, cfg.val_fraction, cfg.seed)
         sets = eval_sets(store, cfg)
-        shapes = sorted({parse_prompt(r["prompt"]).shape for r in train})
-        cands = {
-            p: candidate_prompts(p, cfg.n_prompts, cfg.seed, shapes) for p in {r["prompt"] for r in train}
-        }
         emb = Embeddings(store, clip, processor)
-        texts = {t for c in cands.values() for t in c} | {r["prompt"] for r in items}
-        emb.ensure([r["sha256"] for r in items], sorted(texts), progress=True)
-        x = emb.images.get([r["sha256"] for r in train]).float()
-        z = emb.texts.get([r["prompt"] for r in train]).float()
-        y = torch.tensor([r["y"] for r in train])
-        zc = torch.stack([emb.texts.get(cands[r["prompt"]]) for r in train]).float()
+        z, y, good, zc = training_tensors(train, items, emb, cfg, progress=True)
+        x = emb.images.get([r["sha256"] for r in train])
         ab = within_prompt_pairs([r["prompt"] for r in train], y)
 
         evaluated = list({r["sha256"]: r for v in sets.values() for r in v}.values())
@@ -191,8 +178,8 @@ def main() -> None:
             with torch.no_grad():
                 for i in range(0, len(evaluated), 1024):
                     chunk = evaluated[i : i + 1024]
-                    x_c = images(chunk) if images else emb.images.get([r["sha256"] for r in chunk]).float()
-                    z_c = emb.texts.get([r["prompt"] for r in chunk]).float()
+                    x_c = images(chunk) if images else emb.images.get([r["sha256"] for r in chunk])
+                    z_c = emb.texts.get([r["prompt"] for r in chunk])
                     out |= {r["sha256"]: float(v) for r, v in zip(chunk, mlp(x_c, z_c), strict=True)}
             return out
 
@@ -200,7 +187,7 @@ def main() -> None:
         for name in objectives:
             t0 = time.time()
             if name == "mse":
-                scores = scores_of(fit_reward(x, z, y, y >= 0.5, zc, cfg)[0])
+                scores = scores_of(fit_reward(x, z, y, good, zc, cfg)[0])
             elif name == "centered":
                 scores = scores_of(fit_centered(x, z, y, [r["prompt"] for r in train], cfg))
             elif name == "bt_pairs":
@@ -209,8 +196,8 @@ def main() -> None:
             else:
                 scores = scores_of(*fit_tower_bt(store, clip, processor, train, z, zc, ab, cfg, args))
             print(accuracy_line(name, scores, pairs, cause, time.time() - t0), flush=True)
-        xe = emb.images.get([r["sha256"] for r in evaluated]).float()
-        ze = emb.texts.get([r["prompt"] for r in evaluated]).float()
+        xe = emb.images.get([r["sha256"] for r in evaluated])
+        ze = emb.texts.get([r["prompt"] for r in evaluated])
         clip_score = {r["sha256"]: float(s) for r, s in zip(evaluated, (xe * ze).sum(-1), strict=True)}
         print(accuracy_line("CLIP score", clip_score, pairs, cause, 0.0))
         ceiling = {r["sha256"]: v.p_match for r, v in zip(evaluated, verdicts, strict=True)}

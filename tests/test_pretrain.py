@@ -380,21 +380,14 @@ def test_the_pipeline_text_encoder_can_come_from_another_clip(tmp_path, capsys):
     assert "not a CLIP made by" in capsys.readouterr().err
 
 
-def test_the_proposed_world_v7_config_loads():
+@pytest.mark.parametrize(
+    "name, count_rate",
+    [("v7_dice.toml", 0.02), ("v7_reward_clip_counts.toml", 0.5)],  # the world v7; its reward CLIP for counts
+)
+def test_the_world_v7_configs_load(name, count_rate):
     from pathlib import Path
 
     from t2ialign.config import load_config
 
-    path = Path(__file__).parents[1] / "configs" / "world" / "v7_dice.toml"
-    data = load_config(path).pretrain.data
-    assert data.layout == "dice" and data.caption_rates["count"] == 0.02 and data.fixed_captions
-
-
-def test_the_reward_clip_config_that_reads_counts_loads():
-    from pathlib import Path
-
-    from t2ialign.config import load_config
-
-    path = Path(__file__).parents[1] / "configs" / "world" / "v7_reward_clip_counts.toml"
-    data = load_config(path).pretrain.data
-    assert data.layout == "dice" and data.caption_rates["count"] == 0.5 and data.fixed_captions
+    data = load_config(Path(__file__).parents[1] / "configs" / "world" / name).pretrain.data
+    assert data.layout == "dice" and data.caption_rates["count"] == count_rate and data.fixed_captions

@@ -110,6 +110,28 @@ def train_loop(
     return losses[per_epoch - 1 :: per_epoch]
 
 
+def training_tensors(
+    train: list[dict], items: list[dict], emb: Embeddings, cfg: RewardConfig, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 3's inputs for the ``train`` images, after embedding every image of ``items`` and every prompt
+    and candidate prompt: z (M, D) prompt embeddings, y (M,) targets, good (M,) bool (the images the PC
+    loss uses) and zc (M, N, D) candidate prompts, the original first."""
+    seen_shapes = sorted({parse_prompt(r["prompt"]).shape for r in train})
+    cands = {
+        p: candidate_prompts(p, cfg.n_prompts, cfg.seed, seen_shapes) for p in {r["prompt"] for r in train}
+    }
+    emb.ensure(
+        [r["sha256"] for r in items],
+        sorted({t for c in cands.values() for t in c} | {r["prompt"] for r in items}),
+        progress,
+    )
+    z = emb.texts.get([r["prompt"] for r in train])
+    y = torch.tensor([r["y"] for r in train])
+    good = torch.tensor([r["y"] >= 0.5 for r in train])  # PC loss on images labeled good (Sec. 3.2)
+    zc = torch.stack([emb.texts.get(cands[r["prompt"]]) for r in train])
+    return z, y, good, zc
+
+
 def train_reward(
     store: Store,
     cfg: RewardConfig,
@@ -138,21 +160,8 @@ def train_reward(
         raise ValueError(
             f"only {len(train)} labeled images of seen prompts: label more before training a reward"
         )
-    seen_shapes = sorted({parse_prompt(r["prompt"]).shape for r in train})
-    cands = {
-        p: candidate_prompts(p, cfg.n_prompts, cfg.seed, seen_shapes) for p in {r["prompt"] for r in train}
-    }
     emb = Embeddings(store, clip, processor)
-    emb.ensure(
-        [r["sha256"] for r in items],
-        sorted({t for c in cands.values() for t in c} | {r["prompt"] for r in items}),
-        progress,
-    )
-
-    z = emb.texts.get([r["prompt"] for r in train])  # (M, D)
-    y = torch.tensor([r["y"] for r in train])  # (M,)
-    good = torch.tensor([r["y"] >= 0.5 for r in train])  # PC loss on images labeled good (Sec. 3.2)
-    zc = torch.stack([emb.texts.get(cands[r["prompt"]]) for r in train])  # (M, N, D), original first
+    z, y, good, zc = training_tensors(train, items, emb, cfg, progress)
 
     t0 = time.time()
     tower = None
